@@ -1,0 +1,57 @@
+"""The ``millkernels`` command.
+
+Exit codes: 0 ok, 1 a check failed, 2 usage error, 3 could not run.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+
+import typer
+
+from millkernels.analyze.cli import analyze
+from millkernels.bench.cli import bench
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_COULD_NOT_RUN = 0, 1, 2, 3
+
+app = typer.Typer(
+    name="millkernels",
+    help="GPU kernels and GPU acceptance benchmarks.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+class Format(str, Enum):
+    table = "table"
+    json = "json"
+
+
+@app.command()
+def info(fmt: Format = typer.Option(Format.table, "--format", help="table or json")) -> None:
+    """What this machine has: GPUs, the native extension, Triton, and each op's backends."""
+    from millkernels import runtime
+    from millkernels.dispatch import tables
+
+    summary = runtime.summary()
+    summary["families"] = {
+        family: {spec.name: spec.available() for spec in table.backends}
+        for family, table in sorted(tables().items())
+    }
+    if fmt is Format.json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    from millkernels.info_table import print_info
+
+    print_info(summary)
+
+
+app.command()(analyze)
+app.command()(bench)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

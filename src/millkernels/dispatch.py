@@ -1,0 +1,128 @@
+"""Backend dispatch: one capability table per op family.
+
+A table lists the family's backends in the order ``backend="auto"`` tries them. Each backend
+answers two questions with a reason string, or ``None`` when it can: is it usable on this
+machine at all (``available``), and can it serve this particular call (``serves``). A named
+backend that cannot serve raises :class:`BackendUnavailable` with the reason; there is no
+silent fallback. ``MILLKERNELS_BACKEND`` overrides ``auto``: either one name for every family
+(``triton``) or per family (``probes=cuda,attention=triton``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+BACKENDS = ("triton", "cuda", "reference")
+ENV_VAR = "MILLKERNELS_BACKEND"
+
+Reason = str | None
+
+
+class BackendUnavailable(RuntimeError):
+    """A named backend cannot serve a call; the message says why."""
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """What one backend of a family supports, as data for ``info`` and as checks for dispatch.
+
+    ``available()`` returns why the backend cannot run on this machine at all (None: it can).
+    ``serves(call)`` returns why it cannot serve this call (None: it can); ``call`` is whatever
+    description of the arguments the family passes (a dict of facts).
+    """
+
+    name: str
+    archs: str
+    dtypes: tuple[str, ...]
+    notes: str = ""
+    available: Callable[[], Reason] = lambda: None
+    serves: Callable[[dict[str, Any]], Reason] = lambda call: None
+
+
+@dataclass(frozen=True)
+class CapabilityTable:
+    """The backends of one op family, in ``auto`` preference order, and the rule behind it."""
+
+    family: str
+    backends: tuple[BackendSpec, ...]
+    auto_rule: str
+    ops: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        for spec in self.backends:
+            if spec.name not in BACKENDS:
+                raise ValueError(f"{self.family}: unknown backend {spec.name!r}")
+        TABLES[self.family] = self
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(b.name for b in self.backends)
+
+    def spec(self, name: str) -> BackendSpec:
+        for b in self.backends:
+            if b.name == name:
+                return b
+        raise BackendUnavailable(
+            f"{self.family} has no {name!r} backend; it has {', '.join(self.names())}"
+        )
+
+    def reason(self, name: str, call: dict[str, Any]) -> Reason:
+        """Why backend ``name`` cannot serve ``call`` (None when it can)."""
+        spec = self.spec(name)
+        return spec.available() or spec.serves(call)
+
+    def select(self, backend: str, call: dict[str, Any], op: str = "") -> str:
+        """Resolve ``backend`` ("auto" or a name) for ``call``; raise when it cannot serve."""
+        what = f"{self.family}.{op}" if op else self.family
+        if not isinstance(backend, str):
+            raise TypeError(f"backend: expected a str, got {type(backend).__name__}")
+        if backend != "auto" and backend not in BACKENDS:
+            raise ValueError(f"backend: expected 'auto' or one of {BACKENDS}, got {backend!r}")
+        if backend == "auto":
+            forced = env_override(self.family)
+            if forced is not None:
+                backend = forced
+                what += f" (forced by {ENV_VAR})"
+        if backend != "auto":
+            why = self.reason(backend, call)
+            if why:
+                raise BackendUnavailable(f"backend {backend!r} cannot serve {what}: {why}")
+            return backend
+        reasons = {}
+        for spec in self.backends:
+            why = self.reason(spec.name, call)
+            if why is None:
+                return spec.name
+            reasons[spec.name] = why
+        detail = "; ".join(f"{k}: {v}" for k, v in reasons.items())
+        raise BackendUnavailable(f"no backend can serve {what}: {detail}")
+
+
+TABLES: dict[str, CapabilityTable] = {}
+
+
+def env_override(family: str) -> str | None:
+    """The backend ``MILLKERNELS_BACKEND`` forces for ``family``, or None."""
+    raw = os.environ.get(ENV_VAR, "").strip()
+    if not raw:
+        return None
+    chosen = None
+    for part in raw.split(","):
+        key, sep, value = part.strip().partition("=")
+        name, fam = (value.strip(), key.strip()) if sep else (key, None)
+        if name not in (*BACKENDS, "auto"):
+            raise ValueError(
+                f"{ENV_VAR}={raw!r}: expected a backend from {BACKENDS} or 'family=backend' pairs"
+            )
+        if fam is None or fam == family:
+            chosen = name
+    return None if chosen == "auto" else chosen
+
+
+def tables() -> dict[str, CapabilityTable]:
+    """Every family's table (importing the op families registers them)."""
+    import millkernels.ops  # noqa: F401  (registers the tables)
+
+    return dict(TABLES)

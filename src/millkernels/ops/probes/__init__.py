@@ -1,0 +1,25 @@
+"""Memory probes (bandwidth and pattern tests) used by certification and benchmarks."""
+
+from millkernels.ops.probes.api import (
+    TABLE,
+    mem_copy,
+    mem_read,
+    mem_write,
+    pattern_check,
+    pattern_test,
+    pattern_write,
+)
+from millkernels.ops.probes.patterns import PATTERNS, BadWord, PatternReport
+
+__all__ = [
+    "PATTERNS",
+    "TABLE",
+    "BadWord",
+    "PatternReport",
+    "mem_copy",
+    "mem_read",
+    "mem_write",
+    "pattern_check",
+    "pattern_test",
+    "pattern_write",
+]

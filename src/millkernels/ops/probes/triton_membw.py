@@ -1,0 +1,81 @@
+"""Triton memory-bandwidth kernels: copy, read (a reduction) and write over 32-bit words.
+
+Each program handles ``BLOCK`` consecutive words; pointers that are 16-byte aligned (the
+api checks it) let Triton emit 16-byte vector loads and stores.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from millkernels.analyze.registry import TritonVariant, register_triton
+
+BLOCK = 4096  # words per program: 16 KiB, 4 x 16-byte accesses per thread at 8 warps
+NUM_WARPS = 8
+
+
+@triton.jit
+def _copy_kernel(dst_ptr, src_ptr, n, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    tl.store(dst_ptr + offs, tl.load(src_ptr + offs, mask=mask), mask=mask)
+
+
+@triton.jit
+def _read_kernel(src_ptr, partial_ptr, n, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    words = tl.load(src_ptr + offs, mask=offs < n, other=0)
+    unsigned = words.to(tl.uint32, bitcast=True).to(tl.int64)
+    tl.store(partial_ptr + pid, tl.sum(unsigned, axis=0))
+
+
+@triton.jit
+def _write_kernel(dst_ptr, value, n, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    fill = tl.full((BLOCK,), value, tl.int32)
+    tl.store(dst_ptr + offs, fill, mask=offs < n)
+
+
+def _grid(n: int) -> tuple[int]:
+    return (triton.cdiv(n, BLOCK),)
+
+
+def copy(dst: torch.Tensor, src: torch.Tensor) -> None:
+    _copy_kernel[_grid(src.numel())](dst, src, src.numel(), BLOCK=BLOCK, num_warps=NUM_WARPS)
+
+
+def read(src: torch.Tensor) -> torch.Tensor:
+    grid = _grid(src.numel())
+    partial = torch.empty(grid[0], dtype=torch.int64, device=src.device)
+    _read_kernel[grid](src, partial, src.numel(), BLOCK=BLOCK, num_warps=NUM_WARPS)
+    return partial.sum()
+
+
+def write(dst: torch.Tensor, value: int) -> None:
+    signed = value - 2**32 if value >= 2**31 else value
+    _write_kernel[_grid(dst.numel())](dst, signed, dst.numel(), BLOCK=BLOCK, num_warps=NUM_WARPS)
+
+
+_WORDS = {"n": "i64", "BLOCK": "constexpr"}
+_CONST = {"BLOCK": BLOCK}
+register_triton(
+    "probes.copy",
+    _copy_kernel,
+    [TritonVariant({"dst_ptr": "*i32", "src_ptr": "*i32", **_WORDS}, _CONST, NUM_WARPS)],
+    hot=True,
+)
+register_triton(
+    "probes.read",
+    _read_kernel,
+    [TritonVariant({"src_ptr": "*i32", "partial_ptr": "*i64", **_WORDS}, _CONST, NUM_WARPS)],
+    hot=True,
+)
+register_triton(
+    "probes.write",
+    _write_kernel,
+    [TritonVariant({"dst_ptr": "*i32", "value": "i32", **_WORDS}, _CONST, NUM_WARPS)],
+    hot=True,
+)

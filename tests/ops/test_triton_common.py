@@ -1,0 +1,47 @@
+"""The bf16 ``tl.dot`` workaround: ``triton_common.dot`` must be right under the interpreter."""
+
+import pytest
+import torch
+import triton
+import triton.language as tl
+
+from millkernels.ops.triton_common import dot
+
+
+@triton.jit
+def _matmul_kernel(
+    a_ptr, b_ptr, c_ptr, M, N, K, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr
+):
+    rm = tl.program_id(0) * BM + tl.arange(0, BM)
+    rn = tl.program_id(1) * BN + tl.arange(0, BN)
+    rk = tl.arange(0, BK)
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    for k0 in range(0, K, BK):
+        a = tl.load(
+            a_ptr + rm[:, None] * K + (k0 + rk)[None, :],
+            mask=(rm[:, None] < M) & ((k0 + rk)[None, :] < K),
+            other=0.0,
+        )
+        b = tl.load(
+            b_ptr + (k0 + rk)[:, None] * N + rn[None, :],
+            mask=((k0 + rk)[:, None] < K) & (rn[None, :] < N),
+            other=0.0,
+        )
+        acc = dot(a, b, acc)
+    tl.store(c_ptr + rm[:, None] * N + rn[None, :], acc, mask=(rm[:, None] < M) & (rn[None, :] < N))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize(("m", "n", "k"), [(1, 1, 1), (17, 33, 45), (64, 16, 16)])
+def test_dot_matches_fp32_reference(triton_device, dtype, m, n, k):
+    a = torch.randn(m, k, device=triton_device).to(dtype)
+    b = torch.randn(k, n, device=triton_device).to(dtype)
+    c = torch.full((m, n), float("nan"), device=triton_device)
+    grid = (triton.cdiv(m, 16), triton.cdiv(n, 16))
+    _matmul_kernel[grid](a, b, c, m, n, k, BM=16, BN=16, BK=16)
+    ref = a.double() @ b.double()
+    # Products of bf16/fp16 values are exact in fp32; only the fp32 accumulation rounds
+    # (tf32 on a GPU for fp32 inputs).
+    tol = 2e-2 if dtype == torch.float32 and triton_device == "cuda" else 1e-4
+    assert not c.isnan().any()
+    torch.testing.assert_close(c.double(), ref, atol=tol * (k**0.5), rtol=tol)

@@ -1,0 +1,79 @@
+"""``millkernels info`` and the runtime facts behind it."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from millkernels import runtime
+from millkernels.cli import app
+
+
+def test_info_json_has_the_documented_keys():
+    result = CliRunner().invoke(app, ["info", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.output)
+    assert info["version"]
+    assert set(info["native"]) >= {"built", "cuda_archs"}
+    assert isinstance(info["gpus"], list)
+    assert info["gpus"] == [] or {"name", "arch", "memory_bytes"} <= set(info["gpus"][0])
+    assert info["families"]["probes"]["reference"] is None  # the reference can always run
+
+
+def test_info_table_names_every_family_and_backend():
+    result = CliRunner().invoke(app, ["info"])
+    assert result.exit_code == 0, result.output
+    for word in ("probes", "cuda", "triton", "reference", "native extension"):
+        assert word in result.output
+
+
+def test_usage_error_exits_2():
+    result = CliRunner().invoke(app, ["info", "--format", "xml"])
+    assert result.exit_code == 2
+
+
+@pytest.mark.native
+def test_installed_console_script_reports_the_extension():
+    exe = Path(sys.executable).with_name("millkernels")  # installed beside this interpreter
+    assert exe.exists(), "the millkernels console script is missing"
+    out = subprocess.run([exe, "info", "--format", "json"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    info = json.loads(out.stdout)
+    assert info["native"]["built"] is True
+    assert "90a" in info["native"]["cuda_archs"]
+
+
+@pytest.mark.native
+def test_extension_imports_in_a_fresh_interpreter():
+    code = "import millkernels._C as c; print(c.build_info()['cuda_archs'])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "90a" in out.stdout
+
+
+def test_import_does_not_touch_the_gpu():
+    code = (
+        "import sys, millkernels, millkernels.ops;import torch; print(torch.cuda.is_initialized())"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
+
+
+def test_runtime_without_gpu_is_consistent():
+    gpus = runtime.gpus()
+    assert runtime.has_gpu() == bool(gpus)
+    if not gpus:
+        assert runtime.capability() is None
+    for g in gpus:
+        assert g.arch == f"sm_{g.capability[0]}{g.capability[1]}"
+
+
+def test_triton_interpret_reads_the_environment(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert runtime.triton_interpret()
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert not runtime.triton_interpret()
