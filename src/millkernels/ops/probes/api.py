@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from millkernels import runtime
+from millkernels._native import cuda_unavailable_reason
 from millkernels.dispatch import BackendSpec, CapabilityTable
 from millkernels.ops.probes import reference
 from millkernels.ops.probes.patterns import (
@@ -23,15 +24,6 @@ from millkernels.ops.probes.patterns import (
 
 ALIGNMENT = 16  # bytes: the CUDA kernels use 16-byte vector accesses
 _PATTERN_OPS = ("pattern_write", "pattern_check")
-
-
-def _cuda_available() -> str | None:
-    info = runtime.native()
-    if not info.built:
-        return f"the native extension millkernels._C is not built ({info.error})"
-    if not runtime.has_gpu():
-        return "no CUDA GPU is visible"
-    return None
 
 
 def _triton_available() -> str | None:
@@ -57,7 +49,7 @@ TABLE = CapabilityTable(
             archs="sm_80, sm_90a (the archs _C was built for)",
             dtypes=("any (32-bit words)",),
             notes="16-byte vector accesses, grid-stride loops",
-            available=_cuda_available,
+            available=cuda_unavailable_reason,
             serves=lambda call: None if call["device"] == "cuda" else "needs CUDA tensors",
         ),
         BackendSpec(
@@ -122,6 +114,16 @@ def _same_framework(like: Any, result: torch.Tensor) -> Any:
     return cupy.from_dlpack(result)
 
 
+def _empty_like_framework(like: Any, device: torch.device) -> Any:
+    """A 1-element int64 device array of ``like``'s framework (CuPy in, CuPy out)."""
+    if isinstance(like, torch.Tensor):
+        return torch.empty(1, dtype=torch.int64, device=device)
+    import cupy  # only reached for CuPy inputs
+
+    with cupy.cuda.Device(device.index):
+        return cupy.empty(1, dtype=cupy.int64)
+
+
 def mem_copy(dst: Any, src: Any, *, backend: str = "auto") -> None:
     """Copy ``src`` into ``dst`` (equal byte sizes, same device).
 
@@ -154,9 +156,9 @@ def mem_read(src: Any, *, backend: str = "auto") -> Any:
     if name == "cuda":
         from millkernels.ops.probes import cuda
 
-        out = torch.empty(1, dtype=torch.int64, device=s.device)
+        out = _empty_like_framework(src, s.device)
         cuda.read(src, out)
-        result = out[0]
+        return out[0]
     elif name == "triton":
         from millkernels.ops.probes import triton_membw
 
