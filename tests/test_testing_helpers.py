@@ -1,0 +1,61 @@
+"""The tolerance rules, SQNR and poisoning that every kernel test relies on."""
+
+import math
+
+import pytest
+import torch
+
+from millkernels import testing
+
+
+def test_flash_rule_accepts_pytorch_level_error_and_rejects_worse():
+    ref32 = torch.randn(64, 64, dtype=torch.float64)
+    lowp = ref32.to(torch.bfloat16)  # PyTorch's own error: one bf16 rounding
+    ok, err, base = testing.flash_tolerance_ok(lowp, lowp, ref32)
+    assert ok and err == base > 0
+    worse = lowp.double() + 3 * base
+    ok, err, _ = testing.flash_tolerance_ok(worse, lowp, ref32)
+    assert not ok and err > 2 * base
+    with pytest.raises(AssertionError, match="2 x PyTorch's own error"):
+        testing.assert_flash_close(worse, lowp, ref32)
+
+
+def test_flash_rule_rejects_nan():
+    ref32 = torch.randn(8, dtype=torch.float64)
+    bad = ref32.clone()
+    bad[3] = float("nan")
+    with pytest.raises(AssertionError, match="non-finite"):
+        testing.assert_flash_close(bad, ref32.to(torch.float16), ref32)
+
+
+def test_sqnr_known_values():
+    x = torch.ones(1000, dtype=torch.float64)
+    assert testing.sqnr_db(x, x) == math.inf
+    assert testing.sqnr_db(x, x * 1.1) == pytest.approx(20.0)  # noise power 1% of signal
+    assert testing.sqnr_db(x, x * 1.01) == pytest.approx(40.0)
+
+
+@pytest.mark.parametrize(
+    "dtype", [torch.float32, torch.bfloat16, torch.int32, torch.int8, torch.uint8, torch.int64]
+)
+def test_poison_marks_every_element(dtype):
+    t = testing.empty_poisoned((3, 5), dtype)
+    if dtype.is_floating_point:
+        assert t.isnan().all()
+    else:
+        assert (t == t.flatten()[0]).all() and int(t.flatten()[0]) != 0
+
+
+def test_odd_shapes_and_random_inputs():
+    shapes = list(testing.odd_shapes((1, 17), (8, 33)))
+    assert shapes == [(1, 8), (1, 33), (17, 8), (17, 33)]
+    x = testing.randn((17, 33), torch.float16)
+    assert x.dtype == torch.float16 and (x != 0).float().mean() > 0.99
+    words = testing.random_words(10_000)
+    assert words.min() < -(2**30) and words.max() > 2**30  # sign bit exercised
+
+
+def test_dtype_tolerance_rejects_integers():
+    assert testing.dtype_tolerance(torch.bfloat16)[0] > testing.dtype_tolerance(torch.float16)[0]
+    with pytest.raises(TypeError, match="dtype: expected a floating dtype"):
+        testing.dtype_tolerance(torch.int32)
