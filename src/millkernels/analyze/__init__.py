@@ -1,0 +1,46 @@
+"""Offline kernel analysis: compile every kernel for sm_80 / sm_90 without a GPU and report
+registers, spills, shared memory and tensor-core instructions (``millkernels analyze``).
+
+Kernel modules register their Triton kernels with :func:`register_triton` (and mark CUDA
+kernels hot with :func:`register_cuda_hot`); :func:`analyze_kernels` compiles and reports.
+Importing this package is cheap: it imports neither Triton's compiler nor anything that
+touches a GPU.
+"""
+
+from millkernels.analyze.registry import (
+    Registry,
+    TritonKernel,
+    TritonVariant,
+    current_registry,
+    register_cuda_hot,
+    register_triton,
+    triton_kernels,
+    use_registry,
+    variants_from_configs,
+)
+from millkernels.analyze.report import ARCHS, Arch, KernelReport, parse_arch
+
+
+def analyze_kernels(*args, **kwargs):  # type: ignore[no-untyped-def]
+    """See :func:`millkernels.analyze.core.analyze_kernels`."""
+    from millkernels.analyze.core import analyze_kernels as _analyze
+
+    return _analyze(*args, **kwargs)
+
+
+__all__ = [
+    "ARCHS",
+    "Arch",
+    "KernelReport",
+    "Registry",
+    "TritonKernel",
+    "TritonVariant",
+    "analyze_kernels",
+    "current_registry",
+    "parse_arch",
+    "register_cuda_hot",
+    "register_triton",
+    "triton_kernels",
+    "use_registry",
+    "variants_from_configs",
+]

@@ -1,0 +1,202 @@
+"""The analysis: compile every registered Triton kernel and every CUDA kernel for one
+architecture, without a GPU, and judge the results against that architecture's limits."""
+
+from __future__ import annotations
+
+import importlib.util
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from millkernels.analyze import tools
+from millkernels.analyze.registry import Registry, triton_kernels
+from millkernels.analyze.report import Arch, KernelReport, measured, parse_arch
+
+EXIT_OK, EXIT_FAILED, EXIT_COULD_NOT_RUN = 0, 1, 3
+
+
+@dataclass
+class Analysis:
+    """The reports of one run, and whether the tools were there at all."""
+
+    arch: Arch
+    reports: list[KernelReport] = field(default_factory=list)
+    #: Why Triton kernels could not be compiled (None: they could).
+    triton_missing: str | None = None
+    #: Why no CUDA kernel could be analysed (no nvcc and no built extension, or no sources).
+    cuda_missing: str | None = None
+    #: True when neither Triton's compiler nor nvcc is usable: nothing could be compiled.
+    toolchain_missing: bool = False
+
+    @property
+    def failures(self) -> list[KernelReport]:
+        """Hot kernels that spill, overflow shared memory or do not compile."""
+        return [r for r in self.reports if r.failed]
+
+    def exit_code(self, check: bool) -> int:
+        """3 when the toolchain is missing, 1 when ``check`` and a hot kernel fails, else 0."""
+        if self.toolchain_missing:
+            return EXIT_COULD_NOT_RUN
+        if check and self.failures:
+            return EXIT_FAILED
+        return EXIT_OK
+
+
+def triton_toolchain_missing() -> str | None:
+    """Why Triton kernels cannot be compiled here, or None."""
+    if importlib.util.find_spec("triton") is None:
+        return "Triton is not installed"
+    if tools.find_tool("ptxas") is None:
+        return "ptxas not found (neither Triton's bundled copy nor one on PATH)"
+    return None
+
+
+def analyze_triton(
+    registry: Registry, arch: Arch, *, hot_only: bool = False
+) -> tuple[list[KernelReport], str | None]:
+    """Compile every variant of every registered Triton kernel for ``arch`` (in workers)."""
+    from millkernels.analyze import triton_compile
+
+    missing = triton_toolchain_missing()
+    reports: list[KernelReport] = []
+    pending: list[tuple[int, triton_compile.TritonJob]] = []  # (row in reports, job)
+    for kernel in registry.triton.values():
+        if hot_only and not kernel.hot:
+            continue
+        for variant in kernel.variants:
+            row = KernelReport(
+                kernel=kernel.name,
+                backend="triton",
+                arch=arch.name,
+                variant=variant.describe(),
+                hot=kernel.hot,
+            )
+            reports.append(row)
+            try:
+                f = kernel.python_fn
+                row.source = f"{f.__module__}:{f.__qualname__}"
+            except TypeError as exc:
+                row.status, row.reason = "error", str(exc)
+                continue
+            if variant.min_arch > arch.capability:
+                row.status = "skipped"
+                row.reason = f"variant needs sm_{variant.min_arch} or newer"
+            elif missing:
+                row.status, row.reason = "skipped", missing
+            else:
+                job = triton_compile.make_job(len(pending), kernel.fn, variant)
+                pending.append((len(reports) - 1, job))
+    if not pending:
+        return reports, missing
+    try:
+        results = triton_compile.run_jobs([j for _, j in pending], arch.capability)
+    except Exception as exc:  # the worker could not even be started
+        results = {j.index: {"error": f"{type(exc).__name__}: {exc}"} for _, j in pending}
+    for i, job in pending:
+        row = reports[i]
+        res = results.get(job.index) or {"error": "the compile worker returned no result"}
+        if "error" in res:
+            row.status, row.reason = "error", res["error"]
+            continue
+        reports[i] = measured(
+            kernel=row.kernel,
+            backend="triton",
+            arch=arch,
+            variant=row.variant,
+            hot=row.hot,
+            source=row.source,
+            registers=res["registers"],
+            spill_stores=res["spill_stores"],
+            spill_loads=res["spill_loads"],
+            shared_bytes=res["shared_bytes"],
+            tensor_core=res["tensor_core"],
+            tma=res["tma"],
+            note=f"no SASS: {res['sass_error']}" if res.get("sass_error") else "",
+            symbol=res.get("symbol", ""),
+        )
+    return reports, missing
+
+
+def analyze_kernels(
+    arch: str | Arch = "sm_90",
+    *,
+    registry: Registry | None = None,
+    hot_only: bool = False,
+    csrc: Path | None = None,
+    include_cuda: bool = True,
+) -> Analysis:
+    """Compile and report every kernel for ``arch``; no GPU is needed.
+
+    Parameters
+    ----------
+    arch
+        ``"sm_90"`` (``"sm_90a"``) or ``"sm_80"``, or an :class:`Arch`.
+    registry
+        The Triton kernels to compile; default: every kernel of the package
+        (:func:`~millkernels.analyze.registry.triton_kernels`). CUDA kernels marked hot are
+        taken from it too.
+    hot_only
+        Only kernels marked hot.
+    csrc
+        Where the CUDA sources are (default: found from the package).
+    include_cuda
+        False: Triton kernels only.
+
+    Compile failures, missing tools and bad registrations become reports with status
+    ``error`` or ``skipped``; this raises only ``ValueError`` for an unknown ``arch``.
+    """
+    arch = parse_arch(arch) if isinstance(arch, str) else arch
+    analysis = Analysis(arch)
+    if registry is None:
+        registry = triton_kernels()
+    for module, error in sorted(registry.import_errors.items()):
+        # the kernels of a module that does not import cannot be checked: a failure
+        analysis.reports.append(
+            KernelReport(
+                kernel=module,
+                backend="triton",
+                arch=arch.name,
+                hot=True,
+                status="error",
+                reason=f"importing the kernel module failed: {error}",
+                source=module,
+            )
+        )
+
+    cuda_out: dict[str, object] = {}
+
+    def run_cuda() -> None:
+        from millkernels.analyze.cuda_compile import analyze_cuda
+
+        try:
+            cuda_out["result"] = analyze_cuda(
+                arch, set(registry.cuda_hot), csrc=csrc, hot_only=hot_only
+            )
+        except Exception as exc:  # never let the CUDA side take the Triton results down
+            cuda_out["error"] = exc
+
+    thread = threading.Thread(target=run_cuda, daemon=True) if include_cuda else None
+    if thread:
+        thread.start()  # nvcc runs while the Triton worker compiles
+    triton_reports, analysis.triton_missing = analyze_triton(registry, arch, hot_only=hot_only)
+    analysis.reports.extend(triton_reports)
+    if thread:
+        thread.join()
+        if "error" in cuda_out:
+            exc = cuda_out["error"]
+            analysis.reports.append(
+                KernelReport(
+                    kernel="csrc",
+                    backend="cuda",
+                    arch=arch.name,
+                    hot=bool(registry.cuda_hot),
+                    status="error",
+                    reason=f"CUDA analysis failed: {type(exc).__name__}: {exc}",
+                )
+            )
+        else:
+            cuda_reports, analysis.cuda_missing = cuda_out["result"]  # type: ignore[misc]
+            analysis.reports.extend(cuda_reports)
+    cuda_unusable = analysis.cuda_missing is not None or not include_cuda
+    analysis.toolchain_missing = analysis.triton_missing is not None and cuda_unusable
+    return analysis

@@ -1,0 +1,289 @@
+"""Compile the package's CUDA sources with nvcc for one architecture and measure each kernel.
+
+Every ``.cu`` file under ``csrc/`` is compiled on its own to a cubin (``nvcc -cubin
+-arch=sm_90a -Xptxas -v``), as the CMake build compiles it (C++17, ``-I csrc``, release
+flags); ptxas' ``-v`` report gives each ``__global__`` function's registers, spills and static
+shared memory, and ``cuobjdump -sass`` of the cubin its tensor-core instructions.
+
+Without nvcc, the kernels of the built extension ``millkernels._C`` are read instead
+(``cuobjdump -res-usage`` and ``-sass`` on its fatbinary): registers, shared memory and
+tensor-core instructions, but no spill counts (ptxas' report is not kept in the binary).
+
+Where the sources are: ``$MILLKERNELS_CSRC``; else ``millkernels/csrc`` in the installed
+package (the build installs the sources there); else ``csrc/`` of the source checkout the
+package is imported from (an editable install).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sysconfig
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from millkernels.analyze import tools
+from millkernels.analyze.report import Arch, KernelReport, measured
+
+CSRC_ENV = "MILLKERNELS_CSRC"
+
+
+def find_csrc() -> Path | None:
+    """The directory holding the CUDA sources, or None when there is none."""
+    env = os.environ.get(CSRC_ENV)
+    if env:
+        return Path(env) if Path(env).is_dir() else None
+    import millkernels
+
+    pkg = Path(millkernels.__file__).resolve().parent
+    if (pkg / "csrc").is_dir():
+        return pkg / "csrc"
+    for parent in pkg.parents:
+        if (parent / "csrc").is_dir() and (parent / "CMakeLists.txt").is_file():
+            return parent / "csrc"
+    return None
+
+
+def cuda_sources(csrc: Path) -> list[Path]:
+    """Every ``.cu`` file under ``csrc``, sorted."""
+    return sorted(p for p in csrc.rglob("*.cu") if p.is_file())
+
+
+def _include_flags(csrc: Path) -> list[str]:
+    flags = ["-I", str(csrc)]
+    try:  # for sources that include pybind11 (headers outside the CUDA toolkit)
+        import pybind11
+
+        flags += ["-I", pybind11.get_include()]
+    except ImportError:
+        pass
+    py_inc = sysconfig.get_paths().get("include")
+    if py_inc:
+        flags += ["-I", py_inc]
+    return flags
+
+
+@dataclass
+class CudaFileResult:
+    """The kernels of one ``.cu`` file (empty with ``error`` set when it did not compile)."""
+
+    source: str
+    reports: list[KernelReport] = field(default_factory=list)
+    error: str = ""
+
+
+def _hot(plain: str, qualified: str, hot_names: set[str]) -> bool:
+    return plain in hot_names or qualified in hot_names
+
+
+def compile_file(
+    nvcc: str, src: Path, csrc: Path, arch: Arch, hot_names: set[str], tmp: Path
+) -> CudaFileResult:
+    """Compile one ``.cu`` file and report each of its kernels."""
+    rel = src.relative_to(csrc).as_posix() if src.is_relative_to(csrc) else str(src)
+    cubin = tmp / (rel.replace("/", "__") + ".cubin")
+    cmd = [
+        nvcc,
+        "-cubin",
+        f"-arch={arch.gpu_name}",
+        "-Xptxas",
+        "-v",
+        "-std=c++17",
+        "-O3",
+        "-DNDEBUG",
+        "-DMILLKERNELS_ANALYZE=1",
+        *_include_flags(csrc),
+        "-o",
+        str(cubin),
+        str(src),
+    ]
+    try:
+        r = tools.run(cmd, timeout=float(os.environ.get("MILLKERNELS_ANALYZE_TIMEOUT") or 300))
+    except Exception as exc:
+        return CudaFileResult(rel, error=f"nvcc did not finish: {exc}")
+    log = r.stderr + "\n" + r.stdout
+    if r.returncode != 0:
+        errors = [ln for ln in log.splitlines() if "error" in ln.lower()] or log.splitlines()
+        return CudaFileResult(rel, error="nvcc failed: " + "\n".join(errors[:12])[-1500:])
+    stats = tools.parse_ptxas_log(log)
+    sass_text, sass_err = tools.disassemble(cubin, prefer_triton=False)
+    sass = tools.parse_sass(sass_text) if sass_text else {}
+    names = tools.demangle(list(stats))
+    out = CudaFileResult(rel)
+    for mangled, st in sorted(stats.items(), key=lambda kv: names.get(kv[0], kv[0])):
+        demangled = names.get(mangled, mangled)
+        plain, qualified = tools.plain_name(demangled)
+        s = sass.get(mangled)
+        out.reports.append(
+            measured(
+                kernel=plain,
+                backend="cuda",
+                arch=arch,
+                variant=tools.template_args(demangled),
+                hot=_hot(plain, qualified, hot_names),
+                source=rel,
+                symbol=demangled,
+                registers=st.registers,
+                spill_stores=st.spill_stores,
+                spill_loads=st.spill_loads,
+                shared_bytes=st.smem_bytes,
+                tensor_core=dict(s.tensor_core) if s else {},
+                tma=bool(s.tma) if s else False,
+                note="" if sass_text else f"no SASS: {sass_err}",
+            )
+        )
+    return out
+
+
+def analyze_cuda(
+    arch: Arch, hot_names: set[str], *, csrc: Path | None = None, hot_only: bool = False
+) -> tuple[list[KernelReport], str | None]:
+    """Report every CUDA kernel under ``csrc`` (default :func:`find_csrc`) for ``arch``.
+
+    Returns ``(reports, missing)``: ``missing`` names what is missing (nvcc, sources) when
+    nothing could be compiled, else None. Without nvcc, the package's kernels (``csrc`` not
+    given) are read from the built extension when there is one. Never raises for a compile
+    failure: a file that does not compile is one ``error`` report named after the file.
+    """
+    own_sources = csrc is None
+    csrc = csrc if csrc is not None else find_csrc()
+    if csrc is None:
+        return [], "no CUDA sources (csrc/) found"
+    sources = cuda_sources(csrc)
+    if not sources:
+        return [], f"no .cu files under {csrc}"
+    nvcc = tools.find_nvcc()
+    if nvcc is None:
+        built = analyze_built_extension(arch, hot_names, hot_only=hot_only) if own_sources else None
+        if built is not None:
+            return built, None
+        reason = "nvcc not found (install the CUDA toolkit or put nvcc on PATH)"
+        reports = [
+            KernelReport(
+                kernel=src.relative_to(csrc).as_posix(),
+                backend="cuda",
+                arch=arch.name,
+                status="skipped",
+                reason=reason,
+                source=src.relative_to(csrc).as_posix(),
+            )
+            for src in sources
+        ]
+        return reports, reason
+    reports: list[KernelReport] = []
+    with tempfile.TemporaryDirectory(prefix="mk-cuda-") as tmp:
+        workers = max(1, min(len(sources), os.cpu_count() or 1))
+        with ThreadPoolExecutor(workers) as pool:
+            results = list(
+                pool.map(lambda s: compile_file(nvcc, s, csrc, arch, hot_names, Path(tmp)), sources)
+            )
+    for res in results:
+        if res.error:
+            text = (csrc / res.source).read_text(errors="replace")
+            hot = any(re.search(rf"\b{re.escape(n.split('::')[-1])}\b", text) for n in hot_names)
+            if hot_only and not hot:
+                continue
+            reports.append(
+                KernelReport(
+                    kernel=res.source,
+                    backend="cuda",
+                    arch=arch.name,
+                    hot=hot,
+                    status="error",
+                    reason=res.error,
+                    source=res.source,
+                )
+            )
+        reports.extend(r for r in res.reports if r.hot or not hot_only)
+    found = {r.kernel for r in reports} | {tools.plain_name(r.symbol)[1] for r in reports}
+    if not any(r.status == "error" for r in reports):
+        for name in sorted(hot_names - found):
+            reports.append(
+                KernelReport(
+                    kernel=name,
+                    backend="cuda",
+                    arch=arch.name,
+                    hot=True,
+                    status="error",
+                    reason="marked hot with register_cuda_hot, but no such kernel in csrc/",
+                )
+            )
+    return reports, None
+
+
+_RES_FUNC = re.compile(r"^\s*Function\s+(\S+?):\s*$")
+_RES_USAGE = re.compile(r"REG:(\d+)\s+STACK:(\d+)\s+SHARED:(\d+)\s+LOCAL:(\d+)")
+#: Shared memory sm_90 reserves per block (counted in cuobjdump's SHARED when a kernel uses
+#: any), not part of the 227 KiB a kernel may ask for.
+_SM90_RESERVED_SHARED = 1024
+
+
+def analyze_built_extension(
+    arch: Arch, hot_names: set[str], *, hot_only: bool = False
+) -> list[KernelReport] | None:
+    """Reports read from the built ``millkernels._C`` (no nvcc needed), or None when there is
+    no extension, no cuobjdump, or no code for ``arch`` in it."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec("millkernels._C")
+    except (ImportError, ValueError):
+        return None
+    cuobjdump = tools.find_tool("cuobjdump", prefer_triton=False)
+    if spec is None or not spec.origin or not os.path.isfile(spec.origin) or not cuobjdump:
+        return None
+    res = tools.run([cuobjdump, "-res-usage", "-arch", arch.gpu_name, spec.origin])
+    if res.returncode != 0:
+        return None
+    usage: dict[str, tuple[int, int, int, int]] = {}
+    current = None
+    for line in res.stdout.splitlines():
+        if m := _RES_FUNC.match(line):
+            current = m.group(1)
+        elif (m := _RES_USAGE.search(line)) and current:
+            usage[current] = tuple(int(g) for g in m.groups())  # type: ignore[assignment]
+            current = None
+    if not usage:
+        return None
+    sass_run = tools.run([cuobjdump, "-sass", "-arch", arch.gpu_name, spec.origin])
+    sass = tools.parse_sass(sass_run.stdout) if sass_run.returncode == 0 else {}
+    names = tools.demangle(list(usage))
+    reports = []
+    for mangled, (regs, _stack, shared, local) in sorted(
+        usage.items(), key=lambda kv: names.get(kv[0], kv[0])
+    ):
+        if arch.capability >= 90 and shared >= _SM90_RESERVED_SHARED:
+            shared -= _SM90_RESERVED_SHARED
+        demangled = names.get(mangled, mangled)
+        plain, qualified = tools.plain_name(demangled)
+        s = sass.get(mangled)
+        rep = measured(
+            kernel=plain,
+            backend="cuda",
+            arch=arch,
+            variant=tools.template_args(demangled),
+            hot=_hot(plain, qualified, hot_names),
+            source="millkernels._C",
+            registers=regs,
+            spill_stores=0,
+            spill_loads=0,
+            shared_bytes=shared,
+            tensor_core=dict(s.tensor_core) if s else {},
+            tma=bool(s.tma) if s else False,
+            note=f"read from the built extension (nvcc not found): spills unknown, "
+            f"{local} B local memory per thread",
+            symbol=demangled,
+        )
+        rep.spill_bytes = rep.spill_stores = rep.spill_loads = None
+        if not hot_only or rep.hot:
+            reports.append(rep)
+    # dedupe: the fatbinary may hold the same kernel twice (one cubin per translation unit)
+    seen: set[str] = set()
+    unique = []
+    for r in reports:
+        if r.symbol not in seen:
+            seen.add(r.symbol)
+            unique.append(r)
+    return unique
