@@ -7,6 +7,7 @@ interpreter switch must be set here, before any test imports millkernels' kernel
 from __future__ import annotations
 
 import os
+import tempfile
 import zlib
 
 import pytest
@@ -15,6 +16,8 @@ import torch
 _HAS_GPU = torch.cuda.is_available()
 if not _HAS_GPU:
     os.environ.setdefault("TRITON_INTERPRET", "1")
+# `millkernels certify` without --key makes a node key on first use: never in the user's home.
+os.environ.setdefault("MILLKERNELS_KEY", os.path.join(tempfile.mkdtemp(), "node-key.pem"))
 
 from millkernels import runtime  # noqa: E402  (after the interpreter switch)
 

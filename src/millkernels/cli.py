@@ -12,6 +12,7 @@ import typer
 
 from millkernels.analyze.cli import analyze
 from millkernels.bench.cli import bench
+from millkernels.certify.cli import certify, keygen, verify
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_COULD_NOT_RUN = 0, 1, 2, 3
 
@@ -48,6 +49,9 @@ def info(fmt: Format = typer.Option(Format.table, "--format", help="table or jso
     print_info(summary)
 
 
+app.command()(certify)
+app.command()(verify)
+app.command()(keygen)
 app.command()(analyze)
 app.command()(bench)
 

@@ -1,0 +1,358 @@
+"""Certify one node: preflight -> probes (own process each, timeout) -> verdict -> certificate
+-> reports. Every step is appended to ``results.jsonl`` as it finishes.
+
+:func:`certify_node` is what ``millkernels certify`` runs; tests drive it with a simulated
+device layer and probe runner (``certify.sim``).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import time
+import uuid as uuidlib
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from millkernels.certify import targets as T
+from millkernels.certify import verdict as V
+from millkernels.certify.evaluate import evaluate
+from millkernels.certify.preflight import DeviceLayer, NvmlLayer, inventory
+from millkernels.certify.probes.registry import ProbeSpec, probes_for
+from millkernels.certify.probes.runner import ProbeRunner, SubprocessRunner, base_record, now_iso
+from millkernels.certify.results import ResultsLog, latest_probes
+
+Progress = Callable[[str, dict[str, Any]], None]
+
+
+class UsageError(ValueError):
+    """Bad arguments (exit code 2)."""
+
+
+class CouldNotRun(RuntimeError):
+    """The run could not start (exit code 3)."""
+
+
+@dataclass
+class NodeConfig:
+    """What a node run needs. ``layer`` / ``runner`` default to NVML and real processes."""
+
+    out: Path
+    profile: str = "auto"
+    quick: bool = False
+    targets: Path | None = None
+    key: Path | None = None
+    resume: bool = False
+    layer: DeviceLayer | None = None
+    runner: ProbeRunner | None = None
+    timeout_scale: float = 1.0
+    probes: list[str] | None = None  # a subset of probe names (tests, debugging)
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-probe overrides
+    progress: Progress | None = None
+    write_reports: bool = True
+
+
+@dataclass
+class NodeResult:
+    """What a node run produced."""
+
+    certificate: dict[str, Any]
+    checks: list[V.Check]
+    verdict: V.Verdict
+    records: list[dict[str, Any]]
+    paths: dict[str, Path]
+    signed: bool
+    notes: list[str]
+
+    @property
+    def exit_code(self) -> int:
+        return self.verdict.exit_code
+
+
+def _emit(cfg: NodeConfig, event: str, **data: Any) -> None:
+    if cfg.progress:
+        cfg.progress(event, data)
+
+
+def choose_profile(cfg: NodeConfig, inv: dict[str, Any]) -> T.Profile:
+    """``--targets`` file, else ``--profile NAME``, else detected from the first GPU (NVML,
+    then torch), else ``cpu`` when no GPU is visible."""
+    if cfg.targets is not None:
+        return T.load_file(cfg.targets)
+    if cfg.profile != "auto":
+        return T.load(cfg.profile)
+    if inv.get("available") and inv["gpus"]:
+        g = inv["gpus"][0]
+        name = T.detect(g.get("name"), g.get("pci_device_id"))
+        if name is None:
+            raise UsageError(
+                f"profile: no built-in profile matches GPU {g.get('name')!r} "
+                f"(PCI id {g.get('pci_device_id')}); pass --profile NAME or --targets FILE"
+            )
+        return T.load(name)
+    n, torch_name = _torch_gpus()
+    if n:
+        name = T.detect(torch_name, None)
+        if name is None:
+            raise UsageError(f"profile: no built-in profile matches GPU {torch_name!r}")
+        return T.load(name)
+    return T.load("cpu")
+
+
+def _torch_gpus() -> tuple[int, str | None]:
+    try:
+        import torch
+
+        n = torch.cuda.device_count()
+        return n, (torch.cuda.get_device_name(0) if n else None)
+    except Exception:
+        return 0, None
+
+
+def host_identity() -> dict[str, Any]:
+    """Hostname, OS, kernel, CPU model, machine id (where readable)."""
+    cpu = platform.processor() or None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        machine_id = Path("/etc/machine-id").read_text().strip() or None
+    except OSError:
+        machine_id = None
+    return {
+        "hostname": socket.gethostname(),
+        "machine_id": machine_id,
+        "os": platform.platform(),
+        "kernel": platform.release(),
+        "cpu_model": cpu,
+        "cpu_count": os.cpu_count(),
+    }
+
+
+def plan(
+    profile: T.Profile, gpus: list[int], only: list[str] | None
+) -> list[tuple[ProbeSpec, int | None]]:
+    """The probe tasks of a run, in order."""
+    specs = probes_for(profile.device_class)
+    if only is not None:
+        unknown = set(only) - {s.name for s in specs}
+        if unknown:
+            raise UsageError(f"probes: unknown for {profile.device_class}: {sorted(unknown)}")
+        specs = [s for s in specs if s.name in only]
+    skip = set(profile.data.get("skip_probes", []))
+    tasks: list[tuple[ProbeSpec, int | None]] = []
+    for s in specs:
+        if s.name in skip:
+            continue
+        if profile.device_class == "cpu" or s.scope == "node":
+            tasks.append((s, None))
+        else:
+            tasks.extend((s, g) for g in gpus)
+    return tasks
+
+
+def certify_node(cfg: NodeConfig) -> NodeResult:
+    """Run the whole pipeline for this node and write the four output files."""
+    from millkernels.certify import certificate as C
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    log = ResultsLog(out / "results.jsonl")
+    layer = cfg.layer if cfg.layer is not None else NvmlLayer()
+    runner = cfg.runner if cfg.runner is not None else SubprocessRunner()
+
+    if cfg.key is not None:  # a bad key must fail now, not after a 15-minute run
+        try:
+            C.load_private(cfg.key)
+        except RuntimeError:
+            pass  # cryptography missing: the certificate is written unsigned and says so
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"--key: cannot use {cfg.key}: {exc}") from exc
+    previous = log.read() if cfg.resume else []
+    header = next((r for r in previous if r.get("type") == "run"), None)
+    if cfg.resume and header is None:
+        raise UsageError(f"--resume: {log.path} has no run to resume; start without --resume")
+
+    inv = inventory(layer)
+    profile = choose_profile(cfg, inv)
+    gpu_class = profile.device_class == "gpu"
+    if gpu_class:
+        if inv["available"]:
+            chosen = visible_gpus(inv["gpus"], os.environ.get("CUDA_VISIBLE_DEVICES"))
+            gpus = [g["index"] for g in chosen]
+            uuids = {g["index"]: g.get("uuid") for g in chosen}
+        else:
+            n, _ = _torch_gpus()
+            if n == 0 and getattr(layer, "fallback_gpus", None):
+                n = layer.fallback_gpus  # the simulated layer's GPUs without NVML
+            gpus, uuids = list(range(n)), {}
+        if not gpus:
+            raise CouldNotRun("no GPU is visible (NVML and torch see none) for a GPU profile")
+    else:
+        gpus, uuids = [], {}
+
+    mode = "quick" if cfg.quick else "standard"
+    if header is not None:
+        if header.get("profile") != profile.name or header.get("mode") != mode:
+            raise UsageError(
+                f"--resume: the interrupted run used profile {header.get('profile')!r} "
+                f"({header.get('mode')}); this one {profile.name!r} ({mode})"
+            )
+        if header.get("gpus") != gpus:
+            raise UsageError(
+                f"--resume: the interrupted run had GPUs {header.get('gpus')}, now {gpus}; "
+                "the node changed: start a fresh run"
+            )
+        started_at, run_id = header["started_at"], header["run_id"]
+    else:
+        log.reset()
+        started_at, run_id = now_iso(), str(uuidlib.uuid4())
+        log.append(
+            {
+                "type": "run",
+                "run_id": run_id,
+                "started_at": started_at,
+                "profile": profile.name,
+                "profile_sha256": profile.sha256,
+                "mode": mode,
+                "device_class": profile.device_class,
+                "gpus": gpus,
+            }
+        )
+    log.append({"type": "preflight", "at": now_iso(), "inventory": inv})
+    _emit(cfg, "preflight", inventory=inv, profile=profile.name)
+
+    tasks = plan(profile, gpus, cfg.probes)
+    done = latest_probes(previous)
+    todo = [(s, g) for s, g in tasks if (s.name, g) not in done]
+    _emit(cfg, "plan", total=len(tasks), todo=len(todo), resumed=len(tasks) - len(todo))
+
+    xid_reason = layer.xid_watch_start() if gpu_class and inv["available"] else "NVML unavailable"
+    device = "cuda" if gpu_class else "cpu"
+    all_uuids = [uuids.get(g) or "" for g in gpus]
+
+    def run_task(spec: ProbeSpec, gpu: int | None) -> dict[str, Any]:
+        if spec.scope == "node" and len(gpus) < spec.min_gpus:
+            rec = base_record(spec.name, gpu)
+            rec.update(
+                status="not_applicable",
+                message=f"needs {spec.min_gpus} or more GPUs",
+                started_at=now_iso(),
+                ended_at=now_iso(),
+                duration_s=0.0,
+            )
+            log.append(rec)
+            return rec
+        timeout = spec.timeout_s[0 if cfg.quick else 1] * cfg.timeout_scale
+        env = {"CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+        if gpu_class:
+            if spec.scope == "gpu":
+                env["CUDA_VISIBLE_DEVICES"] = uuids.get(gpu) or _visible_entry(gpu)
+            else:
+                env["CUDA_VISIBLE_DEVICES"] = ",".join(
+                    uuids.get(g) or _visible_entry(g) for g in gpus
+                )
+        _emit(cfg, "start", probe=spec.name, gpu=gpu)
+        rec = runner.run(
+            spec,
+            gpu=gpu,
+            gpus=gpus if spec.scope == "node" else ([gpu] if gpu is not None else []),
+            uuids=[uuids.get(gpu) or ""] if spec.scope == "gpu" and gpu is not None else all_uuids,
+            device=device,
+            quick=cfg.quick,
+            timeout=timeout,
+            env=env,
+            params=cfg.params.get(spec.name),
+        )
+        log.append(rec)  # fsynced before the next probe starts
+        _emit(cfg, "done", probe=spec.name, gpu=gpu, record=rec)
+        return rec
+
+    # Per-GPU probes of one kind run side by side (one worker per GPU) unless the probe says
+    # otherwise; node probes run alone.
+    i = 0
+    while i < len(todo):
+        spec = todo[i][0]
+        group = [t for t in todo[i:] if t[0] is spec]
+        i += len(group)
+        width = len(group) if spec.parallel and spec.scope == "gpu" else 1
+        if width > 1:
+            with ThreadPoolExecutor(max_workers=width) as ex:
+                list(ex.map(lambda t: run_task(*t), group))
+        else:
+            for t in group:
+                run_task(*t)
+
+    xids = layer.xid_watch_stop() if gpu_class and inv["available"] and xid_reason is None else None
+    if xids is not None:
+        log.append({"type": "xid", "events": xids})
+    else:  # a resumed run keeps the XID events of its earlier part
+        earlier = [r for r in previous if r.get("type") == "xid"]
+        if earlier and xid_reason is None:
+            xids = [e for r in earlier for e in r.get("events", [])]
+    ended_at = now_iso()
+    records = log.read()
+    latest = latest_probes(records)
+    checks = evaluate(profile, inv, latest, tasks, gpus, xids, xid_reason)
+    verdict = V.node_verdict(checks, gpus)
+    cert = C.build_certificate(
+        kind="node",
+        device_class=profile.device_class,
+        host=host_identity(),
+        inventory=inv,
+        profile=profile,
+        mode=mode,
+        checks=checks,
+        verdict=verdict,
+        started_at=started_at,
+        ended_at=ended_at,
+        run_id=run_id,
+    )
+    doc, notes = C.sign_document(cert, cfg.key)
+    paths = {"certificate": out / "certificate.json", "results": log.path}
+    C.write_json(paths["certificate"], doc)
+    if cfg.write_reports:
+        from millkernels.certify import report
+
+        paths["report"] = out / "report.html"
+        paths["metrics"] = out / "metrics.prom"
+        report.write_html(paths["report"], doc, latest, notes)
+        report.write_prometheus(paths["metrics"], doc)
+    _emit(cfg, "finished", verdict=verdict.verdict)
+    return NodeResult(
+        cert, checks, verdict, records, paths, doc.get("signature") is not None, notes
+    )
+
+
+def visible_gpus(gpus: list[dict[str, Any]], visible: str | None) -> list[dict[str, Any]]:
+    """The NVML GPUs an operator's ``CUDA_VISIBLE_DEVICES`` selects (UUIDs or NVML indices,
+    which are PCI order); all of them when it is unset."""
+    if visible is None or not visible.strip():
+        return gpus
+    out = []
+    for entry in (e.strip() for e in visible.split(",")):
+        for g in gpus:
+            uuid = g.get("uuid") or ""
+            by_index = entry.isdigit() and g["index"] == int(entry)
+            by_uuid = entry.startswith(("GPU-", "MIG-")) and uuid.startswith(entry)
+            if (by_index or by_uuid) and g not in out:
+                out.append(g)
+    return out
+
+
+def _visible_entry(i: int) -> str:
+    """The parent's ``CUDA_VISIBLE_DEVICES`` entry for ordinal ``i`` (or ``i`` itself)."""
+    vis = [v for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    return vis[i] if i < len(vis) else str(i)
+
+
+def elapsed(t0: float) -> float:
+    return time.monotonic() - t0
