@@ -5,7 +5,7 @@ import torch
 import triton
 import triton.language as tl
 
-from millkernels.ops.triton_common import dot
+from millkernels.ops.triton_common import cast, dot
 
 
 @triton.jit
@@ -45,3 +45,19 @@ def test_dot_matches_fp32_reference(triton_device, dtype, m, n, k):
     tol = 2e-2 if dtype == torch.float32 and triton_device == "cuda" else 1e-4
     assert not c.isnan().any()
     torch.testing.assert_close(c.double(), ref, atol=tol * (k**0.5), rtol=tol)
+
+
+@triton.jit
+def _cast_kernel(x_ptr, y_ptr, n, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    x = tl.load(x_ptr + offs, mask=offs < n)
+    tl.store(y_ptr + offs, cast(x, y_ptr.dtype.element_ty), mask=offs < n)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cast_rounds_to_nearest_even_like_torch(triton_device, dtype):
+    x = torch.randn(1000, device=triton_device) * 3
+    x[:4] = torch.tensor([1.1244, float("inf"), float("-inf"), 0.0])
+    y = torch.full_like(x, float("nan"), dtype=dtype)
+    _cast_kernel[(triton.cdiv(x.numel(), 256),)](x, y, x.numel(), BLOCK=256)
+    assert torch.equal(y, x.to(dtype))  # torch's cast rounds to nearest even

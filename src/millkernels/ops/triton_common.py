@@ -1,10 +1,14 @@
 """Helpers shared by every Triton kernel of the package.
 
-The one place that knows about the interpreter's bf16 ``tl.dot`` defect: under
+The one place that knows about the interpreter's bf16 defects. First, ``tl.dot``: under
 ``TRITON_INTERPRET=1`` Triton (3.6 to 3.9 at least) multiplies bf16 operands' raw bit patterns,
 so results are wildly wrong (seen: max error 2.7e10 on a 16x16 product). :func:`dot` widens
 bf16 operands to float32 under the interpreter (exact: every bf16 value is a float32 value),
 and is plain ``tl.dot`` when compiled for a GPU. Kernels call ``dot`` instead of ``tl.dot``.
+Second, the interpreter (Triton 3.9) truncates float32 to bfloat16 instead of rounding to
+nearest even (seen: 1.1244 -> 1.1172 instead of 1.125, a whole ulp), which can push a bf16
+kernel past the flash-attention 2x rule on the CPU only. :func:`cast` rounds the bits first
+there; compiled, it is a plain ``x.to(dtype)`` (round to nearest even).
 """
 
 from __future__ import annotations
@@ -25,3 +29,14 @@ def dot(a, b, acc):
         return tl.dot(a.to(tl.float32), b.to(tl.float32), acc)
     else:
         return tl.dot(a, b, acc)
+
+
+@triton.jit
+def cast(x, dtype: tl.constexpr):
+    """``x.to(dtype)`` rounding float32 to nearest even, under the interpreter too."""
+    if INTERPRET and dtype == tl.bfloat16:
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = (bits + (0x7FFF + ((bits >> 16) & 1))) & 0xFFFF0000
+        return bits.to(tl.float32, bitcast=True).to(dtype)
+    else:
+        return x.to(dtype)
