@@ -1,8 +1,11 @@
 // millkernels._C: registers each op family's bindings, nothing else.
 #include <pybind11/pybind11.h>
 
+#include "attention/bind.h"
+#include "comm/bind.h"
 #include "common/bind.h"
 #include "probes/bind.h"
+#include "quant/bind.h"
 
 namespace py = pybind11;
 
@@ -15,5 +18,8 @@ PYBIND11_MODULE(_C, m) {
     return d;
   });
   mk::common::bind(m);
+  mk::comm::bind(m);
   mk::probes::bind(m);
+  mk::attention::bind(m);
+  mk::quant::bind(m);
 }

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from millkernels.analyze import tools
-from millkernels.analyze.registry import Registry, triton_kernels
+from millkernels.analyze.registry import Registry, TritonVariant, triton_kernels
 from millkernels.analyze.report import Arch, KernelReport, measured, parse_arch
 
 EXIT_OK, EXIT_FAILED, EXIT_COULD_NOT_RUN = 0, 1, 3
@@ -59,7 +59,7 @@ def analyze_triton(
 
     missing = triton_toolchain_missing()
     reports: list[KernelReport] = []
-    pending: list[tuple[int, triton_compile.TritonJob]] = []  # (row in reports, job)
+    pending: list[tuple[int, triton_compile.TritonJob, TritonVariant]] = []  # row, job, variant
     for kernel in registry.triton.values():
         if hot_only and not kernel.hot:
             continue
@@ -85,14 +85,14 @@ def analyze_triton(
                 row.status, row.reason = "skipped", missing
             else:
                 job = triton_compile.make_job(len(pending), kernel.fn, variant)
-                pending.append((len(reports) - 1, job))
+                pending.append((len(reports) - 1, job, variant))
     if not pending:
         return reports, missing
     try:
-        results = triton_compile.run_jobs([j for _, j in pending], arch.capability)
+        results = triton_compile.run_jobs([j for _, j, _ in pending], arch.capability)
     except Exception as exc:  # the worker could not even be started
-        results = {j.index: {"error": f"{type(exc).__name__}: {exc}"} for _, j in pending}
-    for i, job in pending:
+        results = {j.index: {"error": f"{type(exc).__name__}: {exc}"} for _, j, _ in pending}
+    for i, job, variant in pending:
         row = reports[i]
         res = results.get(job.index) or {"error": "the compile worker returned no result"}
         if "error" in res:
@@ -114,6 +114,11 @@ def analyze_triton(
             note=f"no SASS: {res['sass_error']}" if res.get("sass_error") else "",
             symbol=res.get("symbol", ""),
         )
+        rep = reports[i]
+        allowed = variant.spill_allowance.get(arch.capability, 0)
+        if rep.status == "spills" and (rep.spill_bytes or 0) <= allowed:
+            rep.status = "waived"
+            rep.reason += f"; within its allowance of {allowed} B: {variant.allowance_reason}"
     return reports, missing
 
 

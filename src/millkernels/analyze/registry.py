@@ -27,6 +27,7 @@ a family imports lazily are registered too. Tests register into a private :class
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 import importlib.util
 import inspect
@@ -59,6 +60,11 @@ class TritonVariant:
         architectures the variant is reported as skipped, not compiled.
     maxnreg
         Optional register cap per thread (``triton.Config.maxnreg``).
+    spill_allowance, allowance_reason
+        A known spill this variant is allowed, per architecture (compute capability -> bytes
+        per thread, stores plus loads), and why: reported as ``waived`` instead of failing
+        ``--check``, so the debt stays visible and any growth beyond it fails. Empty (the
+        default) allows none.
     divisible_by_16
         Arguments Triton may assume 16-divisible (pointers: 16-byte aligned), as it does at a
         launch whose tensors are aligned. ``None`` (default): every pointer argument, which is
@@ -73,6 +79,12 @@ class TritonVariant:
     min_arch: int = 80
     maxnreg: int | None = None
     divisible_by_16: Sequence[str] | None = None
+    spill_allowance: Mapping[int, int] = field(default_factory=dict)
+    allowance_reason: str = ""
+
+    def __post_init__(self) -> None:
+        if self.spill_allowance and not self.allowance_reason:
+            raise ValueError("spill_allowance: give allowance_reason, the measured why")
 
     def describe(self) -> str:
         """The label, or one built from the constexprs and launch options."""
@@ -192,6 +204,20 @@ def register_cuda_hot(*kernel_names: str) -> None:
     (``mk::copy_kernel``) is accepted too.
     """
     current_registry().register_cuda_hot(*kernel_names)
+
+
+def with_spill_allowance(
+    variants: Sequence[TritonVariant], allowance: Mapping[int, Mapping[int, int]], reason: str
+) -> list[TritonVariant]:
+    """Give each variant whose ``HEAD_DIM`` constexpr is a key of ``allowance`` its known
+    spills (capability -> bytes; see :class:`TritonVariant`), with ``reason``."""
+    out = []
+    for v in variants:
+        allowed = allowance.get(v.constexprs.get("HEAD_DIM"))
+        if allowed:
+            v = dataclasses.replace(v, spill_allowance=allowed, allowance_reason=reason)
+        out.append(v)
+    return out
 
 
 def variants_from_configs(
@@ -345,4 +371,6 @@ def _complete(fn: Any, name: str, variant: TritonVariant) -> TritonVariant:
         divisible_by_16=(
             tuple(variant.divisible_by_16) if variant.divisible_by_16 is not None else None
         ),
+        spill_allowance=dict(variant.spill_allowance),
+        allowance_reason=variant.allowance_reason,
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-Status = Literal["ok", "spills", "smem_overflow", "skipped", "error"]
+Status = Literal["ok", "spills", "waived", "smem_overflow", "skipped", "error"]
 
 #: Statuses that fail ``millkernels analyze --check`` for a hot kernel.
 FAILING: frozenset[str] = frozenset({"spills", "smem_overflow", "error"})
@@ -44,7 +44,9 @@ class KernelReport:
 
     ``spill_bytes`` is spill stores plus spill loads (bytes per thread, as ptxas counts them);
     ``shared_bytes`` is per block (Triton: dynamic + static; CUDA: static). ``status`` is
-    ``ok``, ``spills``, ``smem_overflow`` (over the architecture's per-block maximum),
+    ``ok``, ``spills``, ``waived`` (spills within the variant's documented allowance: shown,
+    not failed; a spill beyond the allowance is ``spills``), ``smem_overflow`` (over the
+    architecture's per-block maximum),
     ``skipped`` (not compiled, see ``reason``) or ``error`` (did not compile, see ``reason``).
     """
 

@@ -1,0 +1,247 @@
+"""Suite ``attention``: forward and forward+backward of ``millkernels.attention`` against
+PyTorch SDPA with each backend (flash, efficient, cuDNN; math only for small shapes),
+FlexAttention, and flash-attn when installed.
+
+Shapes on a GPU follow the FlashAttention-3 paper: batch x seqlen = 16k tokens,
+heads x head_dim = 2048, seqlen 512 to 16k, head_dim 64, 128 and 256, causal and not, bf16.
+On a CPU: one tiny shape (a smoke test of the plumbing, not a measurement).
+TFLOP/s: 4 * batch * heads * seqlen_q * seqlen_k * head_dim forward (half when causal),
+backward 2.5x forward (:func:`millkernels.bench.counts.attention_flops`).
+
+Before a backend is timed on a (head_dim, causal) pair its output is checked against the
+fp32 reference with the flash-attention rule on a small slice of the inputs (one sequence
+of at most 512 tokens); a wrong result is a failed check and the case is not timed.
+Each row's baseline is the fastest SDPA backend measured in the same run.
+
+Options: ``attention.seqlens``, ``attention.head_dims``, ``attention.causal`` (tuple of
+bools), ``attention.directions`` (``fwd``, ``fwd_bwd``), ``attention.backends`` (subset of
+ours and baselines by name), ``attention.dtype`` ("bf16"/"fp16").
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from millkernels.bench.context import BenchContext
+from millkernels.bench.counts import attention_flops
+from millkernels.bench.registry import suite
+from millkernels.bench.rows import Row
+
+TOKENS = 16384
+HIDDEN = 2048
+GPU_SEQLENS = (512, 1024, 2048, 4096, 8192, 16384)
+GPU_SEQLENS_QUICK = (1024, 8192)
+CHECK_LEN = 512  # tokens of the correctness slice
+REFERENCE_MAX_LEN = 2048  # the reference materialises (seqlen x seqlen) scores per head
+
+
+def _sdpa_backends() -> dict[str, Any]:
+    from torch.nn.attention import SDPBackend
+
+    names = {
+        "sdpa_flash": "FLASH_ATTENTION",
+        "sdpa_efficient": "EFFICIENT_ATTENTION",
+        "sdpa_cudnn": "CUDNN_ATTENTION",
+        "sdpa_math": "MATH",
+    }
+    return {k: getattr(SDPBackend, v) for k, v in names.items() if hasattr(SDPBackend, v)}
+
+
+def _sdpa(which: Any, causal: bool) -> Callable:
+    import torch
+    from torch.nn.attention import sdpa_kernel
+
+    def run(q, k, v):
+        with sdpa_kernel(which):
+            out = torch.nn.functional.scaled_dot_product_attention(
+                q.transpose(1, 2),
+                k.transpose(1, 2),
+                v.transpose(1, 2),
+                is_causal=causal,
+                enable_gqa=k.shape[2] != q.shape[2],
+            )
+        return out.transpose(1, 2)
+
+    return run
+
+
+def _flex(causal: bool, seqlen: int, device: str) -> Callable:
+    import torch
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    compiled = torch.compile(flex_attention, dynamic=False)
+    mask = None
+    if causal:
+        mask = create_block_mask(
+            lambda b, h, q, kv: q >= kv, None, None, seqlen, seqlen, device=device
+        )
+
+    def run(q, k, v):
+        out = compiled(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), block_mask=mask)
+        return out.transpose(1, 2)
+
+    return run
+
+
+def _flash_attn(causal: bool) -> Callable:
+    from flash_attn import flash_attn_func
+
+    return lambda q, k, v: flash_attn_func(q, k, v, causal=causal)
+
+
+def _ours(backend: str, causal: bool) -> Callable:
+    from millkernels.ops.attention import attention
+
+    return lambda q, k, v: attention(q, k, v, causal=causal, backend=backend)
+
+
+def _candidates(ctx: BenchContext, causal: bool, seqlen: int) -> dict[str, Callable | str]:
+    """name -> callable, or the reason it is left out."""
+    from millkernels.ops.attention import TABLE
+    from millkernels.ops.attention.capabilities import call_facts
+
+    out: dict[str, Callable | str] = {}
+    for name, which in _sdpa_backends().items():
+        if name == "sdpa_math" and ctx.gpu and seqlen > REFERENCE_MAX_LEN:
+            out[name] = f"the math backend materialises the scores (seqlen {seqlen})"
+        else:
+            out[name] = _sdpa(which, causal)
+    if not ctx.gpu:
+        out["flex"] = "FlexAttention is timed on GPUs only (its CPU path compiles C++ per shape)"
+    else:
+        try:
+            out["flex"] = _flex(causal, seqlen, ctx.device)
+        except Exception as exc:  # an old torch without flex_attention
+            out["flex"] = f"FlexAttention unavailable: {type(exc).__name__}: {exc}"
+    try:
+        out["flash_attn"] = _flash_attn(causal)
+    except ImportError:
+        out["flash_attn"] = "flash-attn is not installed"
+    out["flashinfer"] = "FlashInfer prefill is not wired into this suite yet"
+    import torch
+
+    probe = torch.empty(1, 1, 1, 64, dtype=torch.bfloat16, device=ctx.device)
+    for backend in TABLE.names():
+        why = TABLE.reason(backend, call_facts("attention", probe))
+        if why:
+            out[backend] = why
+        elif backend == "reference" and ctx.gpu and seqlen > REFERENCE_MAX_LEN:
+            out[backend] = f"the reference materialises the scores (seqlen {seqlen})"
+        else:
+            out[backend] = _ours(backend, causal)
+    return out
+
+
+def _shapes(ctx: BenchContext) -> list[tuple[int, int, int, int]]:
+    """(batch, seqlen, heads, head_dim) cases."""
+    if ctx.gpu:
+        seqlens = ctx.option("attention.seqlens", GPU_SEQLENS_QUICK if ctx.quick else GPU_SEQLENS)
+        dims = ctx.option("attention.head_dims", (128,) if ctx.quick else (64, 128, 256))
+        return [(max(1, TOKENS // s), s, HIDDEN // d, d) for d in dims for s in seqlens]
+    seqlens = ctx.option("attention.seqlens", (32,))
+    dims = ctx.option("attention.head_dims", (64,))
+    return [(1, s, 2, d) for d in dims for s in seqlens]
+
+
+def _check(ctx: BenchContext, name: str, fn: Callable, q, k, v, causal: bool) -> bool:
+    """The flash rule on one sequence of at most CHECK_LEN tokens."""
+    from millkernels.ops.attention.reference import attention_ref
+    from millkernels.testing import flash_tolerance_ok
+
+    n = min(CHECK_LEN, q.shape[1])
+    qs, ks, vs = (t[:1, :n].contiguous() for t in (q, k, v))
+    try:
+        out = fn(qs, ks, vs)
+    except Exception as exc:
+        ctx.skip(name, f"raised {type(exc).__name__}: {str(exc)[:200]}")
+        return False
+    ref, _ = attention_ref(qs, ks, vs, causal=causal)
+    pt, _ = attention_ref(qs, ks, vs, causal=causal, compute_dtype=None)
+    ok, err, base = flash_tolerance_ok(out, pt, ref)
+    return ctx.check(ok, f"{name}: max error {err:.3g} > 2 x PyTorch's {base:.3g} + 1e-5")
+
+
+@suite("attention", order=30, description="attention fwd / fwd+bwd TFLOP/s vs SDPA, Flex")
+def attention_suite(ctx: BenchContext) -> Iterator[Row]:
+    import torch
+
+    from millkernels.ops.attention import triton_bwd, triton_fwd
+
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[ctx.option("attention.dtype", "bf16")]
+    dname = "bf16" if dtype == torch.bfloat16 else "fp16"
+    causals = ctx.option("attention.causal", (False, True) if ctx.gpu else (False,))
+    directions = ctx.option("attention.directions", ("fwd", "fwd_bwd"))
+    wanted = ctx.option("attention.backends", None)
+    checked: dict[tuple[str, int, bool], bool] = {}
+    for batch, seqlen, heads, head_dim in _shapes(ctx):
+        shape = {"batch": batch, "seqlen": seqlen, "heads": heads, "head_dim": head_dim}
+        q, k, v = (
+            torch.randn(batch, seqlen, heads, head_dim, device=ctx.device, dtype=dtype)
+            for _ in range(3)
+        )
+        for causal in causals:
+            cands = _candidates(ctx, causal, seqlen)
+            for direction in directions:
+                flops = attention_flops(
+                    batch, heads, seqlen, seqlen, head_dim, causal=causal, direction=direction
+                )
+                timed: dict[str, Any] = {}
+                for name, fn in cands.items():
+                    if wanted is not None and name not in wanted:
+                        continue
+                    what = f"{name} d{head_dim} causal={causal} seqlen={seqlen} {direction}"
+                    if isinstance(fn, str):
+                        ctx.skip(what, fn)
+                        continue
+                    key = (name, head_dim, causal)
+                    if key not in checked:
+                        checked[key] = _check(ctx, name, fn, q, k, v, causal)
+                    if not checked[key]:
+                        continue
+                    run = _timed_call(fn, q, k, v, direction)
+                    try:
+                        timed[name] = ctx.measure(run)
+                    except Exception as exc:  # e.g. out of memory for one baseline
+                        ctx.skip(what, f"raised {type(exc).__name__}: {str(exc)[:200]}")
+                sdpa = {n: t for n, t in timed.items() if n.startswith("sdpa_")}
+                best = min(sdpa, key=lambda n: sdpa[n].median_us) if sdpa else None
+                for name, t in timed.items():
+                    config = None
+                    if name == "triton":
+                        config = {"fwd": triton_fwd.chosen_config()}
+                        if direction != "fwd":
+                            config.update(triton_bwd.chosen_configs())
+                    yield ctx.row(
+                        op=f"attention_{direction}",
+                        shape={**shape, "causal": causal},
+                        dtype=dname,
+                        backend=name,
+                        timing=t,
+                        flops=flops,
+                        baseline=None if best is None or name == best else best,
+                        baseline_timing=None if best is None or name == best else sdpa[best],
+                        config=config,
+                    )
+
+
+def _timed_call(fn: Callable, q, k, v, direction: str) -> Callable[[], Any]:
+    import torch
+
+    if direction == "fwd":
+        return lambda: fn(q, k, v)
+    qg, kg, vg = (t.detach().requires_grad_(True) for t in (q, k, v))
+    dout = torch.randn_like(q)
+
+    def fwd_bwd():
+        out = fn(qg, kg, vg)
+        return torch.autograd.grad(out, (qg, kg, vg), dout)
+
+    return fwd_bwd
+
+
+# Suite discovery imports only ``bench.py`` of a family; the decode suite lives beside it.
+if importlib.util.find_spec("millkernels.ops.attention.bench_decode") is not None:
+    importlib.import_module("millkernels.ops.attention.bench_decode")

@@ -1,0 +1,204 @@
+"""Suite ``attention_decode``: paged-KV decode GB/s against the measured copy bandwidth.
+
+Shapes: batch 1..64, context 512..8192 (every sequence at the full context), block sizes 16
+and 64, 32 query heads over 8 key/value heads (GQA), head_dim 128, bf16. Bytes counted are the
+fewest a decode must move: every cached K and V row once, q read and out written once.
+
+Baselines measured in the same run: PyTorch SDPA on the same KV already gathered into a dense
+(batch, heads_kv, context, head_dim) tensor (``enable_gqa``; the gather is not timed, so this is
+what a dense cache would cost), and FlashInfer's paged decode when installed (flash-attn's
+paged KV needs pages of 256 tokens, so it is listed as skipped for these block sizes).
+
+Every backend is checked against the float32 reference (flash-attention's 2x rule) before it
+is timed. Timing replays a CUDA graph of the call (no validation, no dispatch inside a replay,
+as in a serving loop); cases whose KV fits in L2 say so in ``notes``.
+
+Options: ``attention_decode.shapes`` (list of (batch, context, block_size) tuples),
+``attention_decode.backends`` (subset of the family's backends).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from millkernels.bench.context import BenchContext
+from millkernels.bench.registry import suite
+from millkernels.bench.rows import Row
+
+HEADS_Q, HEADS_KV, HEAD_DIM = 32, 8, 128
+FULL_SHAPES = [
+    (batch, context, block)
+    for batch in (1, 8, 64)
+    for context in (512, 2048, 4096, 8192)
+    for block in (16, 64)
+]
+QUICK_SHAPES = [(1, 512, 16), (8, 2048, 16), (64, 4096, 16), (64, 4096, 64)]
+CPU_SHAPES = [(2, 48, 16)]
+#: KV smaller than this stays in a 50 MB L2 across graph replays.
+L2_BYTES = 50 << 20
+
+
+def _inputs(batch: int, context: int, block: int, device: str, heads_q: int, heads_kv: int):
+    import torch
+
+    blocks_per_seq = -(-context // block)
+    num_blocks = batch * blocks_per_seq
+    dtype = torch.bfloat16
+    q = torch.randn(batch, heads_q, HEAD_DIM, device=device, dtype=dtype)
+    k = torch.randn(num_blocks, block, heads_kv, HEAD_DIM, device=device, dtype=dtype)
+    v = torch.randn(num_blocks, block, heads_kv, HEAD_DIM, device=device, dtype=dtype)
+    perm = torch.randperm(num_blocks, device=device).to(torch.int32)
+    table = perm.reshape(batch, blocks_per_seq).contiguous()
+    lens = torch.full((batch,), context, dtype=torch.int32, device=device)
+    return q, k, v, table, lens
+
+
+def decode_bytes(batch: int, context: int, heads_q: int, heads_kv: int, itemsize: int = 2) -> int:
+    """K and V rows once, q read and out written once, plus the block table and lengths."""
+    kv = 2 * batch * context * heads_kv * HEAD_DIM * itemsize
+    qo = 2 * batch * heads_q * HEAD_DIM * itemsize
+    return kv + qo + batch * 4
+
+
+def _flashinfer_runner(q, k, v, table, lens, block: int) -> Any:
+    """A callable running FlashInfer's paged decode on the same cache, or a reason string."""
+    try:
+        import flashinfer
+    except ImportError:
+        return "flashinfer is not installed"
+    import torch
+
+    try:
+        batch, blocks = table.shape
+        indptr = torch.arange(0, batch + 1, device=q.device, dtype=torch.int32) * blocks
+        indices = table.reshape(-1)
+        last = ((lens - 1) % block + 1).to(torch.int32)
+        workspace = torch.empty(128 << 20, dtype=torch.uint8, device=q.device)
+        wrapper = flashinfer.BatchDecodeWithPagedKVCacheWrapper(workspace, "NHD")
+        wrapper.plan(
+            indptr, indices, last, q.shape[1], k.shape[2], q.shape[2], block,
+            q_data_type=q.dtype, kv_data_type=k.dtype,
+        )  # fmt: skip
+        wrapper.run(q, (k, v))
+        return lambda: wrapper.run(q, (k, v))
+    except Exception as exc:  # an API difference between FlashInfer versions
+        return f"flashinfer failed: {type(exc).__name__}: {exc}"
+
+
+@suite("attention_decode", order=40, description="paged-KV decode GB/s vs copy, SDPA, FlashInfer")
+def attention_decode_suite(ctx: BenchContext) -> Iterator[Row]:
+    import torch
+    import torch.nn.functional as F
+
+    from millkernels.dispatch import tables
+    from millkernels.ops.attention.decode import attention_decode, call_facts
+    from millkernels.ops.attention.decode_reference import attention_decode_reference
+    from millkernels.testing import flash_tolerance_ok
+
+    table_ = tables()["attention"]
+    default = CPU_SHAPES if not ctx.gpu else QUICK_SHAPES if ctx.quick else FULL_SHAPES
+    shapes = ctx.option("attention_decode.shapes", default)
+    wanted = ctx.option("attention_decode.backends", table_.names())
+    heads_q, heads_kv = (HEADS_Q, HEADS_KV) if ctx.gpu else (4, 2)
+    graph = ctx.gpu
+    ctx.skip("flash-attn paged decode", "flash-attn's paged KV needs block_size % 256 == 0")
+    for batch, context, block in shapes:
+        args = _inputs(batch, context, block, ctx.device, heads_q, heads_kv)
+        q, k, v, table, lens = args
+        shape = {
+            "batch": batch, "context": context, "block_size": block,
+            "heads_q": heads_q, "heads_kv": heads_kv, "head_dim": HEAD_DIM,
+        }  # fmt: skip
+        work = decode_bytes(batch, context, heads_q, heads_kv)
+        kv_bytes = 2 * batch * context * heads_kv * HEAD_DIM * 2
+        notes = None
+        if ctx.gpu and kv_bytes < L2_BYTES:
+            notes = "KV fits in L2 and graph replays do not flush it: above-HBM rates possible"
+        ref32, _ = attention_decode_reference(*args, out_dtype=torch.float32)
+        ref_lp, _ = attention_decode_reference(*args, upcast=False)
+
+        # baseline: SDPA over the same KV gathered into dense tensors (gather not timed)
+        dense_k = k[table.long()].reshape(batch, -1, heads_kv, HEAD_DIM)[:, :context]
+        dense_v = v[table.long()].reshape(batch, -1, heads_kv, HEAD_DIM)[:, :context]
+        dk, dv = dense_k.transpose(1, 2).contiguous(), dense_v.transpose(1, 2).contiguous()
+        q4 = q[:, :, None, :]
+
+        def sdpa(q4=q4, dk=dk, dv=dv):
+            return F.scaled_dot_product_attention(q4, dk, dv, enable_gqa=True)
+
+        try:
+            base_out = sdpa()[:, :, 0]
+            ok, err, _ = flash_tolerance_ok(base_out, ref_lp, ref32)
+            ctx.check(ok, f"sdpa {shape}: error {err:.3g}")
+            base_t = ctx.measure(sdpa, cuda_graph=graph)
+            yield ctx.row(
+                op="attention_decode", shape=shape, dtype="bf16", backend="sdpa",
+                timing=base_t, bytes=work, notes=notes,
+            )  # fmt: skip
+        except Exception as exc:
+            ctx.skip(f"sdpa {shape}", f"{type(exc).__name__}: {exc}")
+            base_t = None
+        del dk, dv, dense_k, dense_v
+
+        runner = _flashinfer_runner(q, k, v, table, lens, block) if ctx.gpu else "needs a GPU"
+        if isinstance(runner, str):
+            ctx.skip(f"flashinfer {shape}", runner)
+        else:
+            ok, err, _ = flash_tolerance_ok(runner(), ref_lp, ref32)
+            if ctx.check(ok, f"flashinfer {shape}: error {err:.3g}"):
+                t = ctx.measure(runner, cuda_graph=graph)
+                yield ctx.row(
+                    op="attention_decode", shape=shape, dtype="bf16", backend="flashinfer",
+                    timing=t, bytes=work, baseline="sdpa" if base_t else None,
+                    baseline_timing=base_t, notes=notes,
+                )  # fmt: skip
+
+        facts = call_facts(q, k, v)
+        for backend in table_.names():
+            if backend not in wanted or (backend == "reference" and ctx.gpu):
+                continue  # the reference syncs (cannot be graph-captured): it is the check
+            reason = table_.reason(backend, facts)
+            if reason:
+                ctx.skip(f"{backend} {shape}", reason)
+                continue
+            try:
+                out = attention_decode(*args, backend=backend)
+                ok, err, _ = flash_tolerance_ok(out, ref_lp, ref32)
+            except Exception as exc:
+                ok, err = False, float("nan")
+                ctx.check(False, f"{backend} {shape} raised {type(exc).__name__}: {exc}")
+                continue
+            if not ctx.check(ok, f"{backend} {shape}: error {err:.3g}"):
+                continue
+            t = ctx.measure(
+                lambda b=backend, a=args: attention_decode(*a, backend=b), cuda_graph=graph
+            )
+            yield ctx.row(
+                op="attention_decode", shape=shape, dtype="bf16", backend=backend, timing=t,
+                bytes=work, baseline="sdpa" if base_t else None, baseline_timing=base_t,
+                config=_config(backend, batch, heads_q, heads_kv, table.shape[1] * block, q),
+                notes=notes,
+            )  # fmt: skip
+        if ctx.gpu:
+            torch.cuda.empty_cache()
+
+
+def _config(backend: str, batch: int, heads_q: int, heads_kv: int, capacity: int, q) -> dict:
+    if backend == "triton":
+        from millkernels.ops.attention import triton_decode
+
+        return {
+            "splits": triton_decode.num_splits(batch, heads_kv, capacity, q.device),
+            "block_n": triton_decode.block_n(q.shape[-1]),
+            "num_warps": triton_decode.NUM_WARPS,
+        }
+    if backend == "cuda":
+        from millkernels.ops.attention import cuda_decode
+
+        sms = cuda_decode._sm_count(q.device.index or 0)
+        return {
+            "splits": cuda_decode.num_splits(batch, heads_q, heads_kv, capacity, sms),
+            "heads_per_cta": cuda_decode.heads_per_cta(heads_q // heads_kv),
+        }
+    return {}

@@ -1,0 +1,99 @@
+"""The ``cuda`` backend of ``attention_decode``: a thin wrapper over ``millkernels._C``.
+
+The CUDA kernel (csrc/attention/decode.cu) is templated on head_dim 64, 128 and 256 and on the
+number of query heads a CTA handles (1, 2, 4 or 8 of a GQA group); K and V rows move 16 bytes
+per lane. The C++ side checks ranks, dtypes, shapes, head_dim, strides, 16-byte alignment and
+devices (``ValueError`` naming the argument), then that a GPU exists (``RuntimeError``). The
+values inside ``block_table`` / ``cache_seqlens`` are checked by
+:func:`millkernels.ops.attention.decode.check_values`.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from millkernels._native import require_native, view
+
+#: Most splits per sequence (the combine reads all of them per output element).
+MAX_SPLITS = 64
+#: Fewest tokens of the table's capacity per split (not yet measured on a GPU).
+MIN_TOKENS_PER_SPLIT = 256
+#: CTAs per SM the split count aims for. The G=4 kernel fits 3 CTAs per SM (147 registers);
+#: ~8 CTAs per SM means many short waves, so the last partial wave costs little (512 CTAs on
+#: 132 SMs would be 1.3 waves). Estimated from the compile report, not yet measured on a GPU.
+CTAS_PER_SM = 8
+
+
+@functools.cache
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def heads_per_cta(group: int) -> int:
+    """Query heads one CTA handles (mirrors decode_heads_per_cta in decode.cu)."""
+    g = 1
+    while g < group and g < 8:
+        g *= 2
+    return g
+
+
+def num_splits(batch: int, heads_q: int, heads_kv: int, capacity: int, sms: int) -> int:
+    """Splits per sequence for about CTAS_PER_SM CTAs per SM in all, each split getting at
+    least MIN_TOKENS_PER_SPLIT tokens of the table's capacity."""
+    group = heads_q // heads_kv
+    ctas = max(batch * heads_kv * -(-group // heads_per_cta(group)), 1)
+    want = -(-CTAS_PER_SM * sms // ctas)
+    most = max(capacity // MIN_TOKENS_PER_SPLIT, 1)
+    return int(max(1, min(want, most, MAX_SPLITS)))
+
+
+def launch(
+    q, k_cache, v_cache, block_table, cache_seqlens, out, lse, o_partial, lse_partial,
+    splits: int, softmax_scale: float, softcap: float,
+) -> None:  # fmt: skip
+    """Call the C++ binding with explicit buffers (tests reach its checks through this)."""
+    require_native().attention_decode(
+        view(q, "q"), view(k_cache, "k_cache"), view(v_cache, "v_cache"),
+        view(block_table, "block_table"), view(cache_seqlens, "cache_seqlens"),
+        view(out, "out"), view(lse, "lse"), view(o_partial, "o_partial"),
+        view(lse_partial, "lse_partial"), int(splits), float(softmax_scale), float(softcap),
+    )  # fmt: skip
+
+
+def _empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Output and workspace allocation (tests replace it to poison the buffers)."""
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def attention_decode(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_table: torch.Tensor,
+    cache_seqlens: torch.Tensor,
+    softmax_scale: float,
+    softcap: float,
+    splits: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Allocate the outputs (and the split workspace), launch; returns ``(out, lse)``.
+
+    ``splits`` overrides the split count (tests use it to cover the combine)."""
+    batch, heads_q, head_dim = q.shape
+    block_size, heads_kv = k_cache.shape[1], k_cache.shape[2]
+    out = _empty((batch, heads_q, head_dim), q.dtype, q.device)
+    lse = _empty((batch, heads_q), torch.float32, q.device)
+    if splits is None:
+        sms = _sm_count(q.device.index or 0) if q.device.type == "cuda" else 1
+        splits = num_splits(batch, heads_q, heads_kv, block_table.shape[1] * block_size, sms)
+    if splits > 1:
+        po = _empty((batch, heads_q, splits, head_dim), torch.float32, q.device)
+        plse = _empty((batch, heads_q, splits), torch.float32, q.device)
+    else:
+        po = plse = lse  # not read with one split
+    launch(
+        q, k_cache, v_cache, block_table, cache_seqlens, out, lse, po, plse,
+        splits, softmax_scale, softcap,
+    )  # fmt: skip
+    return out, lse

@@ -1,0 +1,229 @@
+"""Attention as PyTorch custom ops, so ``torch.compile(fullgraph=True)`` and autograd see one
+opaque op with a fake (meta) kernel and a registered backward.
+
+Ops (``torch.ops.millkernels.*``):
+
+- ``attention_fwd(q, k, v, softmax_scale, window_left, window_right, softcap, backend)
+  -> (out, lse)``
+- ``attention_bwd(dout, dlse, q, k, v, out, lse, softmax_scale, window_left, window_right,
+  softcap, backend) -> (dq, dk, dv)``
+- ``attention_varlen_fwd`` / ``attention_varlen_bwd``: the same with ``cu_seqlens_q``,
+  ``cu_seqlens_k``, ``max_seqlen_q``, ``max_seqlen_k`` after ``v``.
+
+``causal`` is folded into the window (``right = min(right, 0)``) before these ops; ``-1``
+means unbounded. ``backend`` is "triton" or "reference" (already resolved by the public
+functions). ``torch.library.custom_op`` is used rather than ``triton_op``: under the Triton
+interpreter ``triton_op`` hands fake tensors to the interpreter (see DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from millkernels.ops.attention import reference
+
+_NAMES = ("triton", "reference")
+
+
+def _check_backend(backend: str) -> None:
+    if backend not in _NAMES:
+        raise ValueError(f"backend: the attention ops take one of {_NAMES}, got {backend!r}")
+
+
+def _like(x: Tensor, ref: Tensor) -> Tensor:
+    """``x`` with exactly ``empty_like(ref)``'s strides (what the fake kernels promise)."""
+    out = torch.empty_like(ref)
+    if out.stride() == x.stride() and x.dtype == ref.dtype:
+        return x
+    return out.copy_(x)
+
+
+# ---------------------------------------------------------------------------- dense
+
+
+@torch.library.custom_op("millkernels::attention_fwd", mutates_args=())
+def attention_fwd(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    softmax_scale: float,
+    window_left: int,
+    window_right: int,
+    softcap: float,
+    backend: str,
+) -> tuple[Tensor, Tensor]:
+    _check_backend(backend)
+    window = (window_left, window_right)
+    if backend == "triton":
+        from millkernels.ops.attention import triton_fwd
+
+        out, lse = triton_fwd.forward(
+            q, k, v, None, None, q.shape[1], k.shape[1], softmax_scale, window, softcap
+        )
+    else:
+        out, lse = reference.attention_ref(
+            q, k, v, softmax_scale=softmax_scale, window=window, softcap=softcap
+        )
+    return _like(out, q), lse.contiguous()
+
+
+@attention_fwd.register_fake
+def _(q, k, v, softmax_scale, window_left, window_right, softcap, backend):
+    lse = q.new_empty((q.shape[0], q.shape[2], q.shape[1]), dtype=torch.float32)
+    return torch.empty_like(q), lse
+
+
+@torch.library.custom_op("millkernels::attention_bwd", mutates_args=())
+def attention_bwd(
+    dout: Tensor,
+    dlse: Tensor | None,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    out: Tensor,
+    lse: Tensor,
+    softmax_scale: float,
+    window_left: int,
+    window_right: int,
+    softcap: float,
+    backend: str,
+) -> tuple[Tensor, Tensor, Tensor]:
+    _check_backend(backend)
+    window = (window_left, window_right)
+    dout = dout.to(q.dtype)
+    if backend == "triton":
+        from millkernels.ops.attention import triton_bwd
+
+        dq, dk, dv = triton_bwd.backward(
+            dout, dlse, q, k, v, out, lse, None, None, q.shape[1], k.shape[1],
+            softmax_scale, window, softcap,
+        )  # fmt: skip
+    else:
+        dq, dk, dv = reference.attention_grad_ref(
+            dout, dlse, q, k, v, softmax_scale=softmax_scale, window=window, softcap=softcap
+        )
+    return _like(dq, q), _like(dk, k), _like(dv, v)
+
+
+@attention_bwd.register_fake
+def _(dout, dlse, q, k, v, out, lse, softmax_scale, window_left, window_right, softcap, backend):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _fwd_setup(ctx, inputs, output):
+    q, k, v, softmax_scale, window_left, window_right, softcap, backend = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse)
+    ctx.params = (softmax_scale, window_left, window_right, softcap, backend)
+
+
+def _fwd_backward(ctx, dout, dlse):
+    q, k, v, out, lse = ctx.saved_tensors
+    dq, dk, dv = attention_bwd(dout, dlse, q, k, v, out, lse, *ctx.params)
+    return dq, dk, dv, None, None, None, None, None
+
+
+attention_fwd.register_autograd(_fwd_backward, setup_context=_fwd_setup)
+
+
+# ---------------------------------------------------------------------------- varlen
+
+
+@torch.library.custom_op("millkernels::attention_varlen_fwd", mutates_args=())
+def attention_varlen_fwd(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    cu_seqlens_q: Tensor,
+    cu_seqlens_k: Tensor,
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+    softmax_scale: float,
+    window_left: int,
+    window_right: int,
+    softcap: float,
+    backend: str,
+) -> tuple[Tensor, Tensor]:
+    _check_backend(backend)
+    window = (window_left, window_right)
+    if backend == "triton":
+        from millkernels.ops.attention import triton_fwd
+
+        out, lse = triton_fwd.forward(
+            q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+            softmax_scale, window, softcap,
+        )  # fmt: skip
+    else:
+        out, lse = reference.attention_varlen_ref(
+            q, k, v, cu_seqlens_q, cu_seqlens_k,
+            softmax_scale=softmax_scale, window=window, softcap=softcap,
+        )  # fmt: skip
+    return _like(out, q), lse.contiguous()
+
+
+@attention_varlen_fwd.register_fake
+def _(q, k, v, cu_q, cu_k, max_q, max_k, softmax_scale, window_left, window_right, softcap, be):
+    lse = q.new_empty((q.shape[1], q.shape[0]), dtype=torch.float32)
+    return torch.empty_like(q), lse
+
+
+@torch.library.custom_op("millkernels::attention_varlen_bwd", mutates_args=())
+def attention_varlen_bwd(
+    dout: Tensor,
+    dlse: Tensor | None,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    out: Tensor,
+    lse: Tensor,
+    cu_seqlens_q: Tensor,
+    cu_seqlens_k: Tensor,
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+    softmax_scale: float,
+    window_left: int,
+    window_right: int,
+    softcap: float,
+    backend: str,
+) -> tuple[Tensor, Tensor, Tensor]:
+    _check_backend(backend)
+    window = (window_left, window_right)
+    dout = dout.to(q.dtype)
+    if backend == "triton":
+        from millkernels.ops.attention import triton_bwd
+
+        dq, dk, dv = triton_bwd.backward(
+            dout, dlse, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+            max_seqlen_k, softmax_scale, window, softcap,
+        )  # fmt: skip
+    else:
+        dq, dk, dv = reference.attention_varlen_grad_ref(
+            dout, dlse, q, k, v, cu_seqlens_q, cu_seqlens_k,
+            softmax_scale=softmax_scale, window=window, softcap=softcap,
+        )  # fmt: skip
+    return _like(dq, q), _like(dk, k), _like(dv, v)
+
+
+@attention_varlen_bwd.register_fake
+def _(dout, dlse, q, k, v, out, lse, cu_q, cu_k, max_q, max_k, scale, wl, wr, softcap, be):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _varlen_setup(ctx, inputs, output):
+    q, k, v, cu_q, cu_k, max_q, max_k, softmax_scale, wl, wr, softcap, backend = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse, cu_q, cu_k)
+    ctx.params = (max_q, max_k, softmax_scale, wl, wr, softcap, backend)
+
+
+def _varlen_backward(ctx, dout, dlse):
+    q, k, v, out, lse, cu_q, cu_k = ctx.saved_tensors
+    max_q, max_k, *rest = ctx.params
+    dq, dk, dv = attention_varlen_bwd(
+        dout, dlse, q, k, v, out, lse, cu_q, cu_k, max_q, max_k, *rest
+    )
+    return dq, dk, dv, None, None, None, None, None, None, None, None, None
+
+
+attention_varlen_fwd.register_autograd(_varlen_backward, setup_context=_varlen_setup)

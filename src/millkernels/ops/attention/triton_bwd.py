@@ -1,0 +1,704 @@
+"""Triton attention backward (FlashAttention-2), deterministic by construction.
+
+Three kernels, no atomics:
+
+1. ``preprocess``: ``delta = rowsum(dO * O) - dlse`` and ``lse2 = lse * log2(e)`` (with
+   ``-inf`` rows turned into ``+inf`` so their probabilities recompute as 0).
+2. ``dkdv``: one program per (key block, key/value head); it loops over the query heads that
+   share the kv head (GQA: the sum over the group happens in registers, in a fixed order)
+   and over the query blocks that see the key block.
+3. ``dq``: one program per (query block, query head), looping over key blocks.
+
+Every sum has a fixed order, so the backward is bitwise reproducible whatever
+``deterministic`` says. A gradient flowing into ``lse`` is supported: ``d lse / d s = p``,
+which folds into ``delta``.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from millkernels import runtime
+from millkernels.analyze.registry import (
+    TritonVariant,
+    register_triton,
+    variants_from_configs,
+    with_spill_allowance,
+)
+from millkernels.ops.attention.triton_fwd import (
+    _bucket_d,
+    block_ranges,
+    scale_args,
+    seq_bucket,
+    tanh,
+    window_args,
+)
+from millkernels.ops.triton_common import dot
+
+
+@triton.jit
+def _bwd_preprocess_kernel(
+    O,  # noqa: E741
+    DO,
+    LSE,
+    DLSE,
+    DELTA,
+    LSE2,
+    CU_Q,
+    stride_ob,
+    stride_os,
+    stride_oh,
+    stride_db,
+    stride_ds,
+    stride_dh,
+    stride_lb,
+    stride_lh,
+    seqlen_q,
+    heads_q,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    VARLEN: tl.constexpr,
+    HAS_DLSE: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // heads_q
+    h = pid_bh % heads_q
+    if VARLEN:
+        q0 = tl.load(CU_Q + b)
+        len_q = tl.load(CU_Q + b + 1) - q0
+        o_off = q0.to(tl.int64) * stride_os
+        d_off = q0.to(tl.int64) * stride_ds
+        l_off = q0.to(tl.int64)
+    else:
+        len_q = seqlen_q
+        o_off = b.to(tl.int64) * stride_ob
+        d_off = b.to(tl.int64) * stride_db
+        l_off = b.to(tl.int64) * stride_lb
+    m_start = pid_m * BLOCK_M
+    if m_start >= len_q:
+        return
+    offs_m = m_start + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    row_ok = offs_m < len_q
+    mask = row_ok[:, None] & (offs_d[None, :] < HEAD_DIM)
+    o = tl.load(O + o_off + h * stride_oh + offs_m[:, None] * stride_os + offs_d[None, :], mask)
+    do = tl.load(DO + d_off + h * stride_dh + offs_m[:, None] * stride_ds + offs_d[None, :], mask)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    l_ptr = l_off + h * stride_lh + offs_m
+    if HAS_DLSE:
+        delta = delta - tl.load(DLSE + l_ptr, mask=row_ok, other=0.0)
+    lse = tl.load(LSE + l_ptr, mask=row_ok, other=0.0)
+    lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
+    tl.store(DELTA + l_ptr, delta, mask=row_ok)
+    tl.store(LSE2 + l_ptr, lse2, mask=row_ok)
+
+
+@triton.jit
+def _dkdv_inner(
+    dk,
+    dv,
+    k,
+    v,
+    q_base,
+    do_base,
+    lse_base,
+    delta_base,
+    stride_qs,
+    stride_dos,
+    start,
+    end,
+    start2,
+    end2,
+    offs_n,
+    offs_d,
+    len_q,
+    diag,
+    win_left,
+    win_right,
+    qk_scale,
+    softcap,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    MASKED: tl.constexpr,
+    SOFTCAP: tl.constexpr,
+):
+    offs_m0 = tl.arange(0, BLOCK_M)
+    d_ok = offs_d < HEAD_DIM
+    n_first = tl.cdiv(end - start, BLOCK_M)
+    n_total = n_first + tl.cdiv(end2 - start2, BLOCK_M)
+    for it in range(0, n_total):
+        m = tl.where(it < n_first, start + it * BLOCK_M, start2 + (it - n_first) * BLOCK_M)
+        offs_m = m + offs_m0
+        qt_ptrs = q_base + offs_m[None, :] * stride_qs + offs_d[:, None]
+        do_ptrs = do_base + offs_m[:, None] * stride_dos + offs_d[None, :]
+        if MASKED:
+            m_ok = offs_m < len_q
+            qt = tl.load(qt_ptrs, mask=m_ok[None, :] & d_ok[:, None], other=0.0)
+            do = tl.load(do_ptrs, mask=m_ok[:, None] & d_ok[None, :], other=0.0)
+            lse2 = tl.load(lse_base + offs_m, mask=m_ok, other=float("inf"))
+            delta = tl.load(delta_base + offs_m, mask=m_ok, other=0.0)
+        else:
+            if BLOCK_D == HEAD_DIM:
+                qt = tl.load(qt_ptrs)
+                do = tl.load(do_ptrs)
+            else:
+                qt = tl.load(qt_ptrs, mask=d_ok[:, None], other=0.0)
+                do = tl.load(do_ptrs, mask=d_ok[None, :], other=0.0)
+            lse2 = tl.load(lse_base + offs_m)
+            delta = tl.load(delta_base + offs_m)
+        sT = dot(k, qt, tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32))
+        if SOFTCAP:
+            t = tanh(sT * qk_scale)
+            sT = softcap * t
+        else:
+            sT = sT * qk_scale
+        pT = tl.math.exp2(sT - lse2[None, :])
+        if MASKED:
+            i = offs_m[None, :] + diag
+            j = offs_n[:, None]
+            vis = (j - i >= -win_left) & (j - i <= win_right) & (offs_m[None, :] < len_q)
+            pT = tl.where(vis, pT, 0.0)
+        dv = dot(pT.to(do.dtype), do, dv)
+        dpT = dot(v, tl.trans(do), tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32))
+        dsT = pT * (dpT - delta[None, :])
+        if SOFTCAP:
+            dsT = dsT * (1.0 - t * t)
+        dk = dot(dsT.to(qt.dtype), tl.trans(qt), dk)
+    return dk, dv
+
+
+@triton.jit
+def _attn_bwd_dkdv_kernel(
+    Q,
+    K,
+    V,
+    DO,
+    LSE2,
+    DELTA,
+    DK,
+    DV,
+    CU_Q,
+    CU_K,
+    stride_qb,
+    stride_qs,
+    stride_qh,
+    stride_kb,
+    stride_ks,
+    stride_kh,
+    stride_vb,
+    stride_vs,
+    stride_vh,
+    stride_db,
+    stride_ds,
+    stride_dh,
+    stride_lb,
+    stride_lh,
+    seqlen_q,
+    seqlen_k,
+    heads_kv,
+    group,
+    sm_scale,
+    qk_scale,
+    softcap,
+    win_left,
+    win_right,
+    seq_bucket,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    VARLEN: tl.constexpr,
+    SOFTCAP: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """dK, dV for one key block of one kv head; DK/DV share K/V's strides."""
+    pid_n = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // heads_kv
+    kvh = pid_bh % heads_kv
+    if VARLEN:
+        q0 = tl.load(CU_Q + b)
+        k0 = tl.load(CU_K + b)
+        len_q = tl.load(CU_Q + b + 1) - q0
+        len_k = tl.load(CU_K + b + 1) - k0
+        q_off = q0.to(tl.int64) * stride_qs
+        do_off = q0.to(tl.int64) * stride_ds
+        k_off = k0.to(tl.int64) * stride_ks
+        v_off = k0.to(tl.int64) * stride_vs
+        l_off = q0.to(tl.int64)
+    else:
+        len_q = seqlen_q
+        len_k = seqlen_k
+        q_off = b.to(tl.int64) * stride_qb
+        do_off = b.to(tl.int64) * stride_db
+        k_off = b.to(tl.int64) * stride_kb
+        v_off = b.to(tl.int64) * stride_vb
+        l_off = b.to(tl.int64) * stride_lb
+    n_start = pid_n * BLOCK_N
+    if n_start >= len_k:
+        return
+    offs_n = n_start + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    kv_mask = (offs_n[:, None] < len_k) & (offs_d[None, :] < HEAD_DIM)
+    k_ptrs = K + k_off + kvh * stride_kh + offs_n[:, None] * stride_ks + offs_d[None, :]
+    v_ptrs = V + v_off + kvh * stride_vh + offs_n[:, None] * stride_vs + offs_d[None, :]
+    k = tl.load(k_ptrs, mask=kv_mask, other=0.0)
+    v = tl.load(v_ptrs, mask=kv_mask, other=0.0)
+    dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    diag = len_k - len_q
+    # query rows i see key j when j - diag - right <= i <= j - diag + left
+    lo, full_lo, full_hi, hi = block_ranges(
+        n_start, BLOCK_N, len_q, -diag, win_right, win_left, BLOCK_M
+    )
+    for g in range(0, group):
+        h = kvh * group + g
+        q_base = Q + q_off + h * stride_qh
+        do_base = DO + do_off + h * stride_dh
+        lse_base = LSE2 + l_off + h * stride_lh
+        delta_base = DELTA + l_off + h * stride_lh
+        if BLOCK_D >= 128:
+            # one loop, masked throughout: with two loops (unmasked, masked) ptxas spills at
+            # d128 (264 B per thread at 16x64 w8) where one loop fits in 255 registers.
+            dk, dv = _dkdv_inner(
+                dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qs, stride_ds,
+                lo, hi, 0, 0, offs_n, offs_d, len_q, diag, win_left, win_right,
+                qk_scale, softcap, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, True, SOFTCAP,
+            )  # fmt: skip
+        else:
+            dk, dv = _dkdv_inner(
+                dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qs, stride_ds,
+                full_lo, full_hi, 0, 0, offs_n, offs_d, len_q, diag, win_left, win_right,
+                qk_scale, softcap, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, False, SOFTCAP,
+            )  # fmt: skip
+            dk, dv = _dkdv_inner(
+                dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qs, stride_ds,
+                lo, full_lo, full_hi, hi, offs_n, offs_d, len_q, diag, win_left, win_right,
+                qk_scale, softcap, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, True, SOFTCAP,
+            )  # fmt: skip
+    dk = dk * sm_scale
+    dk_ptrs = DK + k_off + kvh * stride_kh + offs_n[:, None] * stride_ks + offs_d[None, :]
+    dv_ptrs = DV + v_off + kvh * stride_vh + offs_n[:, None] * stride_vs + offs_d[None, :]
+    tl.store(dk_ptrs, dk.to(DK.dtype.element_ty), mask=kv_mask)
+    tl.store(dv_ptrs, dv.to(DV.dtype.element_ty), mask=kv_mask)
+
+
+@triton.jit
+def _dq_inner(
+    dq,
+    q,
+    do,
+    lse2,
+    delta,
+    k_base,
+    v_base,
+    stride_ks,
+    stride_vs,
+    start,
+    end,
+    start2,
+    end2,
+    offs_m,
+    offs_d,
+    len_k,
+    diag,
+    win_left,
+    win_right,
+    qk_scale,
+    softcap,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    MASKED: tl.constexpr,
+    SOFTCAP: tl.constexpr,
+):
+    offs_n0 = tl.arange(0, BLOCK_N)
+    d_ok = offs_d < HEAD_DIM
+    n_first = tl.cdiv(end - start, BLOCK_N)
+    n_total = n_first + tl.cdiv(end2 - start2, BLOCK_N)
+    for it in range(0, n_total):
+        n = tl.where(it < n_first, start + it * BLOCK_N, start2 + (it - n_first) * BLOCK_N)
+        offs_n = n + offs_n0
+        kt_ptrs = k_base + offs_n[None, :] * stride_ks + offs_d[:, None]
+        vt_ptrs = v_base + offs_n[None, :] * stride_vs + offs_d[:, None]
+        if MASKED:
+            mask = (offs_n[None, :] < len_k) & d_ok[:, None]
+            kt = tl.load(kt_ptrs, mask=mask, other=0.0)
+            vt = tl.load(vt_ptrs, mask=mask, other=0.0)
+        elif BLOCK_D == HEAD_DIM:
+            kt = tl.load(kt_ptrs)
+            vt = tl.load(vt_ptrs)
+        else:
+            kt = tl.load(kt_ptrs, mask=d_ok[:, None], other=0.0)
+            vt = tl.load(vt_ptrs, mask=d_ok[:, None], other=0.0)
+        s = dot(q, kt, tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32))
+        if SOFTCAP:
+            t = tanh(s * qk_scale)
+            s = softcap * t
+        else:
+            s = s * qk_scale
+        p = tl.math.exp2(s - lse2[:, None])
+        if MASKED:
+            i = offs_m[:, None] + diag
+            j = offs_n[None, :]
+            vis = (j - i >= -win_left) & (j - i <= win_right) & (j < len_k)
+            p = tl.where(vis, p, 0.0)
+        dp = dot(do, vt, tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32))
+        ds = p * (dp - delta[:, None])
+        if SOFTCAP:
+            ds = ds * (1.0 - t * t)
+        dq = dot(ds.to(kt.dtype), tl.trans(kt), dq)
+    return dq
+
+
+@triton.jit
+def _attn_bwd_dq_kernel(
+    Q,
+    K,
+    V,
+    DO,
+    LSE2,
+    DELTA,
+    DQ,
+    CU_Q,
+    CU_K,
+    stride_qb,
+    stride_qs,
+    stride_qh,
+    stride_kb,
+    stride_ks,
+    stride_kh,
+    stride_vb,
+    stride_vs,
+    stride_vh,
+    stride_db,
+    stride_ds,
+    stride_dh,
+    stride_lb,
+    stride_lh,
+    seqlen_q,
+    seqlen_k,
+    heads_q,
+    group,
+    sm_scale,
+    qk_scale,
+    softcap,
+    win_left,
+    win_right,
+    seq_bucket,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    VARLEN: tl.constexpr,
+    SOFTCAP: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """dQ for one query block of one query head; DQ shares Q's strides."""
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // heads_q
+    h = pid_bh % heads_q
+    kvh = h // group
+    if VARLEN:
+        q0 = tl.load(CU_Q + b)
+        k0 = tl.load(CU_K + b)
+        len_q = tl.load(CU_Q + b + 1) - q0
+        len_k = tl.load(CU_K + b + 1) - k0
+        q_off = q0.to(tl.int64) * stride_qs
+        do_off = q0.to(tl.int64) * stride_ds
+        k_off = k0.to(tl.int64) * stride_ks
+        v_off = k0.to(tl.int64) * stride_vs
+        l_off = q0.to(tl.int64)
+    else:
+        len_q = seqlen_q
+        len_k = seqlen_k
+        q_off = b.to(tl.int64) * stride_qb
+        do_off = b.to(tl.int64) * stride_db
+        k_off = b.to(tl.int64) * stride_kb
+        v_off = b.to(tl.int64) * stride_vb
+        l_off = b.to(tl.int64) * stride_lb
+    m_start = pid_m * BLOCK_M
+    if m_start >= len_q:
+        return
+    offs_m = m_start + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    row_ok = offs_m < len_q
+    mask = row_ok[:, None] & (offs_d[None, :] < HEAD_DIM)
+    q = tl.load(Q + q_off + h * stride_qh + offs_m[:, None] * stride_qs + offs_d[None, :], mask)
+    do = tl.load(DO + do_off + h * stride_dh + offs_m[:, None] * stride_ds + offs_d[None, :], mask)
+    l_ptr = l_off + h * stride_lh + offs_m
+    lse2 = tl.load(LSE2 + l_ptr, mask=row_ok, other=float("inf"))
+    delta = tl.load(DELTA + l_ptr, mask=row_ok, other=0.0)
+    k_base = K + k_off + kvh * stride_kh
+    v_base = V + v_off + kvh * stride_vh
+    diag = len_k - len_q
+    lo, full_lo, full_hi, hi = block_ranges(
+        m_start, BLOCK_M, len_k, diag, win_left, win_right, BLOCK_N
+    )
+    dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    dq = _dq_inner(
+        dq, q, do, lse2, delta, k_base, v_base, stride_ks, stride_vs, full_lo, full_hi, 0, 0,
+        offs_m, offs_d, len_k, diag, win_left, win_right, qk_scale, softcap,
+        HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, False, SOFTCAP,
+    )  # fmt: skip
+    dq = _dq_inner(
+        dq, q, do, lse2, delta, k_base, v_base, stride_ks, stride_vs, lo, full_lo, full_hi, hi,
+        offs_m, offs_d, len_k, diag, win_left, win_right, qk_scale, softcap,
+        HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, True, SOFTCAP,
+    )  # fmt: skip
+    dq = dq * sm_scale
+    dq_ptrs = DQ + q_off + h * stride_qh + offs_m[:, None] * stride_qs + offs_d[None, :]
+    tl.store(dq_ptrs, dq.to(DQ.dtype.element_ty), mask=mask)
+
+
+# ---------------------------------------------------------------------------- configs
+
+# (BLOCK_M, BLOCK_N, num_warps, num_stages, min_arch) per head-dim bucket.
+# dkdv keeps k, v (operands) and dK, dV (fp32 accumulators) for BLOCK_N keys in registers;
+# dq keeps q, dO and dQ for BLOCK_M rows. Registers from `millkernels analyze --arch sm_90`
+# (Triton 3.9, bf16): d64 dkdv 32x64 w8: 228, 64x64 w8: 229, 32x128 w8: 254, no spills
+# (32x128 w4: 1968 B spilled); d64 dq 128x64 w8: 242, 64x32 w4: 192, no spills.
+# d128 dkdv (one masked loop, see the kernel): 16x64 w8 s2: 255, no spill, HGMMA; 16x32 w4
+# s2: 248, no spill, HMMA only (BLOCK_N < 64 leaves no 64-row wgmma tile); 32x64 w8: 64 B
+# spilled. d128 dq: every tile tried spills (128x32 w8: 24-64 B, 64x32 w4: 68-152 B,
+# 128x16 w8: 24-240 B): q and dO stay in registers as wgmma A operands next to the fp32 dQ.
+# sm_80: d64 dkdv 64x64 w8 spills 492 B (Hopper-only here); d128 dq 128x16 w8 fits, 128x32
+# spills 340 B (Hopper-only).
+_DKDV_TABLE: dict[int, list[tuple[int, int, int, int, int]]] = {
+    32: [(32, 64, 8, 3, 80), (64, 64, 8, 3, 80)],
+    64: [(32, 64, 8, 3, 80), (64, 64, 8, 3, 90), (32, 128, 8, 3, 90)],
+    128: [(16, 64, 8, 2, 80)],
+    256: [(16, 32, 4, 2, 80), (16, 64, 8, 2, 80)],
+}
+_DQ_TABLE: dict[int, list[tuple[int, int, int, int, int]]] = {
+    32: [(128, 64, 8, 3, 80), (64, 32, 4, 3, 80)],
+    64: [(128, 64, 8, 3, 80), (64, 32, 4, 3, 80), (128, 32, 8, 3, 80)],
+    128: [(128, 16, 8, 3, 80), (128, 32, 8, 3, 90)],
+    256: [(64, 16, 4, 2, 80), (128, 16, 8, 2, 80)],
+}
+INTERPRET_DKDV = {"BLOCK_M": 16, "BLOCK_N": 32}
+INTERPRET_DQ = {"BLOCK_M": 32, "BLOCK_N": 16}
+PRE_BLOCK_M = 64
+
+
+def _configs(table):
+    out = []
+    for bd, rows in table.items():
+        for bm, bn, w, s, arch in rows:
+            cfg = triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+            cfg._mk_meta = (bd, arch)
+            out.append(cfg)
+    return out
+
+
+def _prune(configs, named_args, **kwargs):
+    args = {**named_args, **kwargs}
+    bd = min((c._mk_meta[0] for c in configs if c._mk_meta[0] >= int(args["BLOCK_D"])), default=256)
+    major, minor = torch.cuda.get_device_capability() if torch.cuda.is_available() else (8, 0)
+    arch = 10 * major + minor
+    keep = [c for c in configs if c._mk_meta[0] == bd and c._mk_meta[1] <= arch]
+    return keep or [c for c in configs if c._mk_meta[0] == bd][:1]
+
+
+DKDV_CONFIGS = _configs(_DKDV_TABLE)
+DQ_CONFIGS = _configs(_DQ_TABLE)
+_KEY = ["seq_bucket", "HEAD_DIM", "VARLEN", "SOFTCAP", "group"]
+_dkdv_tuned = triton.autotune(
+    DKDV_CONFIGS, key=_KEY, prune_configs_by={"early_config_prune": _prune}
+)(_attn_bwd_dkdv_kernel)
+_dq_tuned = triton.autotune(DQ_CONFIGS, key=_KEY, prune_configs_by={"early_config_prune": _prune})(
+    _attn_bwd_dq_kernel
+)
+
+
+def backward(
+    dout: torch.Tensor,
+    dlse: torch.Tensor | None,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    cu_q: torch.Tensor | None,
+    cu_k: torch.Tensor | None,
+    max_q: int,
+    max_k: int,
+    softmax_scale: float,
+    window: tuple[int, int],
+    softcap: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Launch the backward; returns (dq, dk, dv) shaped, strided and typed like q, k, v."""
+    varlen = cu_q is not None
+    lse = lse.contiguous()
+    dq = torch.zeros_like(q) if varlen else torch.empty_like(q)
+    dk = torch.zeros_like(k) if varlen else torch.empty_like(k)
+    dv = torch.zeros_like(v) if varlen else torch.empty_like(v)
+    if dk.stride() != k.stride() or dv.stride() != v.stride() or dq.stride() != q.stride():
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        if varlen:
+            dq.zero_(), dk.zero_(), dv.zero_()
+    if q.numel() == 0 or k.numel() == 0:
+        return dq.zero_(), dk.zero_(), dv.zero_()
+    if dout.stride() != out.stride():
+        dout = dout.contiguous()
+        out = out.contiguous()
+    if varlen:
+        batch = cu_q.numel() - 1
+        heads_q, head_dim = q.shape[1], q.shape[2]
+        heads_kv = k.shape[1]
+        qs, ks, vs, ds = ((0, *t.stride()[:2]) for t in (q, k, v, dout))
+        os_ = (0, *out.stride()[:2])
+        ls = (0, lse.stride(0))
+    else:
+        batch, max_q, heads_q, head_dim = q.shape
+        max_k, heads_kv = k.shape[1], k.shape[2]
+        qs, ks, vs, ds, os_ = (t.stride()[:3] for t in (q, k, v, dout, out))
+        ls = (lse.stride(0), lse.stride(1))
+    max_q, max_k = int(max_q), int(max_k)
+    group = heads_q // heads_kv
+    bd = _bucket_d(head_dim)
+    delta = torch.empty_like(lse)
+    lse2 = torch.empty_like(lse)
+    cu_q_arg = cu_q if varlen else lse
+    cu_k_arg = cu_k if varlen else lse
+    interp = runtime.triton_interpret()
+    dl = dlse.contiguous() if dlse is not None else lse
+    grid = (triton.cdiv(max_q, PRE_BLOCK_M), batch * heads_q)
+    _bwd_preprocess_kernel[grid](
+        out, dout, lse, dl, delta, lse2, cu_q_arg, *os_, *ds, *ls, max_q, heads_q,
+        HEAD_DIM=head_dim, BLOCK_D=bd, VARLEN=varlen, HAS_DLSE=dlse is not None,
+        BLOCK_M=PRE_BLOCK_M, num_warps=4, num_stages=1,
+    )  # fmt: skip
+    qk_scale, cap = scale_args(softmax_scale, softcap)
+    wl, wr = window_args(*window)
+    common = (*qs, *ks, *vs, *ds, *ls, max_q, max_k)
+    tail = (group, softmax_scale, qk_scale, cap, wl, wr, seq_bucket(max(max_q, max_k)))
+    consts = dict(HEAD_DIM=head_dim, BLOCK_D=bd, VARLEN=varlen, SOFTCAP=softcap > 0)
+    dkdv_args = (q, k, v, dout, lse2, delta, dk, dv, cu_q_arg, cu_k_arg, *common, heads_kv, *tail)
+    dq_args = (q, k, v, dout, lse2, delta, dq, cu_q_arg, cu_k_arg, *common, heads_q, *tail)
+    if interp:
+        c1, c2 = INTERPRET_DKDV, INTERPRET_DQ
+        g1 = (triton.cdiv(max_k, c1["BLOCK_N"]), batch * heads_kv)
+        g2 = (triton.cdiv(max_q, c2["BLOCK_M"]), batch * heads_q)
+        _attn_bwd_dkdv_kernel[g1](*dkdv_args, **consts, **c1, num_warps=4, num_stages=1)
+        _attn_bwd_dq_kernel[g2](*dq_args, **consts, **c2, num_warps=4, num_stages=1)
+    else:
+        _dkdv_tuned[lambda m: (triton.cdiv(max_k, m["BLOCK_N"]), batch * heads_kv)](
+            *dkdv_args, **consts
+        )
+        _dq_tuned[lambda m: (triton.cdiv(max_q, m["BLOCK_M"]), batch * heads_q)](*dq_args, **consts)
+    return dq, dk, dv
+
+
+def chosen_configs() -> dict:
+    """The backward configs the autotuner picked last (for benchmark rows)."""
+    from millkernels.bench.context import autotune_config
+
+    if runtime.triton_interpret():
+        return {"dkdv": INTERPRET_DKDV, "dq": INTERPRET_DQ, "interpreter": True}
+    return {"dkdv": autotune_config(_dkdv_tuned), "dq": autotune_config(_dq_tuned)}
+
+
+# ---------------------------------------------------------------------------- analysis
+
+
+def _bwd_signature(names: str, dtype: str = "bf16") -> dict[str, str]:
+    sig: dict[str, str] = {}
+    for n in names.split():
+        kind, _, name = n.partition(":")
+        sig[name] = {"p": f"*{dtype}", "f": "*fp32", "i": "*i32", "n": "i32", "s": "fp32"}[kind]
+    return sig
+
+
+_STRIDES = (
+    "n:stride_qb n:stride_qs n:stride_qh n:stride_kb n:stride_ks n:stride_kh n:stride_vb "
+    "n:stride_vs n:stride_vh n:stride_db n:stride_ds n:stride_dh n:stride_lb n:stride_lh "
+    "n:seqlen_q n:seqlen_k"
+)
+_TAIL = "n:group s:sm_scale s:qk_scale s:softcap n:win_left n:win_right n:seq_bucket"
+DKDV_SIG = _bwd_signature(
+    f"p:Q p:K p:V p:DO f:LSE2 f:DELTA p:DK p:DV i:CU_Q i:CU_K {_STRIDES} n:heads_kv {_TAIL}"
+)
+DQ_SIG = _bwd_signature(
+    f"p:Q p:K p:V p:DO f:LSE2 f:DELTA p:DQ i:CU_Q i:CU_K {_STRIDES} n:heads_q {_TAIL}"
+)
+PRE_SIG = _bwd_signature(
+    "p:O p:DO f:LSE f:DLSE f:DELTA f:LSE2 i:CU_Q n:stride_ob n:stride_os n:stride_oh "
+    "n:stride_db n:stride_ds n:stride_dh n:stride_lb n:stride_lh n:seqlen_q n:heads_q"
+)
+
+
+def _variants(table, sig) -> list[TritonVariant]:
+    out: list[TritonVariant] = []
+    for head_dim in (64, 128):
+        out += variants_from_configs(
+            _configs({head_dim: table[head_dim]}),
+            sig,
+            {"HEAD_DIM": head_dim, "BLOCK_D": head_dim, "VARLEN": False, "SOFTCAP": False},
+            min_arch=lambda c: c._mk_meta[1],
+        )
+    for head_dim, varlen, cap in ((128, True, True), (80, False, False), (256, False, False)):
+        bd = _bucket_d(head_dim)
+        out += variants_from_configs(
+            _configs({bd: table[bd][:1]}),
+            sig,
+            {"HEAD_DIM": head_dim, "BLOCK_D": bd, "VARLEN": varlen, "SOFTCAP": cap},
+            min_arch=lambda c: c._mk_meta[1],
+        )
+    return out
+
+
+# Known spills, head_dim -> {capability: bytes per thread (stores + loads)}, measured with
+# `millkernels analyze` on Triton 3.9. dQ keeps q, dO (wgmma operands) and the fp32 dQ
+# accumulator in registers: at head_dim 128 every tile tried spills 48-128 B (single loop,
+# transposed, int32 offsets, 1-4 stages); at 256 both backward kernels spill heavily. Allowed
+# so the debt stays visible ("waived"); any growth, or a spill elsewhere, fails
+# `analyze --check`. To fix (issue 3).
+# sm_80 (no wgmma, operands through shared memory and mma.sync) spills more; dQ at head_dim 256
+# on sm_80 spills 28 KB per thread and is known to be far from usable speed there.
+DKDV_SPILL_ALLOWANCE = {128: {80: 60}, 256: {90: 488, 80: 196}}
+DQ_SPILL_ALLOWANCE = {80: {90: 72, 80: 480}, 128: {90: 128, 80: 404}, 256: {90: 1472, 80: 28488}}
+
+register_triton(
+    "attention.bwd_dkdv",
+    _attn_bwd_dkdv_kernel,
+    with_spill_allowance(
+        _variants(_DKDV_TABLE, DKDV_SIG), DKDV_SPILL_ALLOWANCE, "dK/dV head_dim 256"
+    ),
+    hot=True,
+)
+register_triton(
+    "attention.bwd_dq",
+    _attn_bwd_dq_kernel,
+    with_spill_allowance(
+        _variants(_DQ_TABLE, DQ_SIG), DQ_SPILL_ALLOWANCE, "dQ: q, dO and the dQ accumulator"
+    ),
+    hot=True,
+)
+register_triton(
+    "attention.bwd_preprocess",
+    _bwd_preprocess_kernel,
+    [
+        TritonVariant(
+            PRE_SIG,
+            {
+                "HEAD_DIM": d,
+                "BLOCK_D": d,
+                "VARLEN": False,
+                "HAS_DLSE": False,
+                "BLOCK_M": PRE_BLOCK_M,
+            },
+            num_warps=4,
+            num_stages=1,
+        )
+        for d in (64, 128)
+    ],
+    hot=True,
+)

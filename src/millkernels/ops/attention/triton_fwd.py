@@ -1,0 +1,441 @@
+"""Triton attention forward (FlashAttention-2): dense and variable-length, GQA, windows, softcap.
+
+One program computes ``BLOCK_M`` query rows of one query head against the key blocks those
+rows can see, with an online softmax in base 2. The key range of a query block is split into
+three loops (:func:`block_ranges`): blocks needing masks on the left, blocks every row sees
+in full (no mask work), blocks needing masks on the right (causal diagonal, window edge,
+sequence end). Query head ``h`` reads key/value head ``h // group``. ``head_dim`` is padded
+to a power of two (``BLOCK_D``) with masked loads. Rows that see no key produce zeros and
+``lse = -inf``.
+
+Windows arrive as two non-negative ints ``(left, right)`` with ``BIG`` meaning unbounded;
+causal is folded in as ``right = min(right, 0)`` by the caller.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from millkernels import runtime
+from millkernels.analyze.registry import (
+    TritonVariant,
+    register_triton,
+    variants_from_configs,
+    with_spill_allowance,
+)
+from millkernels.ops.triton_common import dot
+
+BIG = 1 << 30  # an unbounded window side (seqlens stay below 2**29)
+LOG2E = 1.4426950408889634
+LN2 = 0.6931471805599453
+
+
+@triton.jit
+def block_ranges(a_start, BLOCK_A: tl.constexpr, len_b, c, L, R, BLOCK_B: tl.constexpr):
+    """For rows ``a`` in ``[a_start, a_start + BLOCK_A)`` that see ``b`` when
+    ``a + c - L <= b <= a + c + R`` and ``b < len_b``: the b-blocks to visit as
+    ``[lo, full_lo)`` masked, ``[full_lo, full_hi)`` unmasked (every row sees every b of the
+    block, and the block ends inside ``len_b``), ``[full_hi, hi)`` masked. ``lo``, ``full_lo``
+    and ``full_hi`` are multiples of ``BLOCK_B`` (or equal ``hi``)."""
+    a_last = a_start + BLOCK_A - 1
+    lo = (tl.maximum(a_start + c - L, 0) // BLOCK_B) * BLOCK_B
+    hi = tl.maximum(tl.minimum(a_last + c + R + 1, len_b), lo)
+    full_lo = ((tl.maximum(a_last + c - L, lo) + BLOCK_B - 1) // BLOCK_B) * BLOCK_B
+    full_lo = tl.minimum(full_lo, hi)
+    full_hi = (tl.maximum(tl.minimum(a_start + c + R + 1, len_b), 0) // BLOCK_B) * BLOCK_B
+    full_hi = tl.maximum(full_hi, full_lo)
+    return lo, full_lo, full_hi, hi
+
+
+@triton.jit
+def tanh(x):
+    """tanh from exp (tl.math.tanh is not in every Triton): 1 - 2 / (exp(2x) + 1)."""
+    return 1.0 - 2.0 / (tl.exp(2.0 * x) + 1.0)
+
+
+@triton.jit
+def _fwd_inner(
+    acc,
+    l_i,
+    m_i,
+    q,
+    k_base,
+    v_base,
+    stride_ks,
+    stride_vs,
+    start,
+    end,
+    start2,
+    end2,
+    offs_m,
+    offs_d,
+    len_k,
+    diag,
+    win_left,
+    win_right,
+    qk_scale,
+    softcap,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    MASKED: tl.constexpr,
+    SOFTCAP: tl.constexpr,
+):
+    offs_n0 = tl.arange(0, BLOCK_N)
+    d_ok = offs_d < HEAD_DIM
+    n_first = tl.cdiv(end - start, BLOCK_N)
+    n_total = n_first + tl.cdiv(end2 - start2, BLOCK_N)
+    for it in range(0, n_total):
+        n = tl.where(it < n_first, start + it * BLOCK_N, start2 + (it - n_first) * BLOCK_N)
+        offs_n = n + offs_n0
+        k_ptrs = k_base + offs_n[None, :] * stride_ks + offs_d[:, None]
+        v_ptrs = v_base + offs_n[:, None] * stride_vs + offs_d[None, :]
+        if MASKED:
+            kt = tl.load(k_ptrs, mask=(offs_n[None, :] < len_k) & d_ok[:, None], other=0.0)
+        elif BLOCK_D == HEAD_DIM:
+            kt = tl.load(k_ptrs)
+        else:
+            kt = tl.load(k_ptrs, mask=d_ok[:, None], other=0.0)
+        qk = dot(q, kt, tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32))
+        if SOFTCAP:  # noqa: SIM108  (constexpr branch)
+            qk = softcap * tanh(qk * qk_scale)
+        else:
+            qk = qk * qk_scale
+        if MASKED:
+            i = offs_m[:, None] + diag
+            j = offs_n[None, :]
+            vis = (j - i >= -win_left) & (j - i <= win_right) & (j < len_k)
+            qk = tl.where(vis, qk, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(qk, 1))
+            m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+        else:
+            m_new = tl.maximum(m_i, tl.max(qk, 1))
+            m_use = m_new
+        p = tl.math.exp2(qk - m_use[:, None])
+        alpha = tl.math.exp2(m_i - m_use)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None]
+        if MASKED:
+            v = tl.load(v_ptrs, mask=(offs_n[:, None] < len_k) & d_ok[None, :], other=0.0)
+        elif BLOCK_D == HEAD_DIM:
+            v = tl.load(v_ptrs)
+        else:
+            v = tl.load(v_ptrs, mask=d_ok[None, :], other=0.0)
+        acc = dot(p.to(v.dtype), v, acc)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@triton.jit
+def _attn_fwd_kernel(
+    Q,
+    K,
+    V,
+    O,  # noqa: E741
+    LSE,
+    CU_Q,
+    CU_K,
+    stride_qb,
+    stride_qs,
+    stride_qh,
+    stride_kb,
+    stride_ks,
+    stride_kh,
+    stride_vb,
+    stride_vs,
+    stride_vh,
+    stride_ob,
+    stride_os,
+    stride_oh,
+    stride_lb,
+    stride_lh,
+    seqlen_q,
+    seqlen_k,
+    heads_q,
+    group,
+    qk_scale,
+    softcap,
+    win_left,
+    win_right,
+    seq_bucket,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    VARLEN: tl.constexpr,
+    SOFTCAP: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // heads_q
+    h = pid_bh % heads_q
+    kvh = h // group
+    if VARLEN:
+        q0 = tl.load(CU_Q + b)
+        k0 = tl.load(CU_K + b)
+        len_q = tl.load(CU_Q + b + 1) - q0
+        len_k = tl.load(CU_K + b + 1) - k0
+        q_off = q0.to(tl.int64) * stride_qs
+        o_off = q0.to(tl.int64) * stride_os
+        k_off = k0.to(tl.int64) * stride_ks
+        v_off = k0.to(tl.int64) * stride_vs
+        l_off = q0.to(tl.int64)
+    else:
+        len_q = seqlen_q
+        len_k = seqlen_k
+        q_off = b.to(tl.int64) * stride_qb
+        o_off = b.to(tl.int64) * stride_ob
+        k_off = b.to(tl.int64) * stride_kb
+        v_off = b.to(tl.int64) * stride_vb
+        l_off = b.to(tl.int64) * stride_lb
+    m_start = pid_m * BLOCK_M
+    if m_start >= len_q:
+        return
+    offs_m = m_start + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    row_ok = offs_m < len_q
+    q_ptrs = Q + q_off + h * stride_qh + offs_m[:, None] * stride_qs + offs_d[None, :]
+    q = tl.load(q_ptrs, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+    k_base = K + k_off + kvh * stride_kh
+    v_base = V + v_off + kvh * stride_vh
+    diag = len_k - len_q
+    lo, full_lo, full_hi, hi = block_ranges(
+        m_start, BLOCK_M, len_k, diag, win_left, win_right, BLOCK_N
+    )
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    acc, l_i, m_i = _fwd_inner(
+        acc, l_i, m_i, q, k_base, v_base, stride_ks, stride_vs, full_lo, full_hi, 0, 0, offs_m,
+        offs_d, len_k, diag, win_left, win_right, qk_scale, softcap,
+        HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, False, SOFTCAP,
+    )  # fmt: skip
+    acc, l_i, m_i = _fwd_inner(
+        acc, l_i, m_i, q, k_base, v_base, stride_ks, stride_vs, lo, full_lo, full_hi, hi, offs_m,
+        offs_d, len_k, diag, win_left, win_right, qk_scale, softcap,
+        HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, True, SOFTCAP,
+    )  # fmt: skip
+    empty = l_i == 0.0
+    l_safe = tl.where(empty, 1.0, l_i)
+    out = acc / l_safe[:, None]
+    lse = tl.where(empty, float("-inf"), (m_i + tl.math.log2(l_safe)) * 0.6931471805599453)
+    o_ptrs = O + o_off + h * stride_oh + offs_m[:, None] * stride_os + offs_d[None, :]
+    tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
+    tl.store(LSE + l_off + h * stride_lh + offs_m, lse, mask=row_ok)
+
+
+# ---------------------------------------------------------------------------- configs
+
+# GPU configs per head-dim bucket (BLOCK_D): (BLOCK_M, BLOCK_N, num_warps, num_stages, min_arch).
+# Registers per thread from `millkernels analyze --arch sm_90` (Triton 3.9, bf16, dense, no
+# softcap; 255 = at the cap): d64 128x64 w8: 182, no spill; d64 128x128 w8: 255, no spill;
+# d64 128x64 w4: spills (one warpgroup holds 128 rows: acc + scores alone need ~130);
+# d128 128x32 w8: 247, no spill; d128 128x64 w8 and 64x64 w4: spill 44 / 60 B; 64x16 w4: 187.
+# sm_80 (mma.sync): d128 128x32 w8 spills 76 B there, so it is Hopper-only; 64x16 w4 fits.
+# Three key loops (left mask, full, right mask) cost +47 registers over two loops (full, then
+# both masked ranges in one loop), hence the two-loop form.
+_FWD_TABLE: dict[int, list[tuple[int, int, int, int, int]]] = {
+    32: [(128, 64, 8, 3, 80), (64, 64, 4, 3, 80)],
+    64: [(128, 64, 8, 3, 80), (64, 64, 4, 3, 80), (128, 128, 8, 3, 90)],
+    128: [(128, 32, 8, 3, 90), (128, 32, 8, 2, 90), (64, 16, 4, 3, 80)],
+    256: [(64, 16, 4, 2, 80), (64, 32, 4, 2, 80), (128, 16, 8, 2, 90)],
+}
+#: Under the interpreter: one small config (no autotuning on a CPU); BLOCK_M != BLOCK_N so the
+#: block-range arithmetic is exercised with unequal blocks.
+INTERPRET_FWD = {"BLOCK_M": 32, "BLOCK_N": 16}
+
+
+def _bucket_d(head_dim: int) -> int:
+    return max(16, triton.next_power_of_2(head_dim))
+
+
+def _table_key(block_d: int) -> int:
+    return min((k for k in _FWD_TABLE if k >= block_d), default=256)
+
+
+def _configs(table: dict[int, list[tuple[int, int, int, int, int]]]) -> list[triton.Config]:
+    out = []
+    for bd, rows in table.items():
+        for bm, bn, w, s, arch in rows:
+            cfg = triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+            cfg._mk_meta = (bd, arch)  # head-dim bucket and lowest arch, read by the pruner
+            out.append(cfg)
+    return out
+
+
+def prune_for(configs, named_args, **kwargs):
+    """Keep the configs of this head-dim bucket that the current GPU's arch can run."""
+    args = {**named_args, **kwargs}
+    bd = _table_key(int(args["BLOCK_D"]))
+    major, minor = torch.cuda.get_device_capability() if torch.cuda.is_available() else (8, 0)
+    arch = 10 * major + minor
+    keep = [c for c in configs if c._mk_meta[0] == bd and c._mk_meta[1] <= arch]
+    return keep or [c for c in configs if c._mk_meta[0] == bd][:1]
+
+
+FWD_CONFIGS = _configs(_FWD_TABLE)
+
+_attn_fwd_tuned = triton.autotune(
+    configs=FWD_CONFIGS,
+    key=["seq_bucket", "HEAD_DIM", "VARLEN", "SOFTCAP", "group"],
+    prune_configs_by={"early_config_prune": prune_for},
+)(_attn_fwd_kernel)
+
+
+def seq_bucket(n: int) -> int:
+    """Autotune key bucket of a sequence length: the next power of two, at least 64."""
+    return max(64, triton.next_power_of_2(max(int(n), 1)))
+
+
+def window_args(left: int, right: int) -> tuple[int, int]:
+    """(left, right) with -1 -> BIG."""
+    return (BIG if left < 0 else left, BIG if right < 0 else right)
+
+
+def scale_args(softmax_scale: float, softcap: float) -> tuple[float, float]:
+    """(qk_scale, softcap) as the kernels take them (base-2 scores)."""
+    if softcap > 0:
+        return softmax_scale / softcap, softcap * LOG2E
+    return softmax_scale * LOG2E, 0.0
+
+
+def forward(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_q: torch.Tensor | None,
+    cu_k: torch.Tensor | None,
+    max_q: int,
+    max_k: int,
+    softmax_scale: float,
+    window: tuple[int, int],
+    softcap: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Launch the forward. Dense: q (B, Sq, Hq, D); varlen: q (T, Hq, D) with cu_q/cu_k.
+    ``window`` has causal folded in (-1 unbounded). Returns (out, lse)."""
+    varlen = cu_q is not None
+    if varlen:
+        batch = cu_q.numel() - 1
+        heads_q, head_dim = q.shape[1], q.shape[2]
+        heads_kv = k.shape[1]
+        lse = torch.full((heads_q, q.shape[0]), float("-inf"), device=q.device)
+        # seqlen dim, head dim strides; batch stride unused (0)
+        qs, ks, vs = (0, *q.stride()[:2]), (0, *k.stride()[:2]), (0, *v.stride()[:2])
+        out = torch.zeros_like(q)  # tokens past cu_q[-1] stay zero
+        os_ = (0, *out.stride()[:2])
+        ls = (0, lse.stride(0))
+    else:
+        batch, max_q, heads_q, head_dim = q.shape
+        max_k, heads_kv = k.shape[1], k.shape[2]
+        lse = torch.empty(batch, heads_q, max_q, dtype=torch.float32, device=q.device)
+        out = torch.empty_like(q)
+        qs, ks, vs, os_ = q.stride()[:3], k.stride()[:3], v.stride()[:3], out.stride()[:3]
+        ls = (lse.stride(0), lse.stride(1))
+    if out.numel() == 0:
+        return out, lse.fill_(float("-inf"))
+    qk_scale, cap = scale_args(softmax_scale, softcap)
+    wl, wr = window_args(*window)
+    dummy = cu_q if varlen else lse
+    args = (
+        q, k, v, out, lse, dummy, cu_k if varlen else lse,
+        *qs, *ks, *vs, *os_, *ls,
+        int(max_q), int(max_k), heads_q, heads_q // heads_kv,
+        qk_scale, cap, wl, wr, seq_bucket(max_q),
+    )  # fmt: skip
+    consts = dict(
+        HEAD_DIM=head_dim, BLOCK_D=_bucket_d(head_dim), VARLEN=varlen, SOFTCAP=softcap > 0
+    )
+    if runtime.triton_interpret():
+        cfg = INTERPRET_FWD
+        grid = (triton.cdiv(int(max_q), cfg["BLOCK_M"]), batch * heads_q)
+        _attn_fwd_kernel[grid](*args, **consts, **cfg, num_warps=4, num_stages=1)
+    else:
+
+        def grid(meta):
+            return (triton.cdiv(int(max_q), meta["BLOCK_M"]), batch * heads_q)
+
+        _attn_fwd_tuned[grid](*args, **consts)
+    return out, lse
+
+
+def chosen_config() -> dict | None:
+    """The forward config the autotuner picked last (for benchmark rows)."""
+    from millkernels.bench.context import autotune_config
+
+    if runtime.triton_interpret():
+        return {**INTERPRET_FWD, "interpreter": True}
+    return autotune_config(_attn_fwd_tuned)
+
+
+# ---------------------------------------------------------------------------- analysis
+
+
+def fwd_signature(dtype: str = "bf16") -> dict[str, str]:
+    sig = {n: f"*{dtype}" for n in ("Q", "K", "V", "O")}
+    sig.update({"LSE": "*fp32", "CU_Q": "*i32", "CU_K": "*i32"})
+    for n in [
+        "stride_qb",
+        "stride_qs",
+        "stride_qh",
+        "stride_kb",
+        "stride_ks",
+        "stride_kh",
+        "stride_vb",
+        "stride_vs",
+        "stride_vh",
+        "stride_ob",
+        "stride_os",
+        "stride_oh",
+        "stride_lb",
+        "stride_lh",
+        "seqlen_q",
+        "seqlen_k",
+        "heads_q",
+        "group",
+        "win_left",
+        "win_right",
+        "seq_bucket",
+    ]:
+        sig[n] = "i32"
+    sig.update({"qk_scale": "fp32", "softcap": "fp32"})
+    return sig
+
+
+def _variants() -> list[TritonVariant]:
+    out: list[TritonVariant] = []
+    for head_dim in (64, 128):
+        rows = {head_dim: _FWD_TABLE[head_dim]}
+        out += variants_from_configs(
+            _configs(rows),
+            fwd_signature(),
+            {"HEAD_DIM": head_dim, "BLOCK_D": head_dim, "VARLEN": False, "SOFTCAP": False},
+            min_arch=lambda c: c._mk_meta[1],
+        )
+    # varlen + softcap, padded head_dim (80 -> 128), head_dim 256: the first config of each
+    for head_dim, varlen, cap in ((128, True, True), (80, False, False), (256, False, False)):
+        bd = _bucket_d(head_dim)
+        out += variants_from_configs(
+            _configs({bd: _FWD_TABLE[_table_key(bd)][:1]}),
+            fwd_signature(),
+            {"HEAD_DIM": head_dim, "BLOCK_D": bd, "VARLEN": varlen, "SOFTCAP": cap},
+            min_arch=lambda c: c._mk_meta[1],
+        )
+    return out
+
+
+# Known spills, head_dim -> {capability: bytes per thread (stores + loads)}, measured with
+# `millkernels analyze` on Triton 3.9: at head_dim 256 even the 64x16 tile holds the q tile and
+# the fp32 accumulator (64x256 each) in registers. Allowed so the debt stays visible in the
+# report ("waived") while any growth, or a spill anywhere else, fails `analyze --check`.
+FWD_SPILL_ALLOWANCE = {256: {90: 196, 80: 128}}
+
+register_triton(
+    "attention.fwd",
+    _attn_fwd_kernel,
+    with_spill_allowance(_variants(), FWD_SPILL_ALLOWANCE, "fwd head_dim 256: q + acc tiles"),
+    hot=True,
+)

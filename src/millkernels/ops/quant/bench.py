@@ -1,0 +1,194 @@
+"""Suite ``quant``: quantised matmul against ``torch.matmul`` in bf16 (cuBLAS) and
+``torch._scaled_mm`` (fp8), on Llama-3 8B / 70B projection shapes and 8192x8192.
+
+Per (shape, M): a ``torch`` bf16 row (the baseline), then each scheme on each usable backend
+(the whole ``quant.matmul``: for fp8 that includes quantising the activations), each checked
+against the reference before it is timed. For fp8_tensor / fp8_rowwise also the GEMM alone
+(activations quantised beforehand) against ``torch._scaled_mm`` with the same scales
+(``op=fp8_gemm``). Small M (<= 64) rows are weight-streaming bound: their ceiling is ``copy``
+(GB/s over the bytes of x, the quantised weight and the output); larger M rows count TFLOP/s
+against the bf16 / fp8 matmul ceiling. GPU timings flush L2 (``triton.testing.do_bench``).
+
+Options: ``quant.shapes`` (list of (model, proj, N, K)), ``quant.ms``, ``quant.schemes``,
+``quant.backends`` (default: triton and cuda on a GPU; reference only on a CPU, where
+interpreted Triton is too slow to time).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from millkernels.bench.context import BenchContext
+from millkernels.bench.registry import suite
+from millkernels.bench.rows import Row
+
+# (model, projection, N = out_features, K = in_features). Llama-3: hidden 4096 / 8192,
+# intermediate 14336 / 28672, 8 KV heads of 128 (qkv fused; gate and up fused).
+SHAPES = (
+    ("llama3-8b", "qkv", 6144, 4096),
+    ("llama3-8b", "o", 4096, 4096),
+    ("llama3-8b", "gate_up", 28672, 4096),
+    ("llama3-8b", "down", 4096, 14336),
+    ("llama3-70b", "qkv", 10240, 8192),
+    ("llama3-70b", "o", 8192, 8192),
+    ("llama3-70b", "gate_up", 57344, 8192),
+    ("llama3-70b", "down", 8192, 28672),
+    ("square", "8192", 8192, 8192),
+)
+QUICK_SHAPES = (SHAPES[0], SHAPES[3], SHAPES[8])
+MS = (1, 2, 4, 8, 16, 32, 64, 128, 512, 4096)
+QUICK_MS = (1, 16, 128, 4096)
+CPU_SHAPES = (("tiny", "proj", 72, 256),)
+CPU_MS = (1, 17)
+SCHEMES = ("w4a16", "w8a16", "fp8_tensor", "fp8_rowwise", "fp8_block")
+SMALL_M = 64  # rows up to here are bandwidth rows (GB/s vs the copy ceiling)
+
+
+def _ceiling(ctx: BenchContext, m: int, fp8: bool) -> str:
+    """copy (GB/s) for small M; else the bf16 / fp8 matmul ceiling (fp32 on a CPU)."""
+    if m <= SMALL_M:
+        return "copy"
+    if not ctx.gpu:
+        return "matmul_fp32"
+    return "matmul_fp8" if fp8 else "matmul_bf16"
+
+
+def _rel_err(out: Any, ref: Any) -> float:
+    return float((out.float() - ref.float()).norm() / ref.float().norm().clamp_min(1e-30))
+
+
+def _scaled_mm(xq, xs, wq, ws, mode: str):
+    """torch._scaled_mm with our scales: A (M, K) row-major, B = W^T column-major."""
+    import torch
+
+    if mode == "token":
+        sa, sb = xs.reshape(-1, 1), ws.reshape(1, -1)
+    else:
+        sa, sb = xs.reshape(()), ws.reshape(())
+    return torch._scaled_mm(xq, wq.t(), scale_a=sa, scale_b=sb, out_dtype=torch.bfloat16)
+
+
+@suite("quant", order=40, description="quantised matmul (w4a16/w8a16/fp8) vs cuBLAS bf16")
+def quant_suite(ctx: BenchContext) -> Iterator[Row]:
+    import torch
+
+    from millkernels.bench import counts
+    from millkernels.bench.ceilings import fp8_reason
+    from millkernels.ops import quant
+    from millkernels.ops.quant import api, reference, triton_fp8, triton_weight_only
+
+    if ctx.gpu:
+        shapes = ctx.option("quant.shapes", QUICK_SHAPES if ctx.quick else SHAPES)
+        ms = ctx.option("quant.ms", QUICK_MS if ctx.quick else MS)
+    else:
+        shapes = ctx.option("quant.shapes", CPU_SHAPES)
+        ms = ctx.option("quant.ms", CPU_MS[:1] if ctx.quick else CPU_MS)
+    schemes = ctx.option("quant.schemes", SCHEMES)
+    if ctx.gpu:  # the reference dequantises per call: not a kernel worth timing
+        wanted = ctx.option("quant.backends", ("triton", "cuda"))
+    else:  # interpreted Triton takes ~0.1-1 s a call and its timing means nothing
+        wanted = ctx.option("quant.backends", ("reference",))
+        if "triton" not in wanted:
+            ctx.skip("triton on a CPU", "interpreter timing is meaningless (quant.backends)")
+    dev = ctx.device
+    scaled_mm_why = fp8_reason() if ctx.gpu else "no CUDA GPU"
+
+    for model, proj, n, k in shapes:
+        w = torch.randn(n, k, device=dev, dtype=torch.bfloat16) * 0.02
+        qws = {s: quant.quantize(w, s, group_size=128) for s in schemes}
+        for m in ms:
+            shape = {"model": model, "proj": proj, "m": m, "n": n, "k": k}
+            x = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
+            flops = counts.matmul_flops(m, n, k)
+            base_bytes = counts.matmul_bytes(m, n, k, "bf16")
+            base_t = ctx.measure(lambda x=x, w=w: torch.matmul(x, w.t()))
+            yield ctx.row(
+                op="quant_matmul", shape=shape, dtype="bf16", backend="torch", timing=base_t,
+                flops=flops, bytes=base_bytes,
+                ceiling=_ceiling(ctx, m, False),
+            )  # fmt: skip
+            for scheme in schemes:
+                qw = qws[scheme]
+                facts = api.call_facts(x, scheme, qw.group_size, k)
+                nbytes = m * k * 2 + qw.nbytes() + m * n * 2
+                ref = None
+                for backend in quant.TABLE.names():
+                    if backend not in wanted:
+                        continue
+                    why = quant.TABLE.reason(backend, facts)
+                    if why:
+                        ctx.skip(f"{scheme} {backend} {shape}", why)
+                        continue
+                    try:
+                        out = quant.matmul(x, qw, backend=backend)
+                        if ref is None:
+                            ref = reference.matmul(x, qw)
+                        err = _rel_err(out, ref)
+                        ok = ctx.check(err < 1e-2, f"{scheme} {backend} {shape}: rel err {err:.3g}")
+                    except Exception as exc:
+                        ok = ctx.check(False, f"{scheme} {backend} {shape} raised {exc!r}")
+                    if not ok:
+                        continue
+                    t = ctx.measure(lambda qw=qw, b=backend, x=x: quant.matmul(x, qw, backend=b))
+                    config = None
+                    if backend == "triton" and ctx.gpu:
+                        mod = triton_fp8 if qw.is_fp8 else triton_weight_only
+                        config = mod.tuned_config()
+                    fp8 = qw.is_fp8
+                    yield ctx.row(
+                        op="quant_matmul", shape=shape, dtype=scheme, backend=backend, timing=t,
+                        flops=flops, bytes=nbytes,
+                        ceiling=_ceiling(ctx, m, fp8),
+                        baseline="torch", baseline_timing=base_t, config=config,
+                        extra={"split_k": triton_weight_only.choose_split(m, n, k, x.device)}
+                        if not fp8 else {"act_quant": reference.ACT_MODE[scheme]},
+                    )  # fmt: skip
+                if scheme in ("fp8_tensor", "fp8_rowwise") and "triton" in wanted:
+                    yield from _fp8_gemm_rows(ctx, x, qw, shape, flops, nbytes, scaled_mm_why)
+        if ctx.gpu:
+            torch.cuda.empty_cache()
+
+
+def _fp8_gemm_rows(ctx, x, qw, shape, flops, nbytes, scaled_mm_why) -> Iterator[Row]:
+    """The fp8 GEMM alone (activations quantised beforehand) vs torch._scaled_mm."""
+    import torch
+
+    from millkernels.ops.quant import TABLE, api, reference, triton_fp8
+
+    if TABLE.reason("triton", api.call_facts(x, qw.scheme, 0, qw.in_features)):
+        return
+    mode = reference.ACT_MODE[qw.scheme]
+    xq, xs = triton_fp8.act_quant(x, mode)
+    code = 0 if mode == "tensor" else 1
+    base_t = None
+    if scaled_mm_why is None:
+        try:
+            base = _scaled_mm(xq, xs, qw.qweight, qw.scales, mode)
+        except Exception as exc:  # e.g. a torch without rowwise scaling
+            ctx.skip(f"torch._scaled_mm {qw.scheme} {shape}", repr(exc))
+        else:
+            base_t = ctx.measure(lambda: _scaled_mm(xq, xs, qw.qweight, qw.scales, mode))
+            yield ctx.row(
+                op="fp8_gemm", shape=shape, dtype=qw.scheme, backend="torch_scaled_mm",
+                timing=base_t, flops=flops, bytes=nbytes,
+                ceiling=_ceiling(ctx, shape["m"], True),
+            )  # fmt: skip
+    else:
+        ctx.skip(f"torch._scaled_mm {qw.scheme} {shape}", scaled_mm_why)
+        base = None
+    out = triton_fp8.gemm(xq, xs, qw.qweight, qw.scales, None, torch.bfloat16, code)
+    if base is not None:
+        err = _rel_err(out, base)
+        if not ctx.check(err < 1e-2, f"fp8_gemm {qw.scheme} {shape}: vs _scaled_mm {err:.3g}"):
+            return
+    t = ctx.measure(
+        lambda: triton_fp8.gemm(xq, xs, qw.qweight, qw.scales, None, torch.bfloat16, code)
+    )
+    yield ctx.row(
+        op="fp8_gemm", shape=shape, dtype=qw.scheme, backend="triton", timing=t, flops=flops,
+        bytes=nbytes,
+        ceiling=_ceiling(ctx, shape["m"], True),
+        baseline="torch_scaled_mm" if base_t else None, baseline_timing=base_t,
+        config=triton_fp8.tuned_config() if ctx.gpu else None,
+    )  # fmt: skip

@@ -1,0 +1,123 @@
+"""The quant family's capability table: which backend serves which quantised matmul.
+
+Call facts (a dict): ``op`` ("matmul"), ``scheme``, ``device`` ("cpu"/"cuda"), ``dtype``
+(x's, "float16"/"bfloat16"), ``capability`` ((major, minor) of the GPU or None),
+``group_size`` (canonical: in_features for per-channel), ``in_features``, ``m`` (rows of x).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from millkernels import runtime
+from millkernels._native import cuda_unavailable_reason
+from millkernels.analyze.registry import register_cuda_hot
+from millkernels.dispatch import BackendSpec, CapabilityTable
+from millkernels.ops.quant.formats import FP8_SCHEMES, SCHEMES
+
+FP8_MIN_CAPABILITY = (8, 9)  # e4m3 tensor cores: Ada (8.9) and Hopper (9.0)
+DTYPES = ("float16", "bfloat16")
+
+
+def fp8_reason(call: dict[str, Any]) -> str | None:
+    """Why an fp8 scheme cannot run for this call (a GPU below cc 8.9), or None."""
+    cap = call.get("capability")
+    fp8 = call["scheme"] in FP8_SCHEMES
+    if fp8 and call["device"] == "cuda" and cap is not None and tuple(cap) < FP8_MIN_CAPABILITY:
+        return (
+            f"{call['scheme']} needs fp8 (compute capability >= 8.9); this GPU is "
+            f"sm_{cap[0]}{cap[1]}"
+        )
+    return None
+
+
+def _triton_available() -> str | None:
+    return None if runtime.triton_version() else "Triton is not installed"
+
+
+def _triton_serves(call: dict[str, Any]) -> str | None:
+    why = fp8_reason(call)
+    if why:
+        return why
+    if call["device"] == "cpu" and not runtime.triton_interpret():
+        return "CPU tensors need the Triton interpreter (TRITON_INTERPRET=1)"
+    if call["device"] == "cuda" and runtime.triton_interpret():
+        return "TRITON_INTERPRET=1 is set, so Triton cannot launch on the GPU"
+    if call["device"] not in ("cpu", "cuda"):
+        return f"device {call['device']} is not supported"
+    if call["dtype"] not in DTYPES:
+        return f"x dtype {call['dtype']} is not float16/bfloat16"
+    if call["scheme"] not in FP8_SCHEMES:
+        g, k = call["group_size"], call["in_features"]
+        if g != k and g % 16:
+            return f"group_size {g} is not a multiple of 16 (the smallest K tile)"
+    return None
+
+
+def _cuda_serves(call: dict[str, Any]) -> str | None:
+    why = fp8_reason(call)
+    if why:
+        return why
+    if call["scheme"] != "w4a16":
+        return f"the CUDA kernel is w4a16 only, not {call['scheme']}"
+    if call["device"] != "cuda":
+        return "needs CUDA tensors"
+    if call["dtype"] not in DTYPES:
+        return f"x dtype {call['dtype']} is not float16/bfloat16"
+    if call["m"] > 16:
+        return f"M={call['m']} rows: the CUDA kernel serves M <= 16"
+    g, k = call["group_size"], call["in_features"]
+    if k % 32 or g % 32:
+        return f"in_features {k} and group_size {g} must be multiples of 32"
+    return None
+
+
+def _reference_serves(call: dict[str, Any]) -> str | None:
+    return fp8_reason(call)
+
+
+TABLE = CapabilityTable(
+    family="quant",
+    ops=("matmul",),
+    backends=(
+        BackendSpec(
+            "triton",
+            archs="sm_80+ (w4a16/w8a16); sm_89+ (fp8, wgmma on sm_90); CPU under the interpreter",
+            dtypes=DTYPES,
+            notes=(
+                f"schemes {', '.join(SCHEMES)}; integer group sizes: multiples of 16 or -1; "
+                "split-K for M <= 64; M-bucketed autotuning"
+            ),
+            available=_triton_available,
+            serves=_triton_serves,
+        ),
+        BackendSpec(
+            "cuda",
+            archs="sm_80, sm_90a (the archs _C was built for)",
+            dtypes=DTYPES,
+            notes=(
+                "w4a16, M <= 16, K and group size multiples of 32: 16-byte weight loads, "
+                "lop3 magic-number int4 conversion, split K; repacked once per weight. Not "
+                "yet run on a GPU: reached only when named"
+            ),
+            available=cuda_unavailable_reason,
+            serves=_cuda_serves,
+        ),
+        BackendSpec(
+            "reference",
+            archs="any (PyTorch: dequantise, then a float32 matmul)",
+            dtypes=DTYPES,
+            notes="every scheme and group size; fp8 still needs cc >= 8.9 on a GPU",
+            serves=_reference_serves,
+        ),
+    ),
+    auto_rule=(
+        "triton when it can serve the call (GPU, or CPU under the interpreter), else the "
+        "reference. cuda comes after triton (auto never picks it on a GPU) until a GPU run "
+        "has checked it and benchmarks/results/ shows it faster for M <= 16. Not yet backed "
+        "by a GPU measurement in benchmarks/results/."
+    ),
+)
+
+# csrc/quant/w4a16.cu: `millkernels analyze --check` fails if these spill
+register_cuda_hot("w4a16_small_m_kernel", "w4_repack_kernel")

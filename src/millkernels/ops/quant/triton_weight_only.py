@@ -1,0 +1,327 @@
+"""Triton weight-only GEMM (w4a16, w8a16): ``out = x @ dequant(W)^T (+ bias)``.
+
+Packed int32 words (canonical layout, :mod:`millkernels.ops.quant.formats`) are loaded once
+each, unpacked in registers by shifts into a (BLOCK_K, BLOCK_N) tile of exact integers
+``q - zero`` in x's dtype (|q - zero| <= 256 is exact in fp16 and bf16), multiplied on the
+tensor cores with float32 accumulation, and scaled per K tile (``BLOCK_K`` divides the group
+size, so a tile lies in one group; per-channel weights are scaled once at the end). Small M
+splits K over a third grid axis into float32 partials that are summed afterwards
+(deterministic, no atomics). Configs are autotuned on GPUs with a key of the next power of two
+of M (capped at 256), N, K, the group size and the split.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from millkernels.analyze.registry import register_triton, variants_from_configs
+from millkernels.ops.triton_common import INTERPRET, dot
+
+SPLIT_ALIGN = 128  # K per split is a multiple of this (>= every BLOCK_K)
+
+
+#: Allocates every output and workspace (tests swap in a poisoning allocator).
+_empty = torch.empty
+
+
+@triton.jit
+def _int_to(v, dtype: tl.constexpr):
+    """Small integers to fp16/bf16 (exact). The interpreter's int -> bf16 cast is wrong (it
+    gives NaN), so there it goes through float32."""
+    if INTERPRET:
+        return v.to(tl.float32).to(dtype)
+    else:
+        return v.to(dtype)
+
+
+@triton.jit
+def _wo_kernel(
+    x_ptr,
+    qw_ptr,
+    s_ptr,
+    z_ptr,
+    bias_ptr,
+    out_ptr,
+    M,
+    N,
+    K,
+    stride_xm,
+    stride_om,
+    stride_os,
+    group_size,
+    k_per_split,
+    M_BUCKET,
+    BITS: tl.constexpr,
+    HAS_ZEROS: tl.constexpr,
+    PER_CHANNEL: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    SPLIT: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    PER: tl.constexpr = 32 // BITS
+    KW: tl.constexpr = BLOCK_K // PER
+    QMASK: tl.constexpr = (1 << BITS) - 1
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    pid_k = tl.program_id(2)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+    words_k = (K + PER - 1) // PER
+    shifts = tl.arange(0, PER) * BITS
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    if PER_CHANNEL:
+        scale = tl.load(s_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+        if HAS_ZEROS:
+            zero = tl.load(z_ptr + offs_n, mask=mask_n, other=0).to(tl.int32)
+        else:
+            zero = tl.full((BLOCK_N,), 1 << (BITS - 1), tl.int32)
+    k_start = pid_k * k_per_split
+    k_end = tl.minimum(k_start + k_per_split, K)
+    for k0 in range(k_start, k_end, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        a = tl.load(
+            x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
+            mask=mask_m[:, None] & (offs_k[None, :] < K),
+            other=0.0,
+        )
+        offs_w = k0 // PER + tl.arange(0, KW)
+        words = tl.load(
+            qw_ptr + offs_w[:, None] * N + offs_n[None, :],
+            mask=(offs_w[:, None] < words_k) & mask_n[None, :],
+            other=0,
+        )
+        q = (words[:, None, :] >> shifts[None, :, None]) & QMASK
+        q = tl.reshape(q, (BLOCK_K, BLOCK_N))
+        if PER_CHANNEL:
+            w = _int_to(q - zero[None, :], a.dtype)
+            acc = dot(a, w, acc)
+        else:
+            g = k0 // group_size
+            scale = tl.load(s_ptr + g * N + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+            if HAS_ZEROS:
+                zero = tl.load(z_ptr + g * N + offs_n, mask=mask_n, other=0).to(tl.int32)
+            else:
+                zero = tl.full((BLOCK_N,), 1 << (BITS - 1), tl.int32)
+            w = _int_to(q - zero[None, :], a.dtype)
+            part = dot(a, w, tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32))
+            acc += part * scale[None, :]
+    if PER_CHANNEL:
+        acc = acc * scale[None, :]
+    out_offs = offs_m[:, None] * stride_om + offs_n[None, :]
+    mask = mask_m[:, None] & mask_n[None, :]
+    if SPLIT:
+        tl.store(out_ptr + pid_k * stride_os + out_offs, acc, mask=mask)
+    else:
+        if HAS_BIAS:
+            acc += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+        tl.store(out_ptr + out_offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def _cfg(bm: int, bn: int, bk: int, warps: int, stages: int) -> triton.Config:
+    return triton.Config(
+        {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_warps=warps, num_stages=stages
+    )
+
+
+# Small M (decode): one 16-row tile, wide N tiles, deep pipelines for the weight stream.
+# Large M: square-ish tiles for tensor-core reuse. Not yet tuned on a GPU (no H100 run yet).
+CONFIGS = [
+    _cfg(16, 64, 128, 4, 4),
+    _cfg(16, 128, 128, 4, 4),
+    _cfg(16, 256, 64, 4, 4),
+    _cfg(16, 128, 64, 4, 3),
+    _cfg(16, 64, 32, 4, 4),
+    _cfg(32, 128, 64, 4, 4),
+    _cfg(64, 128, 64, 4, 4),
+    _cfg(64, 128, 32, 4, 4),
+    _cfg(128, 128, 64, 8, 3),
+    _cfg(128, 256, 64, 8, 3),
+    _cfg(128, 128, 32, 8, 3),
+    _cfg(16, 64, 16, 4, 3),
+]
+
+
+def _fits(cfg: triton.Config, m_bucket: int, group_size: int, per_channel: bool) -> bool:
+    kw = cfg.kwargs
+    if not per_channel and group_size % kw["BLOCK_K"]:
+        return False
+    bm = kw["BLOCK_M"]
+    if m_bucket <= 16:
+        return bm == 16
+    if m_bucket <= 64:
+        return bm in (32, 64) or (bm == 16 and m_bucket <= 32)
+    return bm >= 64
+
+
+def _prune(configs, named_args, **kwargs):
+    # Triton passes positional arguments as named_args and keyword arguments as kwargs
+    args = {**named_args, **kwargs}
+    m_bucket = int(args["M_BUCKET"])
+    ok = [c for c in configs if _fits(c, m_bucket, int(args["group_size"]), args["PER_CHANNEL"])]
+    return ok or [CONFIGS[-1]]
+
+
+_wo_tuned = triton.autotune(
+    configs=CONFIGS,
+    key=["M_BUCKET", "N", "K", "group_size", "k_per_split"],
+    prune_configs_by={"early_config_prune": _prune},
+)(_wo_kernel)
+
+
+def m_bucket(m: int) -> int:
+    """Autotune key for M: the next power of two, capped at 256."""
+    return min(256, 1 << max(0, (m - 1).bit_length()))
+
+
+def default_config(m: int, group_size: int, per_channel: bool) -> dict[str, int]:
+    """The config used where there is no autotuning (the interpreter): the first that fits."""
+    for c in CONFIGS:
+        if _fits(c, m_bucket(m), group_size, per_channel):
+            return {**c.kwargs, "num_warps": c.num_warps, "num_stages": c.num_stages}
+    c = CONFIGS[-1]
+    return {**c.kwargs, "num_warps": c.num_warps, "num_stages": c.num_stages}
+
+
+@functools.cache
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def choose_split(m: int, n: int, k: int, device: torch.device) -> int:
+    """Split K when few output tiles would leave SMs idle (M <= 64): aim at ~2 tiles per SM,
+    at least 256 input features per split."""
+    if m > 64:
+        return 1
+    sms = _sm_count(device.index or 0) if device.type == "cuda" else 132
+    tiles = math.ceil(m / 16) * math.ceil(n / 128)
+    want = max(1, (2 * sms) // max(tiles, 1))
+    most = max(1, k // 256)
+    split = 1
+    while split * 2 <= min(want, most):
+        split *= 2
+    return split
+
+
+def matmul(
+    x: torch.Tensor,
+    qweight: torch.Tensor,
+    scales: torch.Tensor,
+    zeros: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    *,
+    bits: int,
+    group_size: int,
+    n: int,
+    split: int | None = None,
+    config: dict[str, int] | None = None,
+) -> torch.Tensor:
+    """Launch for x (M, K) contiguous fp16/bf16 -> (M, N) in x's dtype. ``split`` and
+    ``config`` override the heuristic / autotuning (tests)."""
+    m, k = x.shape
+    per_channel = group_size == k
+    if split is None:
+        split = choose_split(m, n, k, x.device)
+    k_per_split = math.ceil(math.ceil(k / split) / SPLIT_ALIGN) * SPLIT_ALIGN
+    split = math.ceil(k / k_per_split)
+    if max(m * k, split * m * n, qweight.numel()) >= 2**31:
+        raise ValueError(f"x: ({m}, {k}) x ({n}, {k}) exceeds the kernel's 32-bit offsets")
+    out = _empty((m, n), dtype=x.dtype, device=x.device)
+    dest = _empty((split, m, n), dtype=torch.float32, device=x.device) if split > 1 else out
+    dummy = scales  # never read when the flag is off
+    args = dict(
+        x_ptr=x,
+        qw_ptr=qweight,
+        s_ptr=scales,
+        z_ptr=zeros if zeros is not None else dummy,
+        bias_ptr=bias if bias is not None else dummy,
+        out_ptr=dest,
+        M=m,
+        N=n,
+        K=k,
+        stride_xm=x.stride(0),
+        stride_om=n,
+        stride_os=m * n,
+        group_size=group_size,
+        k_per_split=k_per_split,
+        M_BUCKET=m_bucket(m),
+        BITS=bits,
+        HAS_ZEROS=zeros is not None,
+        PER_CHANNEL=per_channel,
+        HAS_BIAS=bias is not None,
+        SPLIT=split > 1,
+    )
+    if config is None and not INTERPRET:
+
+        def grid(meta):
+            return (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(n, meta["BLOCK_N"]), split)
+
+        _wo_tuned[grid](**args)
+    else:
+        cfg = dict(config or default_config(m, group_size, per_channel))
+        grid = (triton.cdiv(m, cfg["BLOCK_M"]), triton.cdiv(n, cfg["BLOCK_N"]), split)
+        _wo_kernel[grid](**args, **cfg)
+    if split > 1:
+        acc = dest.sum(0)
+        if bias is not None:
+            acc += bias.float()
+        out.copy_(acc)
+    return out
+
+
+def tuned_config() -> dict | None:
+    """The config autotuning chose last (for benchmark rows), or None."""
+    from millkernels.bench.context import autotune_config
+
+    return autotune_config(_wo_tuned)
+
+
+def _signature(xdt: str, sdt: str, zdt: str) -> dict[str, str]:
+    return {
+        "x_ptr": f"*{xdt}",
+        "qw_ptr": "*i32",
+        "s_ptr": f"*{sdt}",
+        "z_ptr": f"*{zdt}",
+        "bias_ptr": f"*{xdt}",
+        "out_ptr": f"*{xdt}",
+        "M": "i32",
+        "N": "i32",
+        "K": "i32",
+        "stride_xm": "i32",
+        "stride_om": "i32",
+        "stride_os": "i32",
+        "group_size": "i32",
+        "k_per_split": "i32",
+        "M_BUCKET": "i32",
+    }
+
+
+def _register() -> None:
+    small = [c for c in CONFIGS if c.kwargs["BLOCK_M"] == 16][:3]
+    large = [c for c in CONFIGS if c.kwargs["BLOCK_M"] >= 64][:3]
+    base = {"HAS_ZEROS": True, "PER_CHANNEL": False, "HAS_BIAS": False}
+    sig = _signature("fp16", "fp16", "u8")
+    # what a launch on LLM shapes specialises on: pointers, sizes and strides 16-divisible
+    aligned = (*[k for k, v in sig.items() if v.startswith("*")], "N", "K", "stride_xm",
+               "stride_om", "group_size", "k_per_split")  # fmt: skip
+    for bits in (4, 8):
+        for label, cfgs, split in (("small_m", small, True), ("large_m", large, False)):
+            variants = variants_from_configs(cfgs, sig, {**base, "BITS": bits, "SPLIT": split})
+            register_triton(
+                f"quant.w{bits}a16_{label}",
+                _wo_kernel,
+                [dataclasses.replace(v, divisible_by_16=aligned) for v in variants],
+                hot=True,
+            )
+
+
+_register()

@@ -1,0 +1,68 @@
+"""Shared checks for the attention tests (imported by the test modules next to it)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from millkernels.ops.attention import reference as R
+from millkernels.testing import flash_tolerance_ok
+
+
+def assert_flash_close(x, pt, ref32, name="out"):
+    """flash-attn's test rule: ``max|x - ref32| <= 2 * max|pt - ref32| + atol`` with
+    ``atol = 2 * max|(r + 0.3 - 0.3) - r|``, ``r = ref32`` in x's dtype: the dtype's rounding
+    error at the values' magnitude (flash-attn's tests add the same term, so a result one
+    ulp off where PyTorch happened to round right does not fail at tiny sizes)."""
+    r = ref32.to(x.dtype)
+    atol = 2 * ((r + 0.3 - 0.3) - r).double().abs().max().item() if r.numel() else 0.0
+    ok, err, base = flash_tolerance_ok(x, pt, ref32, slack=atol + 1e-5)
+    assert math.isfinite(err), f"{name}: non-finite values in the result"
+    assert ok, f"{name}: max error {err:.3g} > 2 x PyTorch's own error {base:.3g} + {atol:.3g}"
+
+
+HALF = (torch.float16, torch.bfloat16)
+
+
+def dense_inputs(b, sq, sk, hq, hkv, d, dtype, device="cpu"):
+    q = torch.randn(b, sq, hq, d, dtype=torch.float32).to(dtype=dtype, device=device)
+    k = torch.randn(b, sk, hkv, d, dtype=torch.float32).to(dtype=dtype, device=device)
+    v = torch.randn(b, sk, hkv, d, dtype=torch.float32).to(dtype=dtype, device=device)
+    return q, k, v
+
+
+def check_lse(lse, lse_pt, lse32, name="lse"):
+    """-inf exactly where the fp32 reference has -inf; the flash rule on the finite rows."""
+    inf32 = torch.isneginf(lse32)
+    assert torch.equal(torch.isneginf(lse.cpu()), inf32.cpu()), f"{name}: -inf rows differ"
+    fin = ~inf32
+    if fin.any():
+        assert_flash_close(lse[fin], lse_pt[fin], lse32[fin], name)
+
+
+def check_forward(out, lse, q, k, v, kw, varlen=None):
+    """out/lse against the fp32 reference with the flash 2x rule; masked rows exactly 0."""
+    if varlen is None:
+        ref, lse32 = R.attention_ref(q, k, v, **kw)
+        pt, lse_pt = R.attention_ref(q, k, v, compute_dtype=None, **kw)
+    else:
+        ref, lse32 = R.attention_varlen_ref(q, k, v, *varlen, **kw)
+        pt, lse_pt = R.attention_varlen_ref(q, k, v, *varlen, compute_dtype=None, **kw)
+    assert out.shape == q.shape and out.dtype == q.dtype
+    assert_flash_close(out, pt, ref, "out")
+    check_lse(lse, lse_pt, lse32)
+    empty = torch.isneginf(lse32)  # (B, H, S) or (H, T)
+    rows = out.float().abs().amax(-1)  # (B, S, H) or (T, H)
+    rows = rows.transpose(-1, -2) if varlen is None else rows.transpose(0, 1)
+    assert torch.all(rows[empty] == 0), "rows that see no key must be exactly zero"
+
+
+def check_backward(grads, q, k, v, dout, kw, dlse=None, varlen=None):
+    """dq, dk, dv against autograd of the fp32 reference (flash 2x rule)."""
+    extra = {} if varlen is None else {"cu_seqlens_q": varlen[0], "cu_seqlens_k": varlen[1]}
+    g32 = R.attention_backward_ref(dout, dlse, q, k, v, **extra, **kw)
+    gpt = R.attention_backward_ref(dout, dlse, q, k, v, compute_dtype=None, **extra, **kw)
+    for name, g, p, r, x in zip(("dq", "dk", "dv"), grads, gpt, g32, (q, k, v), strict=True):
+        assert g.shape == x.shape and g.dtype == x.dtype, name
+        assert_flash_close(g, p, r, name)

@@ -1,0 +1,452 @@
+"""attention_decode: paged-KV decode against the fp32 reference (flash-attention's 2x rule).
+
+CPU: the reference and Triton (under the interpreter) on tiny shapes; bad inputs; the custom
+op (opcheck, torch.compile); the C++ argument checks through the cuda wrapper with CPU views.
+GPU (marked): cuda and triton against the reference on serving-sized shapes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from millkernels.dispatch import BackendUnavailable
+from millkernels.ops.attention import decode as dec
+from millkernels.ops.attention.decode import attention_decode, decode_reason
+from millkernels.ops.attention.decode_reference import attention_decode_reference
+from millkernels.testing import assert_flash_close, empty_poisoned
+
+F16, BF16 = torch.float16, torch.bfloat16
+
+
+def make_case(
+    batch: int,
+    heads_q: int,
+    heads_kv: int,
+    head_dim: int,
+    block_size: int,
+    lens: list[int],
+    dtype: torch.dtype,
+    device: str = "cpu",
+    spare_blocks: int = 1,
+    spare_pages: int = 3,
+) -> tuple[torch.Tensor, ...]:
+    """Random q and pages; each sequence's pages are a random subset of the pool, in random
+    order; table entries past a sequence's last page are -1 (they must never be read)."""
+    assert len(lens) == batch
+    max_blocks = max(-(-n // block_size) for n in lens) + spare_blocks
+    needed = sum(-(-n // block_size) for n in lens)
+    num_blocks = needed + spare_pages
+    q = torch.randn(batch, heads_q, head_dim).to(dtype)
+    k = torch.randn(num_blocks, block_size, heads_kv, head_dim).to(dtype)
+    v = torch.randn(num_blocks, block_size, heads_kv, head_dim).to(dtype)
+    pages = torch.randperm(num_blocks)
+    table = torch.full((batch, max_blocks), -1, dtype=torch.int32)
+    used = 0
+    for b, n in enumerate(lens):
+        nb = -(-n // block_size)
+        table[b, :nb] = pages[used : used + nb].int()
+        used += nb
+    seqlens = torch.tensor(lens, dtype=torch.int32)
+    return tuple(t.to(device) for t in (q, k, v, table, seqlens))
+
+
+@pytest.fixture
+def poisoned(monkeypatch):
+    """Kernel outputs and workspaces start as NaN, so an element no kernel writes shows."""
+    from millkernels.ops.attention import cuda_decode, triton_decode
+
+    for mod in (triton_decode, cuda_decode):
+        monkeypatch.setattr(
+            mod, "_empty", lambda shape, dtype, device: empty_poisoned(shape, dtype, device)
+        )
+
+
+def check_against_reference(args, out, lse, scale=None, softcap=0.0):
+    ref32, lse32 = attention_decode_reference(*args, scale, softcap, out_dtype=torch.float32)
+    ref_lp, _ = attention_decode_reference(*args, scale, softcap, upcast=False)
+    assert out.shape == args[0].shape and out.dtype == args[0].dtype
+    assert lse.shape == args[0].shape[:2] and lse.dtype == torch.float32
+    assert_flash_close(out.cpu(), ref_lp.cpu(), ref32.cpu())
+    torch.testing.assert_close(lse.cpu(), lse32.cpu(), atol=2e-3, rtol=1e-3)
+    empty = args[4].cpu() == 0
+    assert torch.equal(out.cpu()[empty], torch.zeros_like(out.cpu()[empty]))
+    assert torch.isneginf(lse.cpu()[empty]).all()
+
+
+# (batch, heads_q, heads_kv, head_dim, block_size, lens, dtype, softcap): a reduced
+# cross-product covering block sizes 1/16/64, lengths ending mid-block, 0 and 1, MHA/GQA/MQA,
+# head dims 64/80/128/256, fp16/bf16, softcap.
+CASES = [
+    (3, 4, 4, 64, 1, [1, 17, 0], F16, 0.0),
+    (2, 8, 2, 80, 16, [37, 16], BF16, 0.0),
+    (2, 4, 1, 128, 64, [113, 1], F16, 0.0),
+    (1, 6, 2, 256, 16, [47], BF16, 0.0),
+    (2, 4, 2, 128, 16, [0, 65], BF16, 2.0),
+    (2, 2, 1, 64, 64, [129, 64], F16, 1.5),
+]
+CASE_IDS = [f"d{c[3]}-bs{c[4]}-h{c[1]}x{c[2]}-{str(c[6])[6:]}-cap{c[7]}" for c in CASES]
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_decode_matches_reference(case, backend, triton_device, poisoned):
+    *shape, lens, dtype, softcap = case
+    device = "cpu" if backend == "reference" else triton_device
+    args = make_case(*shape, lens, dtype, device)
+    scale = 0.3 if softcap else None
+    out, lse = attention_decode(
+        *args, softmax_scale=scale, softcap=softcap, return_lse=True, backend=backend
+    )
+    check_against_reference(args, out, lse, scale, softcap)
+
+
+@pytest.mark.parametrize("splits", [1, 3, 7])
+def test_triton_split_counts(splits, triton_device, poisoned):
+    """The combine merges any number of splits, including splits with no token."""
+    from millkernels.ops.attention import triton_decode
+
+    args = make_case(3, 4, 2, 64, 16, [50, 3, 0], F16, triton_device)
+    out, lse = triton_decode.attention_decode(*args, 0.125, 0.0, splits=splits)
+    check_against_reference(args, out, lse, 0.125)
+
+
+def test_reference_matches_naive_loop():
+    """The reference against a per-token loop written from the issue's semantics (float64)."""
+    args = make_case(2, 4, 2, 16, 3, [7, 4], torch.float64, spare_blocks=2)
+    q, k, v, table, lens = args
+    out, lse = attention_decode_reference(*args, 0.7, 2.5)
+    for b in range(2):
+        n = int(lens[b])
+        keys = torch.stack([k[table[b, t // 3], t % 3] for t in range(n)])  # (n, hkv, d)
+        vals = torch.stack([v[table[b, t // 3], t % 3] for t in range(n)])
+        for h in range(4):
+            s = keys[:, h // 2] @ q[b, h] * 0.7
+            s = 2.5 * torch.tanh(s / 2.5)
+            p = torch.softmax(s, 0)
+            torch.testing.assert_close(out[b, h], p @ vals[:, h // 2])
+            torch.testing.assert_close(lse[b, h].double(), torch.logsumexp(s, 0), rtol=1e-6, atol=0)
+
+
+def test_default_scale_and_return_types():
+    args = make_case(1, 2, 1, 64, 16, [20], BF16)
+    out = attention_decode(*args, backend="reference")
+    assert isinstance(out, torch.Tensor)
+    ref, _ = attention_decode_reference(*args, 1 / math.sqrt(64))
+    torch.testing.assert_close(out, ref)
+
+
+# ---------------------------------------------------------------------------- bad inputs
+
+
+def _bad(mutate):
+    args = list(make_case(2, 4, 2, 64, 16, [20, 5], F16))
+    kwargs: dict = {"backend": "reference"}
+    mutate(args, kwargs)
+    return args, kwargs
+
+
+def _set(i, value):
+    def f(a, kw):
+        a[i] = value(a) if callable(value) else value
+
+    return f
+
+
+BAD = [
+    ("q rank", _set(0, lambda a: a[0][0]), ValueError, "q: expected 3 dimensions"),
+    ("k rank", _set(1, lambda a: a[1][0]), ValueError, "k_cache: expected 4 dimensions"),
+    ("bt rank", _set(3, lambda a: a[3][0]), ValueError, "block_table: expected 2 dimensions"),
+    ("q dtype", _set(0, lambda a: a[0].float()), TypeError, "q: expected dtype float16"),
+    ("mixed", _set(2, lambda a: a[2].bfloat16()), TypeError, "v_cache: expected q's dtype"),
+    ("bt dtype", _set(3, lambda a: a[3].long()), TypeError, "block_table: expected dtype int32"),
+    ("lens dt", _set(4, lambda a: a[4].long()), TypeError, "cache_seqlens: expected dtype int32"),
+    ("not tensor", _set(0, [1.0]), TypeError, "q: expected a torch.Tensor"),
+    ("v shape", _set(2, lambda a: a[2][:, :8]), ValueError, "v_cache: expected k_cache's shape"),
+    (
+        "head_dim",
+        lambda a, kw: a.__setitem__(slice(1, 3), [a[1][..., :32], a[2][..., :32]]),
+        ValueError,
+        "k_cache: expected q's head_dim",
+    ),
+    (
+        "heads",
+        _set(0, lambda a: torch.randn(2, 3, 64).half()),
+        ValueError,
+        "q: expected heads_q a multiple of",
+    ),
+    ("batch", _set(3, lambda a: a[3][:1]), ValueError, "block_table: expected q's batch 2"),
+    ("lens len", _set(4, lambda a: a[4][:1]), ValueError, "cache_seqlens: expected q's batch"),
+    (
+        "stride",
+        _set(0, lambda a: torch.randn(2, 4, 128).half()[..., ::2]),
+        ValueError,
+        "q: expected a unit stride in the last dimension",
+    ),
+    (
+        "dim 264",
+        lambda a, kw: a.__setitem__(slice(0, 3), make_case(2, 4, 2, 264, 16, [1, 1], F16)[:3]),
+        ValueError,
+        "head_dim a multiple of 8 in",
+    ),
+    (
+        "dim 60",
+        lambda a, kw: a.__setitem__(slice(0, 3), make_case(2, 4, 2, 60, 16, [1, 1], F16)[:3]),
+        ValueError,
+        "head_dim a multiple of 8 in",
+    ),
+    (
+        "bt range",
+        lambda a, kw: a[3].__setitem__((1, 0), 99),
+        ValueError,
+        r"block_table: expected page indices in \[0, num_blocks=.*block_table\[1, 0\] = 99",
+    ),
+    (
+        "bt negative",
+        lambda a, kw: a[3].__setitem__((0, 1), -1),
+        ValueError,
+        r"block_table\[0, 1\] = -1",
+    ),
+    (
+        "lens capacity",
+        lambda a, kw: a[4].__setitem__(0, 1000),
+        ValueError,
+        r"cache_seqlens: expected 0 <= .* got cache_seqlens\[0\] = 1000",
+    ),
+    ("lens < 0", lambda a, kw: a[4].__setitem__(1, -2), ValueError, r"cache_seqlens\[1\] = -2"),
+    ("softcap", lambda a, kw: kw.update(softcap=-1.0), ValueError, "softcap: expected a finite"),
+    ("scale", lambda a, kw: kw.update(softmax_scale=math.nan), ValueError, "softmax_scale"),
+    ("backend", lambda a, kw: kw.update(backend="fast"), ValueError, "backend: expected 'auto'"),
+]
+
+
+@pytest.mark.parametrize(("mutate", "exc", "match"), [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+def test_bad_inputs(mutate, exc, match):
+    args, kwargs = _bad(mutate)
+    with pytest.raises(exc, match=match):
+        attention_decode(*args, **kwargs)
+
+
+def test_bad_device():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a second device type (a CUDA GPU)")
+    args = list(make_case(2, 4, 2, 64, 16, [20, 5], F16))
+    args[1] = args[1].cuda()
+    with pytest.raises(ValueError, match="k_cache: expected q's device"):
+        attention_decode(*args)
+
+
+def test_padding_entries_are_not_read():
+    """-1 entries past a sequence's last page are accepted (never read)."""
+    args = make_case(2, 2, 1, 64, 16, [16, 3], F16, spare_blocks=2)
+    assert (args[3] == -1).any()
+    attention_decode(*args, backend="reference")
+
+
+# ---------------------------------------------------------------------------- dispatch
+
+
+def test_decode_reason():
+    facts = {"op": "attention_decode", "device": "cuda", "dtype": BF16, "head_dim": 128}
+    assert decode_reason("reference", facts) is None
+    assert "head_dim" in decode_reason("cuda", {**facts, "head_dim": 80})
+    assert "CUDA tensors" in decode_reason("cuda", {**facts, "device": "cpu"})
+    assert "sm_80" in decode_reason("cuda", {**facts, "arch": (7, 5)})
+    assert "16-byte" in decode_reason("cuda", {**facts, "aligned16": False, "arch": 90})
+    assert decode_reason("unknown", facts) is not None
+
+
+def test_named_backend_that_cannot_serve_raises():
+    args = make_case(1, 2, 1, 64, 16, [5], F16)
+    with pytest.raises(BackendUnavailable, match="backend .cuda. cannot serve"):
+        attention_decode(*args, backend="cuda")
+
+
+def test_env_override_forces_backend(monkeypatch):
+    args = make_case(1, 2, 1, 64, 16, [5], F16)
+    monkeypatch.setenv("MILLKERNELS_BACKEND", "attention=cuda")
+    with pytest.raises(BackendUnavailable, match="forced by MILLKERNELS_BACKEND"):
+        attention_decode(*args)
+    monkeypatch.setenv("MILLKERNELS_BACKEND", "attention=reference")
+    ref, _ = attention_decode_reference(*args)
+    torch.testing.assert_close(attention_decode(*args), ref)
+
+
+# ---------------------------------------------------------------------------- custom op
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_opcheck(backend, triton_device):
+    device = "cpu" if backend == "reference" else triton_device
+    args = make_case(2, 4, 2, 64, 16, [20, 0], BF16, device)
+    torch.library.opcheck(dec.attention_decode_op, (*args, 0.125, 0.0, backend))
+
+
+def test_torch_compile_fullgraph():
+    args = make_case(2, 4, 2, 64, 16, [20, 7], F16)
+
+    def step(q, k, v, table, lens):
+        out, lse = attention_decode(q * 2, k, v, table, lens, return_lse=True, backend="reference")
+        return out.float().sum(-1) + lse
+
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(*args), step(*args))
+
+
+# ---------------------------------------------------------------------------- native checks
+
+
+def _cuda_call(**changes):
+    from millkernels.ops.attention import cuda_decode
+
+    q, k, v, table, lens = make_case(2, 4, 2, 64, 16, [20, 5], F16)
+    bufs = {
+        "q": q, "k_cache": k, "v_cache": v, "block_table": table, "cache_seqlens": lens,
+        "out": torch.empty_like(q), "lse": torch.empty(2, 4), "o_partial": torch.empty(2, 4, 3, 64),
+        "lse_partial": torch.empty(2, 4, 3), "splits": 3, "softmax_scale": 0.1, "softcap": 0.0,
+    }  # fmt: skip
+    bufs.update(changes)
+    cuda_decode.launch(**bufs)
+
+
+def _misaligned():
+    t = torch.empty(2 * 4 * 64 + 1, dtype=F16)[1:].view(2, 4, 64)
+    assert t.data_ptr() % 16 == 2
+    return t
+
+
+NATIVE_BAD = [
+    ({"q": torch.empty(2, 4, 80, dtype=F16)}, "head_dim: the CUDA decode kernel supports 64"),
+    ({"q": torch.empty(2, 4, 64)}, "q: expected dtype 'f16' or 'bf16', got 'f32'"),
+    ({"v_cache": torch.empty(5, 16, 2, 64, dtype=BF16)}, "v_cache: expected dtype 'f16'"),
+    ({"block_table": torch.zeros(2, 3, dtype=torch.int64)}, "block_table: expected dtype 'i32'"),
+    ({"q": torch.empty(2, 3, 64, dtype=F16)}, "q: expected heads_q a multiple of heads_kv"),
+    ({"cache_seqlens": torch.zeros(3, dtype=torch.int32)}, "cache_seqlens: expected shape"),
+    ({"lse": torch.empty(2, 5)}, r"lse: expected shape \(2, 4\)"),
+    ({"o_partial": torch.empty(2, 4, 2, 64)}, r"o_partial: expected shape \(2, 4, 3, 64\)"),
+    ({"splits": 0}, "num_splits: expected 1 <= num_splits <= 256"),
+    ({"q": _misaligned()}, "q: expected a 16-byte aligned data pointer"),
+    ({"q": torch.empty(2, 4, 128, dtype=F16)[..., ::2]}, "q: expected a unit stride"),
+    ({"softcap": -1.0}, "softcap: expected a finite value >= 0"),
+    ({}, "q: expected an array in CUDA device memory, got device 'cpu'"),
+]
+
+
+@pytest.mark.native
+@pytest.mark.parametrize(("changes", "match"), NATIVE_BAD, ids=[m[:24] for _, m in NATIVE_BAD])
+def test_native_validation(changes, match):
+    with pytest.raises(ValueError, match=match):
+        _cuda_call(**changes)
+
+
+@pytest.mark.native
+def test_native_k_cache_rows_must_be_16_byte():
+    q = torch.empty(2, 4, 64, dtype=F16)
+    k = torch.empty(5, 16, 2, 72, dtype=F16)[..., :64]  # row stride 72: fine (multiple of 8)
+    _cuda_call_expect_device(q, k)
+    k_bad = torch.empty(5, 16, 2, 68, dtype=F16)[..., :64]  # 136-byte rows
+    with pytest.raises(ValueError, match="k_cache: expected strides that are multiples of 8"):
+        _cuda_call(q=q, k_cache=k_bad, v_cache=k_bad.clone())
+
+
+def _cuda_call_expect_device(q, k):
+    with pytest.raises(ValueError, match="CUDA device memory"):
+        _cuda_call(q=q, k_cache=k, v_cache=k)
+
+
+# ---------------------------------------------------------------------------- GPU
+
+
+GPU_CASES = [
+    (4, 32, 8, 128, 16, [4096, 1, 1000, 0], BF16, 0.0),
+    (2, 16, 16, 64, 64, [777, 2049], F16, 0.0),
+    (3, 8, 1, 256, 16, [300, 17, 4000], BF16, 30.0),
+    (2, 12, 4, 128, 1, [129, 5], F16, 0.0),
+    (2, 40, 5, 128, 32, [2000, 63], BF16, 0.0),  # group 8
+    (2, 64, 2, 64, 16, [999, 1], F16, 0.0),  # group 32: four CTAs per kv head
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", GPU_CASES)
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_gpu_decode_matches_reference(case, backend, poisoned):
+    if backend == "cuda":
+        from millkernels import runtime
+
+        if not runtime.native().built:
+            pytest.skip("millkernels._C is not built")
+    *shape, lens, dtype, softcap = case
+    args = make_case(*shape, lens, dtype, "cuda")
+    out, lse = attention_decode(*args, softcap=softcap, return_lse=True, backend=backend)
+    check_against_reference(args, out, lse, None, softcap)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("splits", [1, 2, 5, 64])
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_gpu_split_counts(splits, backend, poisoned):
+    from millkernels.ops.attention import cuda_decode, triton_decode
+
+    mod = cuda_decode if backend == "cuda" else triton_decode
+    if backend == "cuda":
+        from millkernels import runtime
+
+        if not runtime.native().built:
+            pytest.skip("millkernels._C is not built")
+    args = make_case(3, 8, 2, 128, 16, [1500, 7, 0], BF16, "cuda")
+    out, lse = mod.attention_decode(*args, 0.09, 0.0, splits=splits)
+    check_against_reference(args, out, lse, 0.09)
+
+
+@pytest.mark.gpu
+def test_gpu_cuda_graph_capture():
+    """Inside a CUDA graph the value checks are skipped and replays recompute."""
+    args = make_case(2, 8, 2, 128, 16, [300, 40], BF16, "cuda")
+    attention_decode(*args)  # warm up (compiles / loads kernels)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = attention_decode(*args)
+    args[0].copy_(torch.randn_like(args[0]))
+    graph.replay()
+    torch.cuda.synchronize()
+    ref, _ = attention_decode_reference(*args, None, 0.0, out_dtype=torch.float32)
+    ref_lp, _ = attention_decode_reference(*args, None, 0.0, upcast=False)
+    assert_flash_close(out, ref_lp, ref)
+
+
+# ---------------------------------------------------------------------------- benchmark
+
+
+def test_bench_suite_on_cpu(monkeypatch):
+    """The attention_decode suite end to end on a tiny CPU shape: checked rows, GB/s."""
+    from millkernels.bench import ceilings
+    from millkernels.bench.context import BenchContext
+    from millkernels.bench.runner import run_suites
+    from millkernels.ops.attention import bench_decode
+
+    ceilings.clear_cache()
+    monkeypatch.setattr(ceilings, "copy_nbytes", lambda device, quick: 256 << 10)
+    monkeypatch.setattr(ceilings, "CPU_MATMUL_SHAPES_QUICK", ((64, 64, 64),))
+    ctx = BenchContext(
+        device="cpu",
+        quick=True,
+        rep_ms=5.0,
+        warmup_ms=1.0,
+        options={"attention_decode.shapes": [(2, 40, 16)]},
+        log=lambda m: None,
+    )
+    try:
+        report = run_suites(["attention_decode"], ctx)
+    finally:
+        ceilings.clear_cache()
+    assert report.exit_code() == 0, report.failures or report.errors
+    rows = {r.backend: r for r in report.rows}
+    assert {"sdpa", "reference", "triton"} <= set(rows)
+    work = bench_decode.decode_bytes(2, 40, 4, 2)
+    for r in report.rows:
+        assert r.op == "attention_decode" and r.bytes == work and r.gbps > 0
+        assert r.ceiling == "copy"
+    assert rows["triton"].baseline == "sdpa" and rows["triton"].config["splits"] >= 1

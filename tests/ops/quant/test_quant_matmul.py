@@ -1,0 +1,253 @@
+"""quant.matmul on every backend that can run here, against dequantise-then-fp32 matmul.
+
+Bound (stated per element): ``|out - ref| <= ulp(dtype) * |ref| + 2**-12 * (|x| @ |W|^T)
++ 1e-6``: one rounding of the output to fp16/bf16 (the interpreter truncates bf16, so a full
+ulp rather than half), plus float32 accumulation error, with slack for Hopper's fp8 tensor
+cores, which keep fewer accumulator bits (DeepSeek-V3 reports ~14). ``ref`` for fp8 schemes
+uses the activations quantised exactly as the kernels quantise them.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from quant_checkpoints import make_gptq
+
+from millkernels import quant
+from millkernels.dispatch import BackendUnavailable
+from millkernels.ops.quant import api, capabilities, reference, triton_fp8, triton_weight_only
+from millkernels.testing import poison
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+ULP = {torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7}
+
+
+def _facts(scheme, dtype=torch.float16, group_size=128, k=256):
+    cap = torch.cuda.get_device_capability() if DEVICE == "cuda" else None
+    return {
+        "op": "matmul",
+        "scheme": scheme,
+        "device": DEVICE,
+        "dtype": str(dtype).removeprefix("torch."),
+        "capability": cap,
+        "group_size": group_size,
+        "in_features": k,
+        "m": 1,
+    }
+
+
+def _backends(scheme):
+    params = []
+    for name in quant.TABLE.names():
+        why = quant.TABLE.reason(name, _facts(scheme))
+        params.append(pytest.param(name, marks=[pytest.mark.skip(reason=why)] if why else []))
+    return params
+
+
+def _skip_unless_served(backend, x, qw):
+    """Skip (on the table's facts) a backend that cannot serve this particular call."""
+    why = quant.TABLE.reason(backend, api.call_facts(x, qw.scheme, qw.group_size, qw.in_features))
+    if why:
+        pytest.skip(why)
+
+
+def assert_matmul_close(out, x, qw, bias=None):
+    """Check ``out`` against the float32 reference with the bound in the module docstring."""
+    x2 = x.reshape(-1, qw.in_features)
+    w = qw.dequantize().to(x.device)
+    if qw.is_fp8:
+        mode = reference.ACT_MODE[qw.scheme]
+        xf = reference.act_dequant(*reference.act_quant(x2, mode), mode)
+    else:
+        xf = x2.float()
+    ref = xf @ w.t()
+    if bias is not None:
+        ref = ref + bias.float()
+    mag = xf.abs() @ w.abs().t()
+    o = out.reshape(ref.shape).float()
+    assert out.dtype == x.dtype and out.shape == (*x.shape[:-1], qw.out_features)
+    assert torch.isfinite(o).all(), "non-finite values (unwritten output?)"
+    bound = ULP[x.dtype] * ref.abs() + 2.0**-12 * mag + 1e-6
+    err = (o - ref).abs()
+    worst = (err - bound).argmax()
+    assert (err <= bound).all(), (
+        f"max err {err.max():.3g}; at the worst element err {err.flatten()[worst]:.3g} > "
+        f"bound {bound.flatten()[worst]:.3g}"
+    )
+
+
+@pytest.fixture
+def poisoned(monkeypatch):
+    """Every output/workspace the Triton launchers allocate starts as NaN."""
+
+    def empty(*a, **kw):
+        return poison(torch.empty(*a, **kw))
+
+    monkeypatch.setattr(triton_weight_only, "_empty", empty)
+    monkeypatch.setattr(triton_fp8, "_empty", empty)
+
+
+# K, N: not multiples of 128 where the group size allows (K must be a multiple of it)
+INT_SHAPES = {32: (224, 72), 64: (320, 40), 128: (384, 136), -1: (200, 72)}
+
+
+@pytest.mark.parametrize("backend", _backends("w4a16"))
+@pytest.mark.parametrize("scheme", ["w4a16", "w8a16"])
+@pytest.mark.parametrize("group_size", [32, 64, 128, -1])
+@pytest.mark.parametrize("m", [1, 3, 17])
+def test_weight_only(backend, scheme, group_size, m, poisoned):
+    k, n = INT_SHAPES[group_size]
+    dtype = torch.bfloat16 if m == 3 else torch.float16
+    symmetric = group_size == 64
+    qw = quant.quantize(torch.randn(n, k), scheme, group_size=group_size, symmetric=symmetric)
+    qw = qw.to(DEVICE)
+    x = torch.randn(m, k, device=DEVICE).to(dtype)
+    _skip_unless_served(backend, x, qw)
+    bias = torch.randn(n, device=DEVICE).to(dtype) if m == 17 else None
+    out = quant.matmul(x, qw, bias, backend=backend)
+    assert_matmul_close(out, x, qw, bias)
+
+
+@pytest.mark.parametrize("split", [1, 2, 3])
+@pytest.mark.parametrize("cfg", [0, 1])
+def test_weight_only_split_k_and_configs(split, cfg, poisoned):
+    """The Triton launcher with forced split-K and tile configs (the autotuner's space)."""
+    if quant.TABLE.reason("triton", _facts("w4a16")):
+        pytest.skip(quant.TABLE.reason("triton", _facts("w4a16")))
+    k, n, m = 512, 80, 5
+    qw = quant.quantize(torch.randn(n, k), "w4a16", group_size=64).to(DEVICE)
+    x = torch.randn(m, k, device=DEVICE).to(torch.float16)
+    config = [
+        {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 64, "num_warps": 4, "num_stages": 2},
+        {"BLOCK_M": 32, "BLOCK_N": 64, "BLOCK_K": 32, "num_warps": 4, "num_stages": 2},
+    ][cfg]
+    bias = torch.randn(n, device=DEVICE).to(torch.float16)
+    out = triton_weight_only.matmul(
+        x,
+        qw.qweight,
+        qw.scales,
+        qw.zeros,
+        bias,
+        bits=4,
+        group_size=64,
+        n=n,
+        split=split,
+        config=config,
+    )
+    assert_matmul_close(out, x, qw, bias)
+
+
+def test_split_heuristic():
+    dev = torch.device("cpu")
+    assert triton_weight_only.choose_split(1, 4096, 4096, dev) > 1
+    assert triton_weight_only.choose_split(4096, 4096, 4096, dev) == 1
+    assert triton_weight_only.choose_split(1, 64, 128, dev) == 1  # K too short to split
+    assert [triton_weight_only.m_bucket(m) for m in (1, 2, 3, 17, 4096)] == [1, 2, 4, 32, 256]
+
+
+FP8_SHAPES = [(1, 136, 200), (3, 72, 256), (17, 130, 197)]  # (m, n, k): partial 128-blocks
+
+
+@pytest.mark.parametrize("backend", _backends("fp8_block"))
+@pytest.mark.parametrize("scheme", list(quant.FP8_SCHEMES))
+@pytest.mark.parametrize("shape", FP8_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_fp8(backend, scheme, shape, poisoned):
+    m, n, k = shape
+    dtype = torch.float16 if m == 3 else torch.bfloat16
+    qw = quant.quantize(torch.randn(n, k), scheme).to(DEVICE)
+    x = (torch.randn(m, k, device=DEVICE) * 2).to(dtype)
+    _skip_unless_served(backend, x, qw)
+    x[0, :7] *= 30  # an outlier token slice: per-token/group scales must follow it
+    bias = torch.randn(n, device=DEVICE).to(dtype) if m == 17 else None
+    out = quant.matmul(x, qw, bias, backend=backend)
+    assert_matmul_close(out, x, qw, bias)
+
+
+def test_batched_leading_dims_and_act_order():
+    """(..., K) inputs; an act-order GPTQ weight (perm) on every usable backend."""
+    ckpt = make_gptq(4, 128, 24, 32, act_order=True, v2=True)
+    qw = quant.from_gptq(*ckpt["args"], bits=4, group_size=32, checkpoint_format="gptq_v2")
+    qw = qw.to(DEVICE)
+    x = torch.randn(2, 3, 128, device=DEVICE).to(torch.float16)
+    want = x.float() @ ckpt["w"].to(DEVICE).t()
+    for backend in quant.TABLE.names():
+        if quant.TABLE.reason(backend, api.call_facts(x, "w4a16", 32, 128)):
+            continue
+        out = quant.matmul(x, qw, backend=backend)
+        assert out.shape == (2, 3, 24)
+        err = (out.float() - want).abs().max().item()
+        assert err <= 2.0**-10 * want.abs().max().item() + 1e-3, (backend, err)
+
+
+def test_zero_rows():
+    qw = quant.quantize(torch.randn(16, 64), "w4a16", group_size=32).to(DEVICE)
+    x = torch.empty(0, 64, device=DEVICE, dtype=torch.float16)
+    assert quant.matmul(x, qw).shape == (0, 16)
+
+
+# ------------------------------------------------------------------ bad input
+
+
+def test_matmul_bad_input():
+    qw = quant.quantize(torch.randn(16, 64), "w4a16", group_size=32).to(DEVICE)
+    x = torch.randn(2, 64, device=DEVICE)
+    with pytest.raises(TypeError, match="x: expected float16 or bfloat16"):
+        quant.matmul(x, qw)
+    with pytest.raises(ValueError, match="x: expected"):
+        quant.matmul(torch.randn(2, 63, device=DEVICE).half(), qw)
+    with pytest.raises(TypeError, match="qweight"):
+        quant.matmul(x.half(), torch.randn(16, 64))
+    with pytest.raises(TypeError, match="x"):
+        quant.matmul(x.half().tolist(), qw)
+    with pytest.raises(ValueError, match="bias"):
+        quant.matmul(x.half(), qw, torch.randn(15, device=DEVICE))
+    with pytest.raises(ValueError, match="backend"):
+        quant.matmul(x.half(), qw, backend="cutlass")
+    with pytest.raises(BackendUnavailable, match="cuda"):
+        quant.matmul(x.half(), qw, backend="cuda")
+
+
+def test_fp8_refused_below_sm89(monkeypatch):
+    """An fp8 scheme on a GPU below compute capability 8.9: a ValueError naming qweight (the
+    capability is faked: the check runs on the facts, before any launch)."""
+    from millkernels.ops.quant import api
+
+    facts = {**_facts("fp8_rowwise"), "device": "cuda", "capability": (8, 0)}
+    for backend in quant.TABLE.names():
+        assert "8.9" in quant.TABLE.spec(backend).serves(facts)
+    assert quant.TABLE.reason("reference", {**facts, "scheme": "w4a16"}) is None
+    real = api.call_facts
+    monkeypatch.setattr(
+        api, "call_facts", lambda *a: {**real(*a), "device": "cuda", "capability": (8, 0)}
+    )
+    qw = quant.quantize(torch.randn(16, 64), "fp8_rowwise")
+    with pytest.raises(ValueError, match=r"qweight: fp8_rowwise needs fp8 \(compute capability"):
+        quant.matmul(torch.randn(2, 64).half(), qw)
+    assert capabilities.FP8_MIN_CAPABILITY == (8, 9)
+
+
+# ------------------------------------------------------------------ GPU-only
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("scheme", ["w4a16", "w8a16"])
+@pytest.mark.parametrize("m", [1, 16, 64, 300])
+def test_weight_only_gpu_autotuned(scheme, m):
+    """The autotuned path at LLM-like sizes on a GPU."""
+    qw = quant.quantize(torch.randn(1024, 2048, device="cuda"), scheme, group_size=128)
+    x = torch.randn(m, 2048, device="cuda", dtype=torch.bfloat16)
+    assert_matmul_close(quant.matmul(x, qw, backend="triton"), x, qw)
+
+
+@pytest.mark.sm90
+@pytest.mark.parametrize("scheme", list(quant.FP8_SCHEMES))
+@pytest.mark.parametrize("m", [1, 64, 1000])
+def test_fp8_hopper(scheme, m):
+    """Autotuned fp8 GEMMs on Hopper; activation quantisation bit-equal to the reference."""
+    qw = quant.quantize(torch.randn(1024, 1536, device="cuda"), scheme)
+    x = torch.randn(m, 1536, device="cuda", dtype=torch.bfloat16)
+    mode = reference.ACT_MODE[scheme]
+    q, s = triton_fp8.act_quant(x, mode)
+    rq, rs = reference.act_quant(x, mode)
+    assert torch.equal(s, rs) and torch.equal(q.view(torch.uint8), rq.view(torch.uint8))
+    assert_matmul_close(quant.matmul(x, qw, backend="triton"), x, qw)
