@@ -239,3 +239,24 @@ def test_worker_that_hangs_is_stopped(tmp_path, monkeypatch):
     variant = TritonVariant({"x_ptr": "*fp32", "B": "constexpr"}, {"B": 16})
     job = TritonJob(0, "mk_t_hang", "k", str(tmp_path / "mk_t_hang.py"), 1, variant)
     assert "longer than 1 s" in run_jobs([job], 90)[0]["error"]
+
+
+def test_spill_allowance_waives_a_known_spill_but_not_growth(tmp_path):
+    """A documented allowance turns a known spill into ``waived`` (shown, not failed); the same
+    kernel with a smaller allowance than its spill still fails ``--check``."""
+    import dataclasses
+
+    from millkernels.analyze.core import analyze_kernels
+
+    with pytest.raises(ValueError, match="allowance_reason"):
+        dataclasses.replace(_HUNGRY, spill_allowance={80: 1})
+    with use_registry() as reg:
+        big = dataclasses.replace(_HUNGRY, spill_allowance={80: 1 << 20}, allowance_reason="t")
+        small = dataclasses.replace(_HUNGRY, spill_allowance={80: 1}, allowance_reason="t")
+        reg.register_triton("test.known", _hungry, [big], hot=True)
+        reg.register_triton("test.grown", _hungry, [small], hot=True)
+        analysis = analyze_kernels("sm_80", registry=reg, include_cuda=False)
+    rows = {r.kernel: r for r in analysis.reports}
+    assert rows["test.known"].status == "waived" and not rows["test.known"].failed
+    assert "within its allowance" in rows["test.known"].reason
+    assert rows["test.grown"].status == "spills" and rows["test.grown"].failed

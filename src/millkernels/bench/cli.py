@@ -1,7 +1,8 @@
 """``millkernels bench``: list the suites, or run one (or ``all``) and print/store rows.
 
-Exit codes: 0 ok, 1 a check failed (a benchmark's result was wrong), 2 usage error,
-3 could not run (a suite errored, or cannot run on this machine).
+Exit codes: 0 ok, 1 a check failed (a benchmark's result was wrong) or, with ``--compare``,
+a benchmark regressed (see :mod:`millkernels.bench.compare`), 2 usage error, 3 could not run
+(a suite errored, or cannot run on this machine, or nothing could be compared).
 """
 
 from __future__ import annotations
@@ -68,11 +69,31 @@ def bench(
     list_: bool = typer.Option(False, "--list", help="List the suites and exit."),
     quick: bool = typer.Option(False, "--quick", help="Smaller sizes and shorter timing."),
     device: str = typer.Option("auto", "--device", help="auto, cuda or cpu."),
+    repeat: int = typer.Option(1, "--repeat", help="Run the suites N times (noise for --compare)."),
+    compare: Path | None = typer.Option(
+        None, "--compare", help="Baseline to compare with (benchmarks/baselines/<sku>.json)."
+    ),
+    max_regression: str = typer.Option(
+        "5%", "--max-regression", help="With --compare: fail beyond this and the noise."
+    ),
+    report_md: Path | None = typer.Option(
+        None, "--report-md", help="With --compare: write the comparison as markdown here."
+    ),
 ) -> None:
     """Run benchmark suites: medians with p20/p80, GB/s and TFLOP/s, % of the measured
     ceilings, and the ratio to a baseline timed in the same run."""
     if fmt not in FORMATS or device not in DEVICES:
         _err(f"bench: --format must be one of {FORMATS}, --device one of {DEVICES}")
+        raise typer.Exit(EXIT_USAGE)
+    from millkernels.bench.compare import parse_threshold
+
+    try:
+        threshold = parse_threshold(max_regression)
+    except ValueError as exc:
+        _err(f"bench: --max-regression: {exc}")
+        raise typer.Exit(EXIT_USAGE) from None
+    if repeat < 1 or (compare is not None and not compare.is_file()):
+        _err(f"bench: --repeat must be >= 1 and --compare an existing file ({compare})")
         raise typer.Exit(EXIT_USAGE)
     if list_ or suite is None:
         _list_suites(fmt)
@@ -85,12 +106,33 @@ def bench(
         _err(f"bench: no suite {suite!r}; known: {', '.join(known) or 'none'} (or 'all')")
         raise typer.Exit(EXIT_USAGE)
     names = list(known) if suite == "all" else [suite]
-    code = _run(names, explicit=suite != "all", out=out, fmt=fmt, quick=quick, device=device)
+    code = _run(
+        names,
+        explicit=suite != "all",
+        out=out,
+        fmt=fmt,
+        quick=quick,
+        device=device,
+        repeat=repeat,
+        compare=compare,
+        threshold=threshold,
+        report_md=report_md,
+    )
     raise typer.Exit(code)
 
 
 def _run(
-    names: list[str], *, explicit: bool, out: Path | None, fmt: str, quick: bool, device: str
+    names: list[str],
+    *,
+    explicit: bool,
+    out: Path | None,
+    fmt: str,
+    quick: bool,
+    device: str,
+    repeat: int = 1,
+    compare: Path | None = None,
+    threshold: float = 0.05,
+    report_md: Path | None = None,
 ) -> int:
     """Run ``names`` and report; returns the exit code."""
     from millkernels.bench import registry
@@ -112,6 +154,11 @@ def _run(
 
     _err(f"bench: {', '.join(names)} on {ctx.device}{' (quick)' if quick else ''}")
     report = run_suites(names, ctx, extra_args=extra, explicit=explicit, on_row=on_row)
+    for _ in range(repeat - 1):  # repeated runs: each row of a key is one run for --compare
+        again = run_suites(names, ctx, extra_args=extra, explicit=explicit, on_row=on_row)
+        report.rows += again.rows
+        report.failures += again.failures
+        report.errors.update(again.errors)
     if not explicit:  # `bench all`: a suite module that failed to import is an error
         for module, error in registry.broken().items():
             report.errors[module] = f"import failed: {error}"
@@ -127,4 +174,22 @@ def _run(
     for failure in report.failures:
         _err(f"bench: FAILED {failure}")
     sys.stderr.flush()
-    return report.exit_code()
+    code = report.exit_code()
+    if compare is not None and report.rows:
+        from millkernels.bench.compare import run_comparison
+
+        compared = run_comparison(
+            report.rows,
+            compare,
+            max_regression=threshold,
+            report_md=report_md,
+            console=_stderr_console() if fmt == "json" else None,
+        )
+        code = 1 if 1 in (code, compared) else max(code, compared)  # 1 beats 3 beats 0
+    return code
+
+
+def _stderr_console():
+    from rich.console import Console
+
+    return Console(stderr=True, width=140)

@@ -1,0 +1,117 @@
+"""The pytest-benchmark suite in ``benchmarks/pytest_suite``: its machine info, the rows its
+JSON turns into, skipping of absent families, and the CUDA-event timer's arithmetic."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from millkernels.bench import compare as cmp
+from millkernels.bench.baseline import Baseline
+from millkernels.bench.gpu_timer import CudaStamp
+from millkernels.bench.results import load_rows
+
+ROOT = Path(__file__).resolve().parents[2]
+SUITE = ROOT / "benchmarks" / "pytest_suite"
+
+
+@pytest.fixture(scope="module")
+def suite_conftest():
+    spec = importlib.util.spec_from_file_location("mk_pytest_suite_conftest", SUITE / "conftest.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_suite_json_rows_and_machine_info(tmp_path: Path) -> None:
+    out = tmp_path / "pb.json"
+    cmd = [sys.executable, "-m", "pytest", str(SUITE / "test_bench_probes.py"), "-q",
+           "-p", "no:cacheprovider", "-k", "mem_copy or mem_write", "--mk-rounds", "3",
+           f"--benchmark-json={out}"]  # fmt: skip
+    env = {**os.environ, "TRITON_INTERPRET": "1", "CUDA_VISIBLE_DEVICES": ""}  # CPU mode
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    data = json.loads(out.read_text())
+    info = data["machine_info"]["millkernels"]
+    assert info["device"] == "cpu" and info["sku"] == "cpu" and info["triton_interpret"]
+    assert {"torch", "triton", "millkernels"} <= set(info["versions"])
+    assert {"driver", "power_limit_w", "clocks", "git_sha", "command"} <= set(info)
+    assert "--benchmark-json" in info["command"]
+    rows = load_rows(out)
+    keys = {r.key() for r in rows}
+    assert ("pytest.probes", "mem_copy", "bytes=65536", "u32", "reference") in keys
+    assert ("pytest.probes", "mem_write", "bytes=65536", "u32", "torch") in keys
+    for r in rows:
+        assert r.n == 3 and r.p20_us <= r.median_us <= r.p80_us and r.gbps > 0
+        assert r.timer == "time.perf_counter" and r.device == "cpu"
+    result = cmp.compare(Baseline.from_rows(rows), rows)
+    assert not result.failed and len(result.changes) == len(keys)
+
+    # --mk-compare: the same cases against a baseline 100x faster than this run fail the run.
+    fast = [dataclasses.replace(r, median_us=r.median_us / 100, p20_us=r.p20_us / 100,
+                                p80_us=r.p80_us / 100) for r in rows]  # fmt: skip
+    Baseline.from_rows(fast).save(tmp_path / "fast.json")
+    md = tmp_path / "report.md"
+    gate = [*cmd[:-1], "--mk-compare", str(tmp_path / "fast.json"), "--mk-report-md", str(md)]
+    done = subprocess.run(gate, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "FAILED" in done.stdout and md.read_text().count("| **regression**") == len(keys)
+
+
+def test_family_skips_with_reason(suite_conftest) -> None:
+    with pytest.raises(pytest.skip.Exception, match="not importable"):
+        suite_conftest.family("millkernels.ops.no_such_family")
+    with pytest.raises(pytest.skip.Exception, match="has no no_such_op"):
+        suite_conftest.family("millkernels.ops.probes", "mem_copy", "no_such_op")
+    assert suite_conftest.family("millkernels.ops.probes", "mem_copy").mem_copy
+
+
+def test_backend_call_skips_unavailable_backends(suite_conftest) -> None:
+    from millkernels.dispatch import BackendUnavailable
+
+    def refuse():
+        raise BackendUnavailable("cuda: no GPU")
+
+    with pytest.raises(pytest.skip.Exception, match="no GPU"):
+        suite_conftest.backend_call(refuse)
+    assert suite_conftest.backend_call(lambda: 7) == 7
+
+
+def test_machine_info_hook(suite_conftest) -> None:
+    class Config:
+        class invocation_params:  # mimics pytest.Config
+            args = ("benchmarks/pytest_suite", "-q")
+
+    info: dict = {"cpu": {}}
+    suite_conftest.pytest_benchmark_update_machine_info(Config, info)
+    mk = info["millkernels"]
+    assert mk["device"] == suite_conftest.DEVICE and mk["command"].endswith("pytest_suite -q")
+
+
+class _FakeEvent:
+    """Stands in for torch.cuda.Event: a GPU timestamp in ms, and whether it was waited on."""
+
+    def __init__(self, ms: float) -> None:
+        self.ms, self.synced = ms, False
+
+    def synchronize(self) -> None:
+        self.synced = True
+
+    def elapsed_time(self, end: _FakeEvent) -> float:
+        return end.ms - self.ms
+
+
+def test_cuda_stamp_subtracts_on_the_gpu_clock() -> None:
+    start, end = CudaStamp(_FakeEvent(10.0)), CudaStamp(_FakeEvent(10.25))
+    assert end - start == pytest.approx(250e-6)
+    assert end.event.synced and not start.event.synced  # waits for the later event only
+    with pytest.raises(TypeError):
+        _ = end - 1.0
