@@ -11,7 +11,7 @@ from enum import Enum
 import typer
 
 from millkernels.analyze.cli import analyze
-from millkernels.bench.cli import bench
+from millkernels.bench.cli import CONTEXT_SETTINGS, bench
 from millkernels.certify.cli import certify, keygen, verify
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_COULD_NOT_RUN = 0, 1, 2, 3
@@ -53,7 +53,7 @@ app.command()(certify)
 app.command()(verify)
 app.command()(keygen)
 app.command()(analyze)
-app.command()(bench)
+app.command(context_settings=CONTEXT_SETTINGS)(bench)
 
 
 def main() -> None:

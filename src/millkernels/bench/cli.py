@@ -58,7 +58,13 @@ def _resolve_device(device: str) -> str:
     return device
 
 
+#: ``millkernels bench comm ...`` takes nccl-tests' own flags (``-b 8 -e 1G -f 2``); the main
+#: CLI registers :func:`bench` with these settings so they reach it.
+CONTEXT_SETTINGS = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
 def bench(
+    ctx: typer.Context,
     suite: str | None = typer.Argument(
         None, help="Suite to run, or 'all' for every suite. Omit to list the suites."
     ),
@@ -82,6 +88,14 @@ def bench(
 ) -> None:
     """Run benchmark suites: medians with p20/p80, GB/s and TFLOP/s, % of the measured
     ceilings, and the ratio to a baseline timed in the same run."""
+    if suite == "comm":  # launched per rank by torchrun; nccl-tests' flags and columns
+        from millkernels.ops.comm.bench_cli import comm_bench_main
+
+        argv = [*ctx.args, "--format", fmt, "--device", device]
+        raise typer.Exit(comm_bench_main(argv))
+    if ctx.args:
+        _err(f"bench: unexpected arguments {ctx.args} (only 'bench comm' takes extra flags)")
+        raise typer.Exit(EXIT_USAGE)
     if fmt not in FORMATS or device not in DEVICES:
         _err(f"bench: --format must be one of {FORMATS}, --device one of {DEVICES}")
         raise typer.Exit(EXIT_USAGE)
