@@ -226,6 +226,7 @@ def variants_from_configs(
     constexprs: Mapping[str, Any] | None = None,
     *,
     min_arch: int | Callable[[Any], int] = 80,
+    divisible_by_16: Sequence[str] | None = None,
 ) -> list[TritonVariant]:
     """One :class:`TritonVariant` per ``triton.Config`` of an autotune list.
 
@@ -239,6 +240,8 @@ def variants_from_configs(
     min_arch
         The lowest compute capability of every config, or a function ``config -> int`` for
         lists that hold, e.g., Hopper-only configs.
+    divisible_by_16
+        As for :class:`TritonVariant`, shared by every config.
     """
     out = []
     for cfg in configs:
@@ -252,6 +255,7 @@ def variants_from_configs(
                 num_stages=int(getattr(cfg, "num_stages", 3) or 3),
                 min_arch=int(arch),
                 maxnreg=getattr(cfg, "maxnreg", None),
+                divisible_by_16=divisible_by_16,
             )
         )
     return out

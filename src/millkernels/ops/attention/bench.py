@@ -11,7 +11,9 @@ backward 2.5x forward (:func:`millkernels.bench.counts.attention_flops`).
 Before a backend is timed on a (head_dim, causal) pair its output is checked against the
 fp32 reference with the flash-attention rule on a small slice of the inputs (one sequence
 of at most 512 tokens); a wrong result is a failed check and the case is not timed.
-Each row's baseline is the fastest SDPA backend measured in the same run.
+Each row's baseline is the fastest SDPA backend measured in the same run. ``triton_tma`` is
+the Triton backend with the tensor-descriptor forward switched on (sm_90+; opt-in for users
+through ``MILLKERNELS_ATTENTION_TMA=1`` until these rows show it ahead).
 
 Options: ``attention.seqlens``, ``attention.head_dims``, ``attention.causal`` (tuple of
 bools), ``attention.directions`` (``fwd``, ``fwd_bwd``), ``attention.backends`` (subset of
@@ -98,6 +100,27 @@ def _ours(backend: str, causal: bool) -> Callable:
     return lambda q, k, v: attention(q, k, v, causal=causal, backend=backend)
 
 
+def _ours_tma(causal: bool) -> Callable:
+    """The Triton backend with the tensor-descriptor forward switched on for the call."""
+    import os
+
+    from millkernels.ops.attention import attention
+    from millkernels.ops.attention.triton_fwd import TMA_ENV
+
+    def run(q, k, v):
+        old = os.environ.get(TMA_ENV)
+        os.environ[TMA_ENV] = "1"
+        try:
+            return attention(q, k, v, causal=causal, backend="triton")
+        finally:
+            if old is None:
+                del os.environ[TMA_ENV]
+            else:
+                os.environ[TMA_ENV] = old
+
+    return run
+
+
 def _candidates(ctx: BenchContext, causal: bool, seqlen: int) -> dict[str, Callable | str]:
     """name -> callable, or the reason it is left out."""
     from millkernels.ops.attention import TABLE
@@ -132,6 +155,11 @@ def _candidates(ctx: BenchContext, causal: bool, seqlen: int) -> dict[str, Calla
             out[backend] = f"the reference materialises the scores (seqlen {seqlen})"
         else:
             out[backend] = _ours(backend, causal)
+    if callable(out.get("triton")):
+        if ctx.gpu and torch.cuda.get_device_capability()[0] < 9:
+            out["triton_tma"] = "tensor descriptors (TMA) need sm_90"
+        else:
+            out["triton_tma"] = _ours_tma(causal)
     return out
 
 
@@ -189,6 +217,7 @@ def attention_suite(ctx: BenchContext) -> Iterator[Row]:
                     batch, heads, seqlen, seqlen, head_dim, causal=causal, direction=direction
                 )
                 timed: dict[str, Any] = {}
+                configs: dict[str, dict] = {}
                 for name, fn in cands.items():
                     if wanted is not None and name not in wanted:
                         continue
@@ -206,14 +235,14 @@ def attention_suite(ctx: BenchContext) -> Iterator[Row]:
                         timed[name] = ctx.measure(run)
                     except Exception as exc:  # e.g. out of memory for one baseline
                         ctx.skip(what, f"raised {type(exc).__name__}: {str(exc)[:200]}")
+                        continue
+                    if name in ("triton", "triton_tma"):  # what it ran, read before the next
+                        configs[name] = {"fwd": triton_fwd.chosen_config()}
+                        if direction != "fwd":
+                            configs[name].update(triton_bwd.chosen_configs())
                 sdpa = {n: t for n, t in timed.items() if n.startswith("sdpa_")}
                 best = min(sdpa, key=lambda n: sdpa[n].median_us) if sdpa else None
                 for name, t in timed.items():
-                    config = None
-                    if name == "triton":
-                        config = {"fwd": triton_fwd.chosen_config()}
-                        if direction != "fwd":
-                            config.update(triton_bwd.chosen_configs())
                     yield ctx.row(
                         op=f"attention_{direction}",
                         shape={**shape, "causal": causal},
@@ -223,7 +252,7 @@ def attention_suite(ctx: BenchContext) -> Iterator[Row]:
                         flops=flops,
                         baseline=None if best is None or name == best else best,
                         baseline_timing=None if best is None or name == best else sdpa[best],
-                        config=config,
+                        config=configs.get(name),
                     )
 
 

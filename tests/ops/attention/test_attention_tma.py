@@ -1,0 +1,125 @@
+"""The tensor-descriptor (TMA) forward: same results as the pointer kernel, wherever the
+descriptors' zero fill and clipped stores replace the pointer kernel's masks (sequence ends,
+head_dim padded to a power of two, varlen boundaries), and a clean fallback where TMA cannot
+address the tensors.
+
+On a CPU this runs the same kernel under the interpreter (which emulates descriptors); on a
+GPU the `gpu`-marked test runs it on sm_90+.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from _attention_cases import check_forward, dense_inputs
+
+from millkernels.ops.attention import attention
+from millkernels.ops.attention import triton_fwd as F
+
+F16, BF16 = torch.float16, torch.bfloat16
+
+
+def _forward(q, k, v, tma, *, causal=False, window=(-1, -1), softcap=0.0, varlen=None):
+    scale = q.shape[-1] ** -0.5
+    left, right = window
+    win = (left, 0 if right < 0 else min(right, 0)) if causal else window  # as the API folds it
+    if varlen is None:
+        return F.forward(q, k, v, None, None, q.shape[1], k.shape[1], scale, win, softcap, tma)
+    cu_q, cu_k, mq, mk = varlen
+    return F.forward(q, k, v, cu_q, cu_k, mq, mk, scale, win, softcap, tma)
+
+
+# (batch, seqlen_q, seqlen_k, heads_q, heads_kv, head_dim, dtype, causal, window, softcap)
+CASES = [
+    pytest.param(1, 1, 1, 2, 2, 64, F16, False, (-1, -1), 0.0, id="len1"),
+    pytest.param(2, 17, 37, 4, 2, 64, BF16, True, (-1, -1), 0.0, id="gqa-causal-17x37"),
+    pytest.param(1, 113, 50, 2, 1, 80, BF16, False, (9, 4), 5.0, id="mqa-d80-window-softcap"),
+    pytest.param(1, 33, 33, 2, 2, 128, F16, True, (-1, -1), 0.0, id="causal-d128"),
+]
+
+
+@pytest.mark.parametrize("b, sq, sk, hq, hkv, d, dtype, causal, window, softcap", CASES)
+def test_tma_forward_matches_pointer_kernel_and_reference(
+    triton_device, b, sq, sk, hq, hkv, d, dtype, causal, window, softcap
+):
+    if triton_device == "cuda" and torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("tensor descriptors need sm_90")
+    q, k, v = dense_inputs(b, sq, sk, hq, hkv, d, dtype, triton_device)
+    kw = dict(causal=causal, window=window, softcap=softcap)
+    out, lse = _forward(q, k, v, True, **kw)
+    assert F._last_tma, "the TMA kernel did not run"
+    check_forward(out.cpu(), lse.cpu(), q.cpu(), k.cpu(), v.cpu(), kw)
+    ref_out, ref_lse = _forward(q, k, v, False, **kw)
+    assert not F._last_tma
+    # the same arithmetic up to the summation order of the matmuls (K arrives transposed)
+    torch.testing.assert_close(out, ref_out)
+    torch.testing.assert_close(lse, ref_lse, rtol=1e-5, atol=1e-5)
+
+
+def test_tma_varlen_keeps_sequences_apart(triton_device):
+    """Descriptors per sequence: the zero fill stops at each sequence's end, stores never
+    write into the next sequence, and tokens past cu_seqlens stay zero."""
+    if triton_device == "cuda" and torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("tensor descriptors need sm_90")
+    lens_q, lens_k = [1, 17, 40], [30, 1, 45]
+    cu_q = torch.tensor([0, 1, 18, 58], dtype=torch.int32, device=triton_device)
+    cu_k = torch.tensor([0, 30, 31, 76], dtype=torch.int32, device=triton_device)
+    q = torch.randn(58 + 3, 4, 64, device=triton_device).to(BF16)
+    k = torch.randn(76, 2, 64, device=triton_device).to(BF16)
+    v = torch.randn(76, 2, 64, device=triton_device).to(BF16)
+    varlen = (cu_q, cu_k, max(lens_q), max(lens_k))
+    out, lse = _forward(q, k, v, True, causal=True, varlen=varlen)
+    assert F._last_tma
+    kw = dict(causal=True, window=(-1, -1), softcap=0.0)
+    check_forward(
+        out[:58].cpu(), lse[:, :58].cpu(), q[:58].cpu(), k.cpu(), v.cpu(), kw,
+        varlen=(cu_q.cpu(), cu_k.cpu()),
+    )  # fmt: skip
+    assert torch.all(out[58:] == 0)
+
+
+def test_tma_falls_back_where_descriptors_cannot_address(triton_device):
+    """A view whose rows are not 16-byte aligned runs the pointer kernel, with the same
+    result as its contiguous copy."""
+    q, k, v = dense_inputs(1, 17, 17, 2, 2, 64, F16, triton_device)
+    wide = torch.randn(1, 17, 2, 64 + 4, device=triton_device).to(F16)
+    wide[..., :64] = q
+    q_odd = wide[..., :64]  # row stride 68 halves = 136 bytes: not a multiple of 16
+    assert not F.tma_allowed(q_odd)
+    out, _ = _forward(q_odd, k, v, True)
+    assert not F._last_tma
+    ref, _ = _forward(q, k, v, False)
+    assert torch.equal(out, ref)  # the same kernel, same inputs
+
+
+def test_env_switch_reaches_the_public_op(triton_device, monkeypatch):
+    if triton_device == "cuda" and torch.cuda.get_device_capability()[0] < 9:
+        pytest.skip("tensor descriptors need sm_90")
+    q, k, v = dense_inputs(1, 17, 17, 2, 2, 64, BF16, triton_device)
+    monkeypatch.setenv(F.TMA_ENV, "1")
+    with_tma = attention(q, k, v, backend="triton")
+    assert F.chosen_config()["TMA"] is True
+    monkeypatch.setenv(F.TMA_ENV, "0")
+    without = attention(q, k, v, backend="triton")
+    assert F.chosen_config()["TMA"] is False
+    torch.testing.assert_close(with_tma, without)
+
+
+def test_descriptor_allocator_respects_an_application_allocator(monkeypatch):
+    import triton
+    from triton.runtime import _allocation
+
+    token = _allocation._allocator.set(_allocation.NullAllocator())
+    try:
+        F.ensure_descriptor_allocator()
+        ours = _allocation._allocator.get()
+        assert not isinstance(ours, _allocation.NullAllocator)
+
+        def theirs(size, alignment, stream):
+            return torch.empty(size, dtype=torch.int8)
+
+        triton.set_allocator(theirs)
+        F.ensure_descriptor_allocator()
+        assert _allocation._allocator.get() is theirs
+    finally:
+        _allocation._allocator.reset(token)
