@@ -1,6 +1,7 @@
 // Argument checks and bindings of the w4a16 kernels. Checks (each a ValueError naming the
 // argument): dtype, shape, contiguity, 16-byte alignment, CUDA memory, one device; then a GPU
-// must exist. The Python side (ops/quant/cuda.py) prepares the repacked layout.
+// must exist. The Python side (ops/quant/cuda.py) prepares the repacked layout and padded
+// scales/zeros.
 #include "bind.h"
 
 #include <pybind11/stl.h>
@@ -46,13 +47,15 @@ void same_device(const ArrayView& a, const char* a_name, const ArrayView& b, con
   require_same_device(a, a_name, b, b_name, op);
 }
 
+int64_t strips_of(int64_t n) { return (n + 31) / 32; }
+
 void w4_repack(const ArrayView& canonical, const ArrayView& repacked, int64_t k, int64_t n) {
   const char* op = "w4_repack";
   require_range(k, 32, int64_t{1} << 30, op, "k");
   require_range(n, 1, int64_t{1} << 30, op, "n");
   if (k % 32) value_error(op, "k: expected a multiple of 32, got " + std::to_string(k));
   require(canonical, op, "canonical", "i32", {k / 8, n});
-  require(repacked, op, "repacked", "i32", {n, k / 8});
+  require(repacked, op, "repacked", "i32", {strips_of(n), 4 * k});
   same_device(canonical, "canonical", repacked, "repacked", op);
   require_gpu(op);
   const int device = resolve_device(canonical, op, "canonical");
@@ -62,42 +65,45 @@ void w4_repack(const ArrayView& canonical, const ArrayView& repacked, int64_t k,
                    reinterpret_cast<int32_t*>(repacked.ptr), k, n, as_stream(canonical.stream));
 }
 
-void w4a16_small_m(const ArrayView& x, const ArrayView& repacked, const ArrayView& scales_t,
-                   const std::optional<ArrayView>& zeros_t, const std::optional<ArrayView>& bias,
+void w4a16_small_m(const ArrayView& x, const ArrayView& repacked, const ArrayView& scales,
+                   const std::optional<ArrayView>& zeros, const std::optional<ArrayView>& bias,
                    const ArrayView& out, const std::optional<ArrayView>& partial, int64_t group,
-                   int64_t split) {
+                   int64_t split, int64_t path) {
   const char* op = "w4a16_small_m";
   if (x.shape.size() != 2) value_error(op, "x: expected (M, K), got " + shape_str(x.shape));
-  const int64_t m = x.shape[0], k = x.shape[1];
-  if (repacked.shape.size() != 2) {
-    value_error(op, "repacked: expected (N, K/8), got " + shape_str(repacked.shape));
-  }
-  const int64_t n = repacked.shape[0];
+  if (out.shape.size() != 2) value_error(op, "out: expected (M, N), got " + shape_str(out.shape));
+  const int64_t m = x.shape[0], k = x.shape[1], n = out.shape[1];
   require_range(m, 0, 16, op, "x rows (M)");
   require_range(k, 32, int64_t{1} << 30, op, "k");
-  require_range(n, 1, int64_t{1} << 30, op, "n");
+  require_range(n, 1, int64_t{1} << 30, op, "out columns (N)");
   if (k % 32) value_error(op, "x: in_features must be a multiple of 32, got " + std::to_string(k));
   if (group < 32 || group % 32 || k % group) {
     value_error(op, "group: expected a multiple of 32 dividing K=" + std::to_string(k) + ", got " +
                         std::to_string(group));
   }
   require_range(split, 1, k / 32, op, "split");
+  require_range(path, kW4PathAuto, kW4PathMma, op, "path");
+  if (path == kW4PathFma && m > w4a16_fma_max_rows()) {
+    value_error(op, "path: the fma path serves M <= " + std::to_string(w4a16_fma_max_rows()) +
+                        ", got M=" + std::to_string(m));
+  }
   const bool bf16 = x.dtype == "bf16";
   if (!bf16 && x.dtype != "f16") value_error(op, "x: expected f16 or bf16, got " + x.dtype);
+  const int64_t npad = 32 * strips_of(n);
   require(x, op, "x", x.dtype, {m, k});
-  require(repacked, op, "repacked", "i32", {n, k / 8});
-  require(scales_t, op, "scales_t", x.dtype, {n, k / group});
+  require(repacked, op, "repacked", "i32", {strips_of(n), 4 * k});
+  require(scales, op, "scales", x.dtype, {k / group, npad});
   require(out, op, "out", x.dtype, {m, n});
-  if (zeros_t) require(*zeros_t, op, "zeros_t", "u8", {n, k / group});
+  if (zeros) require(*zeros, op, "zeros", "u8", {k / group, npad});
   if (bias) require(*bias, op, "bias", x.dtype, {n});
   if (split > 1) {
     if (!partial) value_error(op, "partial: required when split > 1");
     require(*partial, op, "partial", "f32", {split, m, n});
   }
   same_device(x, "x", repacked, "repacked", op);
-  same_device(x, "x", scales_t, "scales_t", op);
+  same_device(x, "x", scales, "scales", op);
   same_device(x, "x", out, "out", op);
-  if (zeros_t) same_device(x, "x", *zeros_t, "zeros_t", op);
+  if (zeros) same_device(x, "x", *zeros, "zeros", op);
   if (bias) same_device(x, "x", *bias, "bias", op);
   if (split > 1) same_device(x, "x", *partial, "partial", op);
   require_gpu(op);
@@ -106,12 +112,12 @@ void w4a16_small_m(const ArrayView& x, const ArrayView& repacked, const ArrayVie
   py::gil_scoped_release nogil;
   launch_w4a16_small_m(
       reinterpret_cast<const void*>(x.ptr), reinterpret_cast<const int32_t*>(repacked.ptr),
-      reinterpret_cast<const void*>(scales_t.ptr),
-      zeros_t ? reinterpret_cast<const uint8_t*>(zeros_t->ptr) : nullptr,
+      reinterpret_cast<const void*>(scales.ptr),
+      zeros ? reinterpret_cast<const uint8_t*>(zeros->ptr) : nullptr,
       bias ? reinterpret_cast<const void*>(bias->ptr) : nullptr, reinterpret_cast<void*>(out.ptr),
       partial ? reinterpret_cast<float*>(partial->ptr) : nullptr, static_cast<int>(m),
       static_cast<int>(n), static_cast<int>(k), static_cast<int>(group), static_cast<int>(split),
-      bf16, as_stream(x.stream));
+      static_cast<int>(path), bf16, as_stream(x.stream));
 }
 
 }  // namespace
@@ -119,12 +125,14 @@ void w4a16_small_m(const ArrayView& x, const ArrayView& repacked, const ArrayVie
 void bind(py::module_& m) {
   m.def("w4_repack", &w4_repack, py::arg("canonical"), py::arg("repacked"), py::arg("k"),
         py::arg("n"),
-        "Repack canonical int32 (K/8, N) 4-bit codes into the w4a16 kernel's (N, K/8) layout.");
-  m.def("w4a16_small_m", &w4a16_small_m, py::arg("x"), py::arg("repacked"), py::arg("scales_t"),
-        py::arg("zeros_t"), py::arg("bias"), py::arg("out"), py::arg("partial"), py::arg("group"),
-        py::arg("split"),
-        "out (M, N) = x (M, K) @ W^T (+ bias) for M <= 16 (split > 1: float32 partials "
-        "(split, M, N) into `partial`, bias not added).");
+        "Repack canonical int32 (K/8, N) 4-bit codes into the w4a16 kernel's tiled "
+        "(ceil(N/32), 4K) layout (csrc/quant/w4a16.h).");
+  m.def("w4a16_small_m", &w4a16_small_m, py::arg("x"), py::arg("repacked"), py::arg("scales"),
+        py::arg("zeros"), py::arg("bias"), py::arg("out"), py::arg("partial"), py::arg("group"),
+        py::arg("split"), py::arg("path") = 0,
+        "out (M, N) = x (M, K) @ W^T (+ bias) for M <= 16; scales/zeros (G, 32*ceil(N/32)); "
+        "split > 1: float32 partials (split, M, N) into `partial`, bias not added; path 0 auto "
+        "(mma), 1 fp32-FMA (M <= 2), 2 mma.sync tensor cores.");
 }
 
 }  // namespace mk::quant

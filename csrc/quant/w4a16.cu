@@ -1,12 +1,48 @@
-// w4a16 GEMV-style kernel for M = 1..16 (decode) and the repack kernel; see w4a16.h.
+// w4a16 matmul for M = 1..16 (decode) and the repack kernel; see w4a16.h for the layouts.
 //
-// Each warp owns one output column at a time; its 32 lanes stream 32 consecutive 16-byte
-// chunks of the column (32 codes each, within one group), so a warp reads 512 contiguous bytes
-// per step. Codes become floats with a magic-number trick: lop3 computes
-// (word & 0x000F000F) | 0x64006400, the fp16 pair (1024 + a, 1024 + b) (bf16: | 0x43004300
-// gives 128 + a), widened to fp32, and (magic + zero) is subtracted exactly: no per-element
-// integer-to-float conversion instruction. Products accumulate in fp32, scaled once per chunk;
-// lanes reduce with shuffles. K may be split over gridDim.y into float32 partials.
+// Work split. A block of kWarps warps owns one strip of 32 output columns and a K range
+// (gridDim.y splits K; float32 partials are then summed by the caller). K is cut into 32-wide
+// chunks; lane l = 4 * gid + t4 reads one 16-byte vector per chunk: the 4 words of columns
+// 8 * tile + gid (tile 0..3), K offsets 8 * t4 .. 8 * t4 + 7. A warp reads 512 contiguous bytes
+// per chunk; the block's warps, interleaved over "units" of 1, 2 or 4 chunks of one
+// quantisation group, stream kWarps * 2 KiB contiguous bytes. Warps are reduced through
+// shared memory at the end.
+//
+// Int4 -> fp16/bf16 without conversion instructions: nibble positions p and p + 4 of a word
+// hold K offsets 2p and 2p + 1 (repacked order 0, 2, 4, 6, 1, 3, 5, 7), so
+// lop3((word >> 4p), 0x000F000F, 0x64006400) is the fp16 pair (1024 + q0, 1024 + q1) (bf16:
+// 0x43004300, 128 + q). One fma.rn.{f16x2,bf16x2} with 1.0 and -(1024 + zero) (built the same
+// way from the zero point's bits; ptxas emits HADD2) leaves q - zero, an exact small integer.
+// The group scale is applied in float32 to each unit's float32 sum, so the tensor cores see
+// exact integer weights and the result matches the dequantise-in-fp32 reference up to float32
+// rounding (no fp16/bf16 rounding of scaled weights).
+//
+// Two paths:
+// - mma (auto, every M): mma.sync.m16n8k16, fp32 accumulators, A = the dequantised weights
+//   (16 columns x 16 K: tiles 2T and 2T + 1 of the strip), B = x^T (16 K x 8 rows of x: rows
+//   gid and, for M > 8, a second B of rows gid + 8; rows >= M are zero registers, not loads),
+//   D = (16 columns x 8 rows). K is permuted inside each chunk, identically for A and B (a dot
+//   product does not care): fragment K index 2 * t4 + j of k-step s is real offset 8 * t4 + 4s
+//   + j and index 8 + 2 * t4 + j is 8 * t4 + 4s + 2 + j. So a B fragment pair is two
+//   consecutive registers of one 16-byte load of an x row (no register shuffles), and A
+//   fragment registers are decode_pair(word, 2s or 2s + 1) of the lane's own words.
+//   Weights as A rather than B: with x as A the A quad {row g, row g + 8} interleaves two
+//   loads, and the sm_90a SASS carried 4 MOVs per HMMA (32 per chunk); as B, x needs none, and
+//   M <= 8 needs one m16n8k16 per 16 x 16 weights instead of two.
+// - fma (path = kW4PathFma, M <= 2): the same loads and decode, then fp32 FMAs; lane (gid, t4)
+//   accumulates columns 8 * tile + gid over its K offsets, the 4 lanes of a column are summed
+//   by shuffles.
+//
+// Crossover (auto uses mma for every M), from the sm_90a SASS of the loop over one unit of 4
+// chunks (128 weights per lane; sm_80 within 1%): mma M <= 8: 313 instructions (2.4 per
+// weight: 64 LOP3 + 48 SHF + 64 HADD2 of decode, 16 HMMA, 16 LDG), M <= 16: 363 (2.8, 32 HMMA);
+// fma M = 1: 575 (4.5: + 128 half->float conversions, 132 FFMA). H100 SXM streams int4 at
+// ~6.7e12 weights/s = ~29 weights per SM clock against 128 lane-instructions per SM clock: a
+// budget of ~4.4 instructions per weight. So the fma path is at the issue limit already at
+// M = 1 (and over it at M = 2), while mma stays at 55-65% of it for every M <= 16 (HMMA:
+// 29/128 = 0.23 m16n8k16 per SM clock, a fraction of the tensor cores' mma.sync rate). Hence
+// mma for every M; the fma path stays selectable for comparison. Nothing here is measured on
+// a GPU yet.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -16,9 +52,15 @@
 namespace mk::quant {
 namespace {
 
-constexpr int kWarps = 4;        // warps per block
-constexpr int kColsPerWarp = 2;  // output columns each warp handles, one after the other
-constexpr int kChunk = 32;       // codes per 16-byte load
+constexpr int kWarps = 8;     // warps per block, all on one strip, interleaved over K units
+constexpr int kStrip = 32;    // output columns per block: 4 n8 tiles
+constexpr int kChunk = 32;    // K values per chunk: one 16-byte load per lane
+constexpr int kMaxUnit = 4;   // chunks per unit (the scale is applied once per unit)
+constexpr int kFmaRowsMax = 2;  // fma path rows (4 rows spill: x of a 4-chunk unit)
+
+__host__ __device__ constexpr int unit_chunks(int chunks_per_group) {
+  return chunks_per_group % 4 == 0 ? 4 : (chunks_per_group % 2 == 0 ? 2 : 1);
+}
 
 __device__ __forceinline__ uint32_t lop3_and_or(uint32_t a, uint32_t b, uint32_t c) {
   uint32_t d;
@@ -31,8 +73,21 @@ struct Num;
 
 template <>
 struct Num<__half> {
-  static constexpr uint32_t kMagic = 0x64006400u;  // fp16 1024.0 in both halves
-  static constexpr float kBase = 1024.0f;
+  static constexpr uint32_t kMagic = 0x64006400u;    // fp16 (1024, 1024)
+  static constexpr uint32_t kNegBase = 0xE400E400u;  // fp16 (-1024, -1024); | z: -(1024 + z)
+  static constexpr uint32_t kOne = 0x3C003C00u;      // fp16 (1, 1)
+  __device__ static uint32_t fma2(uint32_t a, uint32_t b, uint32_t c) {
+    uint32_t d;
+    asm("fma.rn.f16x2 %0, %1, %2, %3;\n" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+    return d;
+  }
+  __device__ static void mma(float& d0, float& d1, float& d2, float& d3, const uint32_t (&a)[4],
+                             uint32_t b0, uint32_t b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, "
+        "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(d0), "+f"(d1), "+f"(d2), "+f"(d3)
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
   __device__ static float2 pair(uint32_t bits) {
     __half2 h;
     memcpy(&h, &bits, 4);
@@ -44,8 +99,21 @@ struct Num<__half> {
 
 template <>
 struct Num<__nv_bfloat16> {
-  static constexpr uint32_t kMagic = 0x43004300u;  // bf16 128.0 in both halves
-  static constexpr float kBase = 128.0f;
+  static constexpr uint32_t kMagic = 0x43004300u;    // bf16 (128, 128)
+  static constexpr uint32_t kNegBase = 0xC300C300u;  // bf16 (-128, -128); | z: -(128 + z)
+  static constexpr uint32_t kOne = 0x3F803F80u;      // bf16 (1, 1)
+  __device__ static uint32_t fma2(uint32_t a, uint32_t b, uint32_t c) {
+    uint32_t d;
+    asm("fma.rn.bf16x2 %0, %1, %2, %3;\n" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+    return d;
+  }
+  __device__ static void mma(float& d0, float& d1, float& d2, float& d3, const uint32_t (&a)[4],
+                             uint32_t b0, uint32_t b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
+        "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(d0), "+f"(d1), "+f"(d2), "+f"(d3)
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
   __device__ static float2 pair(uint32_t bits) {
     __nv_bfloat162 h;
     memcpy(&h, &bits, 4);
@@ -55,167 +123,275 @@ struct Num<__nv_bfloat16> {
   __device__ static __nv_bfloat16 from(float v) { return __float2bfloat16_rn(v); }
 };
 
-// Dot product of 32 weights with one 32-element slice of an x row (4 x 16-byte loads).
+// q - zero for the two K values at nibble positions p and p + 4 of `word`, as a packed pair.
 template <typename T>
-__device__ __forceinline__ float dot32(const float (&w)[kChunk], const uint4* xs) {
-  float sum = 0.f;
-#pragma unroll
-  for (int v = 0; v < 4; ++v) {
-    const uint4 q = __ldg(xs + v);
-    const uint32_t words[4] = {q.x, q.y, q.z, q.w};
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const float2 f = Num<T>::pair(words[i]);
-      sum = fmaf(f.x, w[8 * v + 2 * i], sum);
-      sum = fmaf(f.y, w[8 * v + 2 * i + 1], sum);
-    }
-  }
-  return sum;
+__device__ __forceinline__ uint32_t decode_pair(uint32_t word, int p, uint32_t neg_zero) {
+  return Num<T>::fma2(lop3_and_or(word >> (4 * p), 0x000F000Fu, Num<T>::kMagic), Num<T>::kOne,
+                      neg_zero);
 }
 
-template <typename T, int MT>
-__global__ void __launch_bounds__(kWarps * 32, 4)
+__device__ __forceinline__ uint32_t word_of(const uint4& v, int i) {
+  return i == 0 ? v.x : (i == 1 ? v.y : (i == 2 ? v.z : v.w));
+}
+
+// One kernel for both paths. MT: rows compiled for (mma: 8 or 16, fma: 1 or 2).
+// Lane (gid = lane / 4, t4 = lane % 4) owns columns 8 * tile + gid (tile 0..3) of the strip and,
+// per chunk, K offsets 8 * t4 .. 8 * t4 + 7.
+template <typename T, int MT, bool kMma>
+__global__ void __launch_bounds__(kWarps * 32, 2)
     w4a16_small_m_kernel(const T* __restrict__ x, const uint4* __restrict__ w,
-                         const T* __restrict__ scales_t, const uint8_t* __restrict__ zeros_t,
+                         const T* __restrict__ scales, const uint8_t* __restrict__ zeros,
                          const T* __restrict__ bias, T* __restrict__ out,
                          float* __restrict__ partial, int m, int n, int k, int group,
-                         int chunks_per_split) {
+                         int units_per_split) {
+  __shared__ float red[kWarps][MT][kStrip];
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
+  const int gid = lane >> 2;  // mma groupID
+  const int t4 = lane & 3;    // mma threadID_in_group
+  const int strip = blockIdx.x;
+  const int npad = gridDim.x * kStrip;
   const int kchunks = k / kChunk;
-  const int groups = k / group;
-  const int chunks_per_group = group / kChunk;
-  const int c_begin = blockIdx.y * chunks_per_split;
-  const int c_end = min(c_begin + chunks_per_split, kchunks);
-  for (int j = 0; j < kColsPerWarp; ++j) {
-    const int col = (blockIdx.x * kWarps + warp) * kColsPerWarp + j;
-    if (col >= n) break;  // uniform across the warp
-    float acc[MT];
+  const int cpg = group / kChunk;
+  const int unit = unit_chunks(cpg);
+  const int units_per_group = cpg / unit;
+  const int units = kchunks / unit;
+  const int u_begin = blockIdx.y * units_per_split + warp;
+  const int u_end = min(blockIdx.y * units_per_split + units_per_split, units);
+  const int col0 = strip * kStrip + gid;  // + 8 * tile: this lane's columns
+  // mma: acc[tile][i]: column 8 tile + gid, row 2 t4 + i (i < 2) or 8 + 2 t4 + i - 2.
+  // fma: acc[tile][r]: column 8 tile + gid, row r (this lane's K values only).
+  constexpr int kAcc = kMma ? MT / 4 : MT;
+  float acc[4][kAcc];
 #pragma unroll
-    for (int r = 0; r < MT; ++r) acc[r] = 0.f;
-    const uint4* wcol = w + static_cast<int64_t>(col) * kchunks;
-    const T* scol = scales_t + static_cast<int64_t>(col) * groups;
-    const uint8_t* zcol = zeros_t ? zeros_t + static_cast<int64_t>(col) * groups : nullptr;
-#pragma unroll 2
-    for (int c = c_begin + lane; c < c_end; c += 32) {
-      const uint4 q = __ldg(wcol + c);
-      const int g = c / chunks_per_group;
-      const float s = Num<T>::one(scol[g]);
-      const float zb = Num<T>::kBase + (zcol ? static_cast<float>(__ldg(zcol + g)) : 8.f);
-      const uint32_t words[4] = {q.x, q.y, q.z, q.w};
-      float wv[kChunk];
+  for (int i = 0; i < 4; ++i) {
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {
+    for (int j = 0; j < kAcc; ++j) acc[i][j] = 0.f;
+  }
+  // Per-unit pointers, advanced by kWarps units each step.
+  const int64_t step_chunks = static_cast<int64_t>(kWarps) * unit;
+  const uint4* wp =
+      w + (static_cast<int64_t>(strip) * kchunks + int64_t{u_begin} * unit) * 32 + lane;
+  const T* xp = x + int64_t{u_begin} * unit * kChunk + 8 * t4;  // row 0
+  for (int u = u_begin; u < u_end; u += kWarps) {
+    const int g = u / units_per_group;
+    uint4 q[kMaxUnit];
 #pragma unroll
-        for (int sh = 0; sh < 4; ++sh) {
-          // nibble positions sh and sh + 4 hold elements 2*sh and 2*sh + 1 (repacked order)
-          const float2 f =
-              Num<T>::pair(lop3_and_or(words[i] >> (4 * sh), 0x000F000Fu, Num<T>::kMagic));
-          wv[8 * i + 2 * sh] = f.x - zb;
-          wv[8 * i + 2 * sh + 1] = f.y - zb;
+    for (int i = 0; i < kMaxUnit; ++i) {
+      if (i < unit) q[i] = __ldg(wp + i * 32);
+    }
+    // x: mma B fragments (x rows gid, gid + 8); fma: rows 0..MT-1
+    constexpr int kRows = kMma ? MT / 8 : MT;
+    uint4 xv[kMaxUnit][kRows];
+#pragma unroll
+    for (int i = 0; i < kMaxUnit; ++i) {
+#pragma unroll
+      for (int r = 0; r < kRows; ++r) {
+        const int row = kMma ? gid + 8 * r : r;
+        xv[i][r] = make_uint4(0, 0, 0, 0);
+        if (i < unit && row < m) {
+          xv[i][r] = __ldg(reinterpret_cast<const uint4*>(xp + static_cast<int64_t>(row) * k +
+                                                          i * kChunk));
         }
       }
+    }
+    // zero points and scales of the lane's columns, loaded with the unit's data (a scale load
+    // left next to its use, after the mma code, would stall each unit for a full L2 trip)
+    const int64_t gq = static_cast<int64_t>(g) * npad + col0;
+    uint32_t nz[4];  // -(base + zero) pairs
+    T sc[4];
+#pragma unroll
+    for (int tile = 0; tile < 4; ++tile) {
+      const uint32_t z = zeros ? __ldg(zeros + gq + 8 * tile) : 8u;
+      nz[tile] = Num<T>::kNegBase | (z * 0x00010001u);
+      sc[tile] = scales[gq + 8 * tile];
+    }
+    float gacc[4][kAcc];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+#pragma unroll
+      for (int j = 0; j < kAcc; ++j) gacc[i][j] = 0.f;
+    }
+#pragma unroll
+    for (int i = 0; i < kMaxUnit; ++i) {
+      if (i < unit) {
+        if constexpr (kMma) {
+          // A = weights (16 columns x 16 K) of tiles 2T (rows 0..7) and 2T + 1 (rows 8..15),
+          // B = x^T (16 K x 8 rows of x); D[column][row of x].
+#pragma unroll
+          for (int s = 0; s < 2; ++s) {
+#pragma unroll
+            for (int tt = 0; tt < 2; ++tt) {
+              const uint32_t w0 = word_of(q[i], 2 * tt), w1 = word_of(q[i], 2 * tt + 1);
+              const uint32_t a[4] = {decode_pair<T>(w0, 2 * s, nz[2 * tt]),
+                                     decode_pair<T>(w1, 2 * s, nz[2 * tt + 1]),
+                                     decode_pair<T>(w0, 2 * s + 1, nz[2 * tt]),
+                                     decode_pair<T>(w1, 2 * s + 1, nz[2 * tt + 1])};
+#pragma unroll
+              for (int r = 0; r < kRows; ++r) {
+                Num<T>::mma(gacc[2 * tt][2 * r], gacc[2 * tt][2 * r + 1],
+                            gacc[2 * tt + 1][2 * r], gacc[2 * tt + 1][2 * r + 1], a,
+                            word_of(xv[i][r], 2 * s), word_of(xv[i][r], 2 * s + 1));
+              }
+            }
+          }
+        } else {
+          float xf[MT][8];
+#pragma unroll
+          for (int r = 0; r < MT; ++r) {
+#pragma unroll
+            for (int h = 0; h < 4; ++h) {
+              const float2 f = Num<T>::pair(word_of(xv[i][r], h));
+              xf[r][2 * h] = f.x;
+              xf[r][2 * h + 1] = f.y;
+            }
+          }
+#pragma unroll
+          for (int tile = 0; tile < 4; ++tile) {
+            const uint32_t wd = word_of(q[i], tile);
+#pragma unroll
+            for (int p = 0; p < 4; ++p) {
+              const float2 f = Num<T>::pair(decode_pair<T>(wd, p, nz[tile]));
+#pragma unroll
+              for (int r = 0; r < MT; ++r) {
+                gacc[tile][r] = fmaf(xf[r][2 * p], f.x, gacc[tile][r]);
+                gacc[tile][r] = fmaf(xf[r][2 * p + 1], f.y, gacc[tile][r]);
+              }
+            }
+          }
+        }
+      }
+    }
+    // the unit's group scale, in float32
+#pragma unroll
+    for (int tile = 0; tile < 4; ++tile) {
+      const float s = Num<T>::one(sc[tile]);
+#pragma unroll
+      for (int j = 0; j < kAcc; ++j) acc[tile][j] = fmaf(gacc[tile][j], s, acc[tile][j]);
+    }
+    wp += step_chunks * 32;
+    xp += step_chunks * kChunk;
+  }
+
+  // this warp's (MT, 32) sums -> shared memory
+#pragma unroll
+  for (int tile = 0; tile < 4; ++tile) {
+    const int col = 8 * tile + gid;
+    if constexpr (kMma) {
+#pragma unroll
+      for (int j = 0; j < kAcc; ++j) red[warp][8 * (j / 2) + 2 * t4 + j % 2][col] = acc[tile][j];
+    } else {
 #pragma unroll
       for (int r = 0; r < MT; ++r) {
-        if (r < m) {
-          const uint4* xs = reinterpret_cast<const uint4*>(x + static_cast<int64_t>(r) * k +
-                                                           static_cast<int64_t>(c) * kChunk);
-          acc[r] = fmaf(dot32<T>(wv, xs), s, acc[r]);
-        }
+        float v = acc[tile][r];
+        v += __shfl_xor_sync(0xffffffffu, v, 1);
+        v += __shfl_xor_sync(0xffffffffu, v, 2);
+        if (t4 == 0) red[warp][r][col] = v;
       }
     }
+  }
+  __syncthreads();
+  for (int idx = threadIdx.x; idx < MT * kStrip; idx += kWarps * 32) {
+    const int r = idx / kStrip;
+    const int col = strip * kStrip + idx % kStrip;
+    if (r >= m || col >= n) continue;
+    float sum = 0.f;
 #pragma unroll
-    for (int r = 0; r < MT; ++r) {
-#pragma unroll
-      for (int off = 16; off > 0; off >>= 1) acc[r] += __shfl_xor_sync(0xffffffffu, acc[r], off);
-    }
-#pragma unroll
-    for (int r = 0; r < MT; ++r) {
-      if (lane == r && r < m) {  // lane r writes row r (compile-time register index)
-        if (partial != nullptr) {
-          partial[(static_cast<int64_t>(blockIdx.y) * m + r) * n + col] = acc[r];
-        } else {
-          const float b = bias ? Num<T>::one(bias[col]) : 0.f;
-          out[static_cast<int64_t>(r) * n + col] = Num<T>::from(acc[r] + b);
-        }
-      }
+    for (int wi = 0; wi < kWarps; ++wi) sum += red[wi][r][idx % kStrip];
+    if (partial != nullptr) {
+      partial[(static_cast<int64_t>(blockIdx.y) * m + r) * n + col] = sum;
+    } else {
+      const float b = bias ? Num<T>::one(bias[col]) : 0.f;
+      out[static_cast<int64_t>(r) * n + col] = Num<T>::from(sum + b);
     }
   }
 }
 
+// One thread per output word: word (strip, chunk, lane, tile) of the tiled layout is the
+// canonical word (K/8 index 4 * chunk + lane % 4, column 32 * strip + 8 * tile + lane / 4)
+// with its nibbles reordered 0, 2, 4, 6, 1, 3, 5, 7; zero past column n.
 __global__ void w4_repack_kernel(const int32_t* __restrict__ canonical,
-                                 int32_t* __restrict__ repacked, int64_t kw, int64_t n) {
+                                 int32_t* __restrict__ repacked, int64_t kchunks, int64_t n,
+                                 int64_t total) {
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (idx >= kw * n) return;
-  const int64_t col = idx / kw;
-  const int64_t word = idx % kw;
-  const uint32_t src = static_cast<uint32_t>(canonical[word * n + col]);
+  if (idx >= total) return;
+  const int tile = static_cast<int>(idx & 3);
+  const int lane = static_cast<int>((idx >> 2) & 31);
+  const int64_t rest = idx >> 7;
+  const int64_t chunk = rest % kchunks;
+  const int64_t strip = rest / kchunks;
+  const int64_t col = strip * kStrip + 8 * tile + (lane >> 2);
+  const int64_t word = 4 * chunk + (lane & 3);
+  const uint32_t src = col < n ? static_cast<uint32_t>(canonical[word * n + col]) : 0u;
   constexpr int kOrder[8] = {0, 2, 4, 6, 1, 3, 5, 7};  // element held by nibble position p
   uint32_t dst = 0;
 #pragma unroll
   for (int p = 0; p < 8; ++p) dst |= ((src >> (4 * kOrder[p])) & 0xFu) << (4 * p);
-  repacked[col * kw + word] = static_cast<int32_t>(dst);
+  repacked[idx] = static_cast<int32_t>(dst);
 }
 
-template <typename T, int MT>
-void launch_typed(const void* x, const int32_t* repacked, const void* scales_t,
-                  const uint8_t* zeros_t, const void* bias, void* out, float* partial, int m, int n,
+template <typename T, int MT, bool kMma>
+void launch_typed(const void* x, const int32_t* repacked, const void* scales,
+                  const uint8_t* zeros, const void* bias, void* out, float* partial, int m, int n,
                   int k, int group, int split, cudaStream_t stream) {
-  const int kchunks = k / kChunk;
-  const int per_split = (kchunks + split - 1) / split;
-  const dim3 grid((n + kWarps * kColsPerWarp - 1) / (kWarps * kColsPerWarp), split);
-  w4a16_small_m_kernel<T, MT><<<grid, kWarps * 32, 0, stream>>>(
+  const int units = k / kChunk / unit_chunks(group / kChunk);
+  const int per_split = (units + split - 1) / split;
+  const dim3 grid((n + kStrip - 1) / kStrip, split);
+  w4a16_small_m_kernel<T, MT, kMma><<<grid, kWarps * 32, 0, stream>>>(
       static_cast<const T*>(x), reinterpret_cast<const uint4*>(repacked),
-      static_cast<const T*>(scales_t), zeros_t, static_cast<const T*>(bias), static_cast<T*>(out),
+      static_cast<const T*>(scales), zeros, static_cast<const T*>(bias), static_cast<T*>(out),
       split > 1 ? partial : nullptr, m, n, k, group, per_split);
   MK_CHECK_LAUNCH("w4a16_small_m_kernel");
 }
 
 template <typename T>
-void launch_m(const void* x, const int32_t* repacked, const void* scales_t, const uint8_t* zeros_t,
+void launch_m(const void* x, const int32_t* repacked, const void* scales, const uint8_t* zeros,
               const void* bias, void* out, float* partial, int m, int n, int k, int group,
-              int split, cudaStream_t stream) {
-  if (m <= 1) {
-    launch_typed<T, 1>(x, repacked, scales_t, zeros_t, bias, out, partial, m, n, k, group, split,
-                       stream);
-  } else if (m <= 2) {
-    launch_typed<T, 2>(x, repacked, scales_t, zeros_t, bias, out, partial, m, n, k, group, split,
-                       stream);
-  } else if (m <= 4) {
-    launch_typed<T, 4>(x, repacked, scales_t, zeros_t, bias, out, partial, m, n, k, group, split,
-                       stream);
+              int split, int path, cudaStream_t stream) {
+  const bool fma = path == kW4PathFma;  // auto: mma for every M (see the crossover note)
+#define MK_W4_LAUNCH(MT, MMA)                                                                  \
+  launch_typed<T, MT, MMA>(x, repacked, scales, zeros, bias, out, partial, m, n, k, group,    \
+                           split, stream)
+  if (fma) {
+    if (m <= 1) {
+      MK_W4_LAUNCH(1, false);
+    } else {
+      MK_W4_LAUNCH(kFmaRowsMax, false);
+    }
   } else if (m <= 8) {
-    launch_typed<T, 8>(x, repacked, scales_t, zeros_t, bias, out, partial, m, n, k, group, split,
-                       stream);
+    MK_W4_LAUNCH(8, true);
   } else {
-    launch_typed<T, 16>(x, repacked, scales_t, zeros_t, bias, out, partial, m, n, k, group, split,
-                        stream);
+    MK_W4_LAUNCH(16, true);
   }
+#undef MK_W4_LAUNCH
 }
 
 }  // namespace
 
 void launch_w4_repack(const int32_t* canonical, int32_t* repacked, int64_t k, int64_t n,
                       cudaStream_t stream) {
-  const int64_t kw = k / 8;
-  const int64_t total = kw * n;
+  const int64_t kchunks = k / kChunk;
+  const int64_t strips = (n + kStrip - 1) / kStrip;
+  const int64_t total = strips * kchunks * 128;
   if (total == 0) return;
   const int block = 256;
   w4_repack_kernel<<<static_cast<unsigned>((total + block - 1) / block), block, 0, stream>>>(
-      canonical, repacked, kw, n);
+      canonical, repacked, kchunks, n, total);
   MK_CHECK_LAUNCH("w4_repack_kernel");
 }
 
-void launch_w4a16_small_m(const void* x, const int32_t* repacked, const void* scales_t,
-                          const uint8_t* zeros_t, const void* bias, void* out, float* partial,
-                          int m, int n, int k, int group, int split, bool is_bf16,
+int w4a16_fma_max_rows() { return kFmaRowsMax; }
+
+void launch_w4a16_small_m(const void* x, const int32_t* repacked, const void* scales,
+                          const uint8_t* zeros, const void* bias, void* out, float* partial,
+                          int m, int n, int k, int group, int split, int path, bool is_bf16,
                           cudaStream_t stream) {
   if (m == 0 || n == 0) return;
   if (is_bf16) {
-    launch_m<__nv_bfloat16>(x, repacked, scales_t, zeros_t, bias, out, partial, m, n, k, group,
-                            split, stream);
+    launch_m<__nv_bfloat16>(x, repacked, scales, zeros, bias, out, partial, m, n, k, group,
+                            split, path, stream);
   } else {
-    launch_m<__half>(x, repacked, scales_t, zeros_t, bias, out, partial, m, n, k, group, split,
+    launch_m<__half>(x, repacked, scales, zeros, bias, out, partial, m, n, k, group, split, path,
                      stream);
   }
 }

@@ -9,18 +9,33 @@ namespace mk::quant {
 
 // Canonical layout (millkernels.ops.quant.formats): qweight int32 (K/8, N), word [i, n] holds
 // the 4-bit codes of input features 8i..8i+7 of output n, the first in the lowest bits.
-// This kernel's layout ("column-major, interleaved"): int32 (N, K/8): the 8 codes of a word
-// stored in nibble order 0, 2, 4, 6, 1, 3, 5, 7, so one mask-and-or gives two neighbours.
+//
+// This kernel's layout ("tiled"): int32 (ceil(N/32), 4K), i.e. [strip][chunk][lane][tile]
+// with strip = 32 output columns, chunk = 32 input features, lane 0..31, tile 0..3: the word
+// at (strip, chunk, lane, tile) is canonical word (4 * chunk + lane % 4, 32 * strip + 8 * tile
+// + lane / 4) (zero past column N) with its 8 codes in nibble order 0, 2, 4, 6, 1, 3, 5, 7 (one
+// mask-and-or gives two neighbours). Lane l's 16-byte vector of a chunk is the 4 words of
+// tiles 0..3: 8 consecutive input features of 4 columns, as the mma.m16n8k16 A fragments and
+// the fma path want them. Scales (G, 32 * ceil(N/32)) of x's dtype and zeros (same shape,
+// uint8, < 128: the bf16 magic number holds 7 mantissa bits; 4-bit zero points are 0..16) are
+// the canonical (G, N) ones padded with zero columns.
 void launch_w4_repack(const int32_t* canonical, int32_t* repacked, int64_t k, int64_t n,
                       cudaStream_t stream);
 
-// out (M, N) = x (M, K) @ W^T; W from `repacked`, per-group `scales_t` (N, G) of dtype T and
-// `zeros_t` (N, G) uint8 (nullptr: symmetric, zero point 8). K % 32 == 0, group % 32 == 0.
+// Paths of launch_w4a16_small_m: auto (mma for every M), the fp32-FMA path
+// (M <= w4a16_fma_max_rows()), the mma.sync tensor-core path.
+constexpr int kW4PathAuto = 0;
+constexpr int kW4PathFma = 1;
+constexpr int kW4PathMma = 2;
+int w4a16_fma_max_rows();
+
+// out (M, N) = x (M, K) @ W^T; W from `repacked`, per-group `scales` (G, Npad) of dtype T and
+// `zeros` (G, Npad) uint8 (nullptr: symmetric, zero point 8). K % 32 == 0, group % 32 == 0.
 // split > 1 writes float32 partials (split, M, N) to `partial` (then summed by the caller);
 // split == 1 writes `out` (+ bias) directly. is_bf16 picks the dtype of x, scales, bias, out.
-void launch_w4a16_small_m(const void* x, const int32_t* repacked, const void* scales_t,
-                          const uint8_t* zeros_t, const void* bias, void* out, float* partial,
-                          int m, int n, int k, int group, int split, bool is_bf16,
+void launch_w4a16_small_m(const void* x, const int32_t* repacked, const void* scales,
+                          const uint8_t* zeros, const void* bias, void* out, float* partial,
+                          int m, int n, int k, int group, int split, int path, bool is_bf16,
                           cudaStream_t stream);
 
 }  // namespace mk::quant

@@ -307,7 +307,7 @@ def test_bad_key_fails_before_any_probe_runs(app, tmp_path):
 
 
 def test_unknown_metric_floor_fails_with_a_floor_reason():
-    c = V.limit_check("attention_fwd_tflops", 0, 100.0, "TFLOP/s", {"min": 200.0})
+    c = V.limit_check("some_new_probe_tflops", 0, 100.0, "TFLOP/s", {"min": 200.0})
     assert c.status == "fail" and c.reason == V.MK_BELOW_FLOOR
     c = V.limit_check("x", 0, None, "", {"min": 1})
     assert c.status == "error" and c.reason == V.MK_NO_MEASUREMENT

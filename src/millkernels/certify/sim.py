@@ -45,6 +45,23 @@ NOMINAL_H100_SXM: dict[str, float] = {
     "throttle_power_frac": 0.0,
     "sm_clock_cv": 0.02,
     "sdc_self_mismatches": 0,
+    # millkernels' own ops (probes/ops.py): plausible levels from REFERENCES.md's kernel
+    # anchors, not measurements (no GPU has run these probes yet).
+    "attention_fwd_tflops": 400.0,
+    "attention_fwd_wrong": 0,
+    "attention_decode_gbps": 1800.0,
+    "attention_decode_wrong": 0,
+    "quant_w4a16_gbps": 1400.0,
+    "quant_w4a16_wrong": 0,
+    "quant_fp8_rowwise_tflops": 1000.0,
+    "quant_fp8_rowwise_wrong": 0,
+}
+# Node-scope values of a healthy 8-GPU node (one value for the node).
+NOMINAL_NODE_H100_SXM: dict[str, float] = {
+    "nccl_allreduce_busbw_gbps": NOMINAL_H100_SXM["nccl_allreduce_busbw_gbps"],
+    "custom_allreduce_busbw_gbps": 250.0,
+    "custom_allreduce_small_busbw_gbps": 70.0,
+    "custom_allreduce_wrong": 0,
 }
 UNITS = {
     "gbps": "GB/s",
@@ -55,6 +72,7 @@ UNITS = {
     "j": "J",
     "frac": "fraction",
     "cv": "fraction",
+    "wrong": "elements",
 }
 PERF_METRICS = (
     "hbm_copy_gbps",
@@ -66,6 +84,10 @@ PERF_METRICS = (
     "pcie_d2h_gbps",
     "p2p_min_gbps",
     "sustained_tflops",
+    "attention_fwd_tflops",
+    "attention_decode_gbps",
+    "quant_w4a16_gbps",
+    "quant_fp8_rowwise_tflops",
 )
 NVML_METRICS = (
     "sustained_power_w",
@@ -211,9 +233,7 @@ class SimNode:
         return cls(
             snapshots=[healthy_snapshot(g) for g in range(gpus)],
             values=values,
-            node_values={
-                "nccl_allreduce_busbw_gbps": NOMINAL_H100_SXM["nccl_allreduce_busbw_gbps"]
-            },
+            node_values=dict(NOMINAL_NODE_H100_SXM),
             digests={g: "9f" * 32 for g in range(gpus)},
         )
 

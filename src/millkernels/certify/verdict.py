@@ -67,6 +67,7 @@ MK_CLOCK_UNSTABLE = "MK_CLOCK_UNSTABLE"
 MK_ABOVE_LIMIT = "MK_ABOVE_LIMIT"
 MK_BELOW_FLOOR = "MK_BELOW_FLOOR"
 MK_GPU_COUNT = "MK_GPU_COUNT"
+MK_WRONG_RESULT = "MK_WRONG_RESULT"  # an op probe's output failed its check against PyTorch
 
 # The reason a metric below its floor fails with (DCGM's code for that kind of metric).
 FLOOR_REASON = {
@@ -93,6 +94,17 @@ FLOOR_REASON = {
     "sdc_self_mismatches": MK_SDC,
     "pcie_gen_load": FR_PCIE_GENERATION,
     "pcie_width_load": FR_PCIE_WIDTH,
+    "attention_fwd_tflops": FR_STRESS_LEVEL,
+    "quant_fp8_rowwise_tflops": FR_STRESS_LEVEL,
+    "attention_decode_gbps": FR_MEMORY_BANDWIDTH,
+    "quant_w4a16_gbps": FR_MEMORY_BANDWIDTH,
+    "custom_allreduce_busbw_gbps": FR_LOW_BANDWIDTH,
+    "custom_allreduce_small_busbw_gbps": FR_LOW_BANDWIDTH,
+    "attention_fwd_wrong": MK_WRONG_RESULT,
+    "attention_decode_wrong": MK_WRONG_RESULT,
+    "quant_w4a16_wrong": MK_WRONG_RESULT,
+    "quant_fp8_rowwise_wrong": MK_WRONG_RESULT,
+    "custom_allreduce_wrong": MK_WRONG_RESULT,
 }
 
 

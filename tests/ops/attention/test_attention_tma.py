@@ -17,6 +17,7 @@ from millkernels.ops.attention import attention
 from millkernels.ops.attention import triton_fwd as F
 
 F16, BF16 = torch.float16, torch.bfloat16
+TOL = {F16: 4 * 2.0**-10, BF16: 4 * 2.0**-7}  # four units of each dtype's precision
 
 
 def _forward(q, k, v, tma, *, causal=False, window=(-1, -1), softcap=0.0, varlen=None):
@@ -51,8 +52,11 @@ def test_tma_forward_matches_pointer_kernel_and_reference(
     check_forward(out.cpu(), lse.cpu(), q.cpu(), k.cpu(), v.cpu(), kw)
     ref_out, ref_lse = _forward(q, k, v, False, **kw)
     assert not F._last_tma
-    # the same arithmetic up to the summation order of the matmuls (K arrives transposed)
-    torch.testing.assert_close(out, ref_out)
+    # The same arithmetic up to the summation order of the matmuls (K arrives transposed): a
+    # last-bit difference in a score can flip the rounding of p to 16 bits, so the outputs
+    # agree to a few units of the dtype's precision and lse to float32's.
+    tol = TOL[dtype]
+    torch.testing.assert_close(out, ref_out, atol=tol, rtol=tol)
     torch.testing.assert_close(lse, ref_lse, rtol=1e-5, atol=1e-5)
 
 
@@ -102,7 +106,7 @@ def test_env_switch_reaches_the_public_op(triton_device, monkeypatch):
     monkeypatch.setenv(F.TMA_ENV, "0")
     without = attention(q, k, v, backend="triton")
     assert F.chosen_config()["TMA"] is False
-    torch.testing.assert_close(with_tma, without)
+    torch.testing.assert_close(with_tma, without, atol=TOL[BF16], rtol=TOL[BF16])
 
 
 def test_descriptor_allocator_respects_an_application_allocator(monkeypatch):

@@ -1,16 +1,16 @@
-"""The CUDA w4a16 kernel (csrc/quant/): argument checks (no GPU needed: they run before the
-GPU check, on CPU views) and, on a GPU, results against the float32 reference."""
+"""The CUDA w4a16 kernel (csrc/quant/): argument checks (native extension, no GPU needed: they
+run before the GPU check, on CPU views), a CPU model of the kernel's fragment and layout index
+formulas (needs neither), and, on a GPU, results against the float32 reference."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from millkernels import quant
 from millkernels.dispatch import BackendUnavailable
 from millkernels.ops.quant import api
-
-pytestmark = pytest.mark.native
 
 
 def _c():
@@ -26,19 +26,22 @@ def _views(**tensors):
 
 
 def _small_m_args(m=2, k=128, n=16, group=32, split=1, x_dtype=torch.float16, **override):
+    npad = -(-n // 32) * 32
+    path = override.pop("path", 0)
     t = {
         "x": torch.zeros(m, k, dtype=x_dtype),
-        "repacked": torch.zeros(n, k // 8, dtype=torch.int32),
-        "scales_t": torch.zeros(n, k // group, dtype=x_dtype),
-        "zeros_t": torch.zeros(n, k // group, dtype=torch.uint8),
+        "repacked": torch.zeros(npad // 32, 4 * k, dtype=torch.int32),
+        "scales": torch.zeros(k // group, npad, dtype=x_dtype),
+        "zeros": torch.zeros(k // group, npad, dtype=torch.uint8),
         "bias": None,
         "out": torch.zeros(m, n, dtype=x_dtype),
         "partial": torch.zeros(split, m, n) if split > 1 else None,
     }
     t.update(override)
-    return {**_views(**t), "group": group, "split": split}
+    return {**_views(**t), "group": group, "split": split, "path": path}
 
 
+@pytest.mark.native
 @pytest.mark.parametrize(
     "override,match",
     [
@@ -46,17 +49,22 @@ def _small_m_args(m=2, k=128, n=16, group=32, split=1, x_dtype=torch.float16, **
         ({"k": 100}, "multiple of 32"),
         ({"group": 48}, "group"),
         ({"x_dtype": torch.float32}, "x"),
-        ({"repacked": torch.zeros(16, 8, dtype=torch.int32)}, "repacked"),
-        ({"scales_t": torch.zeros(16, 4, dtype=torch.bfloat16)}, "scales_t"),
-        ({"zeros_t": torch.zeros(16, 3, dtype=torch.uint8)}, "zeros_t"),
-        ({"out": torch.zeros(2, 15, dtype=torch.float16)}, "out"),
+        ({"repacked": torch.zeros(1, 8, dtype=torch.int32)}, "repacked"),
+        ({"repacked": torch.zeros(16, 64, dtype=torch.int32)}, "repacked"),  # old (N, K/8)
+        ({"scales": torch.zeros(4, 32, dtype=torch.bfloat16)}, "scales"),
+        ({"scales": torch.zeros(4, 16, dtype=torch.float16)}, "scales"),  # N not padded
+        ({"zeros": torch.zeros(3, 32, dtype=torch.uint8)}, "zeros"),
+        ({"out": torch.zeros(3, 16, dtype=torch.float16)}, "out"),
         ({"split": 2}, "partial"),
         ({"split": 5}, "split"),
+        ({"path": 3}, "path"),
+        ({"m": 3, "path": 1}, "fma path"),
         ({}, "CUDA device memory"),  # everything right but on the CPU: the device check
+        ({"m": 16, "n": 40, "path": 2}, "CUDA device memory"),
     ],
 )
 def test_small_m_argument_checks(override, match):
-    sizes = {k: override.pop(k) for k in ("m", "k", "group", "x_dtype") if k in override}
+    sizes = {k: override.pop(k) for k in ("m", "k", "n", "group", "x_dtype") if k in override}
     split = override.pop("split", 1)
     args = _small_m_args(**sizes, split=split, **override)
     if split == 2:
@@ -65,17 +73,19 @@ def test_small_m_argument_checks(override, match):
         _c().w4a16_small_m(**args)
 
 
+@pytest.mark.native
 def test_repack_argument_checks():
     canon = torch.zeros(8, 16, dtype=torch.int32)
+    ok = torch.zeros(1, 256, dtype=torch.int32)  # (ceil(16/32), 4K) for K=64
     with pytest.raises(ValueError, match="k"):
-        _c().w4_repack(**_views(canonical=canon, repacked=torch.zeros(16, 8, dtype=torch.int32)),
-                       k=60, n=16)  # fmt: skip
+        _c().w4_repack(**_views(canonical=canon, repacked=ok), k=60, n=16)
     with pytest.raises(ValueError, match="repacked"):
-        _c().w4_repack(**_views(canonical=canon, repacked=torch.zeros(16, 4, dtype=torch.int32)),
+        _c().w4_repack(**_views(canonical=canon, repacked=torch.zeros(16, 8, dtype=torch.int32)),
                        k=64, n=16)  # fmt: skip
     with pytest.raises(ValueError, match="canonical"):
-        _c().w4_repack(**_views(canonical=canon.float(), repacked=torch.zeros(16, 8,
-                       dtype=torch.int32)), k=64, n=16)  # fmt: skip
+        _c().w4_repack(**_views(canonical=canon.float(), repacked=ok), k=64, n=16)
+    with pytest.raises(ValueError, match="CUDA device memory"):
+        _c().w4_repack(**_views(canonical=canon, repacked=ok), k=64, n=16)
 
 
 def test_table_serves_only_what_the_kernel_does():
@@ -93,17 +103,30 @@ def test_table_serves_only_what_the_kernel_does():
     assert quant.TABLE.names().index("triton") < quant.TABLE.names().index("cuda")
 
 
+@pytest.mark.native
 def test_cuda_backend_refuses_cpu_tensors():
     qw = quant.quantize(torch.randn(16, 64), "w4a16", group_size=32)
     with pytest.raises(BackendUnavailable, match="cuda"):
         quant.matmul(torch.randn(1, 64).half(), qw, backend="cuda")
 
 
+def _paths(m):
+    return ["auto", "mma", "fma"] if m <= 2 else ["auto", "mma"]
+
+
+@pytest.mark.native
 @pytest.mark.gpu
-@pytest.mark.parametrize("m", [1, 2, 3, 8, 13, 16])
+@pytest.mark.parametrize("m", [1, 2, 3, 5, 8, 9, 13, 16])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("group_size,symmetric", [(32, False), (128, True), (-1, False)])
+@pytest.mark.parametrize(
+    "group_size,symmetric", [(32, False), (64, False), (128, True), (-1, False)]
+)
 def test_cuda_w4a16_gpu(m, dtype, group_size, symmetric):
+    """Both kernel paths, M across the 8/16-row mma variants, N = 136 (a partial strip),
+    through the public API (auto) and the raw binding with poisoned outputs."""
+    from millkernels.ops.quant import cuda
+    from millkernels.testing import poison
+
     k, n = 1024, 136
     qw = quant.quantize(
         torch.randn(n, k, device="cuda"), "w4a16", group_size=group_size, symmetric=symmetric
@@ -111,21 +134,97 @@ def test_cuda_w4a16_gpu(m, dtype, group_size, symmetric):
     x = torch.randn(m, k, device="cuda", dtype=dtype)
     assert _reason(x, qw) is None
     _check(quant.matmul(x, qw, backend="cuda"), x, qw)
+    repacked, scales_p, zeros_p = cuda.prepare(qw.qweight, qw.scales, qw.zeros, k, n)
+    for path in _paths(m):
+        out = poison(torch.empty(m, n, dtype=dtype, device="cuda"))
+        _c().w4a16_small_m(
+            **_views(x=x, repacked=repacked, scales=scales_p.to(dtype), zeros=zeros_p, bias=None,
+                     out=out, partial=None),
+            group=qw.group_size, split=1, path=cuda.PATHS[path],
+        )  # fmt: skip
+        _check(out, x, qw)
 
 
+@pytest.mark.native
 @pytest.mark.gpu
 @pytest.mark.parametrize("split", [1, 2, 4])
-def test_cuda_w4a16_split_and_bias_gpu(split):
+@pytest.mark.parametrize("m,path", [(5, "mma"), (16, "mma"), (1, "fma"), (2, "fma")])
+def test_cuda_w4a16_split_and_bias_gpu(split, m, path):
     from millkernels.ops.quant import cuda
 
-    k, n, m = 4096, 200, 5
+    k, n = 4096, 200
     qw = quant.quantize(torch.randn(n, k, device="cuda"), "w4a16", group_size=128)
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
     bias = torch.randn(n, device="cuda", dtype=torch.bfloat16)
-    out = cuda.matmul(x, qw.qweight, qw.scales, qw.zeros, bias, group_size=128, n=n, split=split)
+    out = cuda.matmul(
+        x, qw.qweight, qw.scales, qw.zeros, bias, group_size=128, n=n, split=split, path=path
+    )
     _check(out, x, qw, bias)
 
 
+@pytest.mark.native
+@pytest.mark.gpu
+@pytest.mark.parametrize("m,path", [(3, 2), (16, 2), (2, 1)])
+def test_cuda_w4a16_split_partials_poisoned_gpu(m, path):
+    """Every (split, M, N) partial is written (poisoned first), and they sum to the product."""
+    from millkernels.ops.quant import cuda
+    from millkernels.testing import poison
+
+    k, n, split = 2048, 72, 3  # 16 units of 4 chunks over 3 splits: uneven ranges
+    qw = quant.quantize(torch.randn(n, k, device="cuda"), "w4a16", group_size=128)
+    x = torch.randn(m, k, device="cuda", dtype=torch.float16)
+    repacked, scales_p, zeros_p = cuda.prepare(qw.qweight, qw.scales, qw.zeros, k, n)
+    out = poison(torch.empty(m, n, dtype=x.dtype, device="cuda"))
+    partial = poison(torch.empty(split, m, n, device="cuda"))
+    _c().w4a16_small_m(
+        **_views(x=x, repacked=repacked, scales=scales_p, zeros=zeros_p, bias=None, out=out,
+                 partial=partial),
+        group=128, split=split, path=path,
+    )  # fmt: skip
+    assert torch.isfinite(partial).all()
+    assert torch.isnan(out).all()  # split > 1 leaves `out` to the caller
+    _check(partial.sum(0).to(x.dtype), x, qw)
+
+
+@pytest.mark.parametrize(
+    "n,k,want",
+    [(4096, 4096, 2), (1024, 4096, 8), (14336, 4096, 1), (4096, 14336, 2), (8192, 256, 1),
+     (32, 8192, 16)],
+)  # fmt: skip
+def test_choose_split(monkeypatch, n, k, want):
+    """About 2 blocks (32-column strips) per SM on a 132-SM H100, at least 8 chunks of 32 per
+    split (one per warp), at most 16 splits."""
+    from millkernels.ops.quant import cuda
+
+    monkeypatch.setattr(cuda, "_sm_count", lambda index: 132)
+    split = cuda.choose_split(4, n, k, torch.device("cpu"))
+    assert split == want
+    assert split * 8 * cuda.CHUNK <= k or split == 1
+
+
+def test_cuda_matmul_rejects_unknown_path():
+    from millkernels.ops.quant import cuda
+
+    qw = quant.quantize(torch.randn(16, 64), "w4a16", group_size=32)
+    with pytest.raises(ValueError, match="path"):
+        cuda.matmul(torch.randn(1, 64).half(), qw.qweight, qw.scales, qw.zeros, None,
+                    group_size=32, n=16, path="tensor")  # fmt: skip
+
+
+@pytest.mark.native
+@pytest.mark.gpu
+@pytest.mark.parametrize("k,n", [(64, 1), (96, 33), (1024, 136)])
+def test_cuda_repack_matches_reference_gpu(k, n):
+    from millkernels.ops.quant import cuda
+    from millkernels.testing import poison
+
+    canonical = torch.randint(-(2**31), 2**31, (k // 8, n), dtype=torch.int32, device="cuda")
+    repacked = poison(torch.empty(cuda.padded_n(n) // 32, 4 * k, dtype=torch.int32, device="cuda"))
+    _c().w4_repack(**_views(canonical=canonical, repacked=repacked), k=k, n=n)
+    assert torch.equal(repacked.cpu(), cuda.repack_reference(canonical.cpu(), k, n))
+
+
+@pytest.mark.native
 @pytest.mark.gpu
 def test_cuda_repack_cache_follows_in_place_changes():
     from millkernels.ops.quant import cuda
@@ -139,7 +238,7 @@ def test_cuda_repack_cache_follows_in_place_changes():
     assert not torch.equal(first, again)
     ref = x.float() @ qw.dequantize().t()
     assert (again.float() - ref).abs().max() <= 1e-2 * ref.abs().max()
-    assert cuda.prepare(qw.qweight, qw.scales, qw.zeros, 256, 64)[0].shape == (64, 32)
+    assert cuda.prepare(qw.qweight, qw.scales, qw.zeros, 256, 64)[0].shape == (2, 1024)
 
 
 def _reason(x, qw):
@@ -155,37 +254,154 @@ def _check(out, x, qw, bias=None):
     assert out.dtype == x.dtype and (err <= bound).all(), f"max err {err.max():.3g}"
 
 
-@pytest.mark.parametrize("dtype", ["f16", "bf16"])
-def test_layout_model(dtype):
-    """A NumPy model of csrc/quant/w4a16.cu's bit manipulation: the repack's nibble order and
-    the kernel's lop3 magic-number decode give back the canonical codes in K order (checks
-    the layout design; the CUDA code itself runs only in the GPU tests above)."""
-    import numpy as np
+# --- A CPU model of csrc/quant/w4a16.cu's index formulas (the CUDA code runs only above) ---
+#
+# The kernel's per-lane formulas are mirrored line by line below (decode, which word and
+# which register feeds which fragment slot, where each accumulator lands); the mma itself is
+# computed from the PTX ISA's fragment layout of mma.m16n8k16 .f16/.bf16 (section 9.7.14.5.8),
+# written independently of the kernel. A wrong lane/row/column formula or K permutation in
+# the kernel's scheme shows up as a mismatch with x @ dequantize(W)^T.
 
-    from millkernels.ops.quant import formats
+_MAGIC = {"f16": (0x64006400, 0xE400E400), "bf16": (0x43004300, 0xC300C300)}
+_G = np.arange(32) >> 2  # groupID of each lane
+_T4 = np.arange(32) & 3  # threadID_in_group
 
-    k, n = 64, 3
-    codes = torch.randint(0, 16, (k, n), dtype=torch.int32)
-    canonical = formats.pack(codes, 4).numpy().view(np.uint32)  # (K/8, N)
-    order = [0, 2, 4, 6, 1, 3, 5, 7]
-    repacked = np.zeros((n, k // 8), dtype=np.uint32)  # w4_repack_kernel
-    for p, e in enumerate(order):
-        repacked |= ((canonical.T >> np.uint32(4 * e)) & np.uint32(0xF)) << np.uint32(4 * p)
-    magic, base = (0x64006400, 1024.0) if dtype == "f16" else (0x43004300, 128.0)
-    decoded = np.zeros((n, k), dtype=np.float32)
-    for word in range(k // 8):  # per 32-bit word: 4 lop3 steps, each a pair of neighbours
-        for sh in range(4):
-            bits = ((repacked[:, word] >> np.uint32(4 * sh)) & np.uint32(0x000F000F)) | np.uint32(
-                magic
-            )
-            lo, hi = (bits & 0xFFFF).astype(np.uint16), (bits >> 16).astype(np.uint16)
-            if dtype == "f16":
-                pair = [
-                    lo.view(np.float16).astype(np.float32),
-                    hi.view(np.float16).astype(np.float32),
-                ]
+
+def _ptx_a(i):
+    """(row, col) in the 16x16 A of element a_i of each lane."""
+    row = _G + (0 if (i < 2 or 4 <= i < 6) else 8)
+    return row, _T4 * 2 + (i & 1) + (8 if i >= 4 else 0)
+
+
+def _ptx_b(i):
+    """(row, col) in the 16x8 B of element b_i of each lane."""
+    return _T4 * 2 + (i & 1) + (8 if i >= 2 else 0), _G
+
+
+def _ptx_c(i):
+    """(row, col) in the 16x8 C/D of element c_i of each lane."""
+    return _G + (8 if i >= 2 else 0), _T4 * 2 + (i & 1)
+
+
+def _ptx_mma(a_regs, b_regs):
+    """D = A @ B from per-lane registers: a_regs (32, 4, 2), b_regs (32, 2, 2) -> (32, 4)."""
+    a = np.full((16, 16), np.nan)
+    b = np.full((16, 8), np.nan)
+    for i in range(8):
+        a[_ptx_a(i)] = a_regs[:, i // 2, i % 2]
+    for i in range(4):
+        b[_ptx_b(i)] = b_regs[:, i // 2, i % 2]
+    assert not np.isnan(a).any() and not np.isnan(b).any()  # every slot written once
+    d = a @ b
+    return np.stack([d[_ptx_c(i)] for i in range(4)], axis=1)
+
+
+def _halves(bits, dtype):
+    """The two 16-bit halves of uint32 words as float64 (low, high)."""
+    lo, hi = (bits & 0xFFFF).astype(np.uint16), (bits >> 16).astype(np.uint16)
+    if dtype == "f16":
+        return lo.view(np.float16).astype(np.float64), hi.view(np.float16).astype(np.float64)
+    f = [(v.astype(np.uint32) << 16).view(np.float32).astype(np.float64) for v in (lo, hi)]
+    return f[0], f[1]
+
+
+def _decode_pair(word, p, neg_zero, dtype):
+    """decode_pair<T>: lop3((word >> 4p), 0x000F000F, magic), then fma(., 1, neg_zero)."""
+    magic, _ = _MAGIC[dtype]
+    lo, hi = _halves(((word >> np.uint32(4 * p)) & np.uint32(0x000F000F)) | np.uint32(magic), dtype)
+    zlo, zhi = _halves(neg_zero, dtype)
+    return np.stack([lo + zlo, hi + zhi], axis=-1)  # exact small integers: fma rounds nothing
+
+
+def _emulate(x, qw, dtype, path):
+    from millkernels.ops.quant import cuda
+
+    m, k = x.shape
+    n, group = qw.out_features, qw.group_size
+    npad = cuda.padded_n(n)
+    rep = cuda.repack_reference(qw.qweight, k, n).numpy().view(np.uint32)
+    rep = rep.reshape(npad // 32, k // 32, 32, 4)  # [strip][chunk][lane][tile]
+    scales = cuda._pad_columns(qw.scales, npad, torch.float32).numpy().astype(np.float64)
+    zeros = None if qw.zeros is None else cuda._pad_columns(qw.zeros, npad, torch.uint8).numpy()
+    xb = np.zeros((16, k), dtype=np.float64)
+    xb[:m] = x.double().numpy()
+    _, neg_base = _MAGIC[dtype]
+    out = np.zeros((16, npad))
+    rows = 8 if m <= 8 else 16
+    for strip in range(npad // 32):
+        col0 = strip * 32 + _G  # + 8 * tile: the lane's columns
+        acc = np.zeros((32, 4, 16))  # [lane][tile][row slot]
+        for c in range(k // 32):
+            g = c * 32 // group
+            words = rep[strip, c]  # (32 lanes, 4 tiles)
+            z = 8 if zeros is None else zeros[g, col0[:, None] + 8 * np.arange(4)]
+            nz = np.uint32(neg_base) | (np.asarray(z, dtype=np.uint32) * np.uint32(0x10001))
+            nz = np.broadcast_to(nz, (32, 4))
+            kx = c * 32 + 8 * _T4[:, None] + np.arange(8)  # (32, 8): the lane's x offsets
+            gacc = np.zeros((32, 4, 16))
+            if path == "mma":
+                for s in range(2):
+                    for tt in range(2):
+                        w0, w1 = words[:, 2 * tt], words[:, 2 * tt + 1]
+                        n0, n1 = nz[:, 2 * tt], nz[:, 2 * tt + 1]
+                        a = np.stack([_decode_pair(w0, 2 * s, n0, dtype),
+                                      _decode_pair(w1, 2 * s, n1, dtype),
+                                      _decode_pair(w0, 2 * s + 1, n0, dtype),
+                                      _decode_pair(w1, 2 * s + 1, n1, dtype)], axis=1)  # fmt: skip
+                        for r in range(rows // 8):
+                            xv = xb[(_G + 8 * r)[:, None], kx].reshape(32, 4, 2)  # uint4 of x
+                            d = _ptx_mma(a, xv[:, 2 * s : 2 * s + 2])
+                            gacc[:, 2 * tt, 2 * r] += d[:, 0]
+                            gacc[:, 2 * tt, 2 * r + 1] += d[:, 1]
+                            gacc[:, 2 * tt + 1, 2 * r] += d[:, 2]
+                            gacc[:, 2 * tt + 1, 2 * r + 1] += d[:, 3]
             else:
-                pair = [(v.astype(np.uint32) << 16).view(np.float32) for v in (lo, hi)]
-            decoded[:, 8 * word + 2 * sh] = pair[0] - base
-            decoded[:, 8 * word + 2 * sh + 1] = pair[1] - base
-    assert np.array_equal(decoded, codes.numpy().T.astype(np.float32))
+                for tile in range(4):
+                    for p in range(4):
+                        f = _decode_pair(words[:, tile], p, nz[:, tile], dtype)
+                        for r in range(m):
+                            gacc[:, tile, r] += xb[r, kx[:, 2 * p]] * f[:, 0]
+                            gacc[:, tile, r] += xb[r, kx[:, 2 * p + 1]] * f[:, 1]
+            sc = scales[g, col0[:, None] + 8 * np.arange(4)]  # (32, 4)
+            acc += gacc * sc[:, :, None]
+        for lane in range(32):
+            for tile in range(4):
+                col = strip * 32 + 8 * tile + _G[lane]
+                if path == "mma":  # red[8 (j / 2) + 2 t4 + j % 2][col] = acc[tile][j]
+                    for j in range(rows // 4):
+                        out[8 * (j // 2) + 2 * _T4[lane] + j % 2, col] += acc[lane, tile, j]
+                else:  # summed over t4 by shuffles
+                    out[:m, col] += acc[lane, tile, :m]
+    return out[:m, :n]
+
+
+@pytest.mark.parametrize("dtype", ["f16", "bf16"])
+@pytest.mark.parametrize(
+    "m,path,group_size,symmetric",
+    [(1, "mma", 32, False), (5, "mma", 64, True), (16, "mma", 32, False), (9, "mma", -1, False),
+     (1, "fma", 32, False), (2, "fma", 64, True)],
+)  # fmt: skip
+def test_kernel_index_model(dtype, m, path, group_size, symmetric):
+    k, n = 128, 40  # two strips, the second one partial
+    tdt = torch.float16 if dtype == "f16" else torch.bfloat16
+    qw = quant.quantize(torch.randn(n, k), "w4a16", group_size=group_size, symmetric=symmetric)
+    x = torch.randn(m, k).to(tdt)
+    ref = x.double() @ qw.dequantize(torch.float64).t()
+    got = _emulate(x, qw, dtype, path)
+    np.testing.assert_allclose(got, ref.numpy(), rtol=1e-9, atol=1e-9)
+
+
+def test_repack_reference_layout():
+    """repack_reference against the layout's definition, word by word (csrc/quant/w4a16.h)."""
+    from millkernels.ops.quant import cuda
+
+    k, n = 64, 40
+    canonical = torch.randint(-(2**31), 2**31, (k // 8, n), dtype=torch.int32)
+    rep = cuda.repack_reference(canonical, k, n).numpy().view(np.uint32).reshape(2, 2, 32, 4)
+    can = canonical.numpy().view(np.uint32)
+    order = [0, 2, 4, 6, 1, 3, 5, 7]
+    for strip, chunk, lane, tile in np.ndindex(rep.shape):
+        col = 32 * strip + 8 * tile + lane // 4
+        src = int(can[4 * chunk + lane % 4, col]) if col < n else 0
+        want = sum(((src >> (4 * e)) & 0xF) << (4 * p) for p, e in enumerate(order))
+        assert int(rep[strip, chunk, lane, tile]) == want

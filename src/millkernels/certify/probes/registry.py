@@ -98,6 +98,7 @@ def probes_for(device_class: str) -> list[ProbeSpec]:
 
 _G = "millkernels.certify.probes.gpu"
 _C = "millkernels.certify.probes.cpu"
+_O = "millkernels.certify.probes.ops"
 _BUILTIN = [
     # GPU, in run order: short health first, the sustained load last but one, SDC last.
     ProbeSpec(
@@ -156,6 +157,50 @@ _BUILTIN = [
         (180, 420),
         min_gpus=2,
         description="NCCL all-reduce bus bandwidth through torch.distributed",
+    ),
+    # millkernels' own ops (certify/probes/ops.py): checked once against the reference, then
+    # timed. Quick-mode timeouts leave room for a cold Triton cache (compile + autotune).
+    ProbeSpec(
+        "attention",
+        "gpu",
+        "gpu",
+        f"{_O}:attention",
+        (
+            "attention_fwd_tflops",
+            "attention_fwd_wrong",
+            "attention_decode_gbps",
+            "attention_decode_wrong",
+        ),
+        (120, 300),
+        description="millkernels attention forward TFLOP/s and paged-decode GB/s, checked",
+    ),
+    ProbeSpec(
+        "quant",
+        "gpu",
+        "gpu",
+        f"{_O}:quant",
+        (
+            "quant_w4a16_gbps",
+            "quant_w4a16_wrong",
+            "quant_fp8_rowwise_tflops",
+            "quant_fp8_rowwise_wrong",
+        ),
+        (120, 300),
+        description="millkernels quantised matmul: w4a16 GB/s at M=16, fp8_rowwise TFLOP/s",
+    ),
+    ProbeSpec(
+        "custom_allreduce",
+        "gpu",
+        "node",
+        f"{_O}:custom_allreduce",
+        (
+            "custom_allreduce_busbw_gbps",
+            "custom_allreduce_small_busbw_gbps",
+            "custom_allreduce_wrong",
+        ),
+        (120, 300),
+        min_gpus=2,
+        description="millkernels CUDA-IPC all-reduce bus bandwidth at 512 KiB and 32 MiB",
     ),
     ProbeSpec(
         "sustained",
