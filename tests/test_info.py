@@ -77,3 +77,13 @@ def test_triton_interpret_reads_the_environment(monkeypatch):
     assert runtime.triton_interpret()
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     assert not runtime.triton_interpret()
+
+
+def test_python_dash_m_runs_the_command():
+    """`python -m millkernels` (what `torchrun -m millkernels bench comm` runs) is the CLI."""
+    cmd = [sys.executable, "-m", "millkernels", "info", "--format", "json"]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["version"]
+    bad = subprocess.run([sys.executable, "-m", "millkernels", "nope"], capture_output=True)
+    assert bad.returncode == 2

@@ -74,3 +74,21 @@ def test_schema_has_the_documented_fields() -> None:
         "pct_of_ceiling", "ceiling", "baseline", "ratio_to_baseline", "config", "device",
         "clocks", "power_limit_w", "driver", "versions", "git_sha", "command", "timestamp",
     } <= names  # fmt: skip
+
+
+def test_failed_row_is_strict_json(tmp_path: Path) -> None:
+    """A failed case (NaN timings, an infinite ratio in extra) is written as strict JSON, which
+    any reader accepts, and reads back with NaN timings."""
+    nan = float("nan")
+    row = _row(median_us=nan, p20_us=nan, p80_us=nan, extra={"ratio": float("inf"), "k": [nan]})
+    path = tmp_path / "rows.jsonl"
+    write_jsonl(path, [row])
+    text = path.read_text()
+
+    def refuse(token: str) -> None:
+        raise ValueError(f"non-strict JSON token {token}")
+
+    data = json.loads(text, parse_constant=refuse)
+    assert data["median_us"] is None and data["extra"] == {"ratio": None, "k": [None]}
+    (back,) = read_jsonl(path)
+    assert all(v != v for v in (back.median_us, back.p20_us, back.p80_us))  # NaN

@@ -8,6 +8,7 @@ backend); timings are medians with p20/p80 so a comparison can weigh the noise.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -63,9 +64,13 @@ class Row:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Row:
-        """Build a row from a dict; keys this version does not know go into ``extra``."""
+        """Build a row from a dict; keys this version does not know go into ``extra``. A
+        missing timing (``null``: a case that failed) reads back as NaN."""
         known = {f.name for f in fields(cls)}
         kwargs = {k: v for k, v in data.items() if k in known}
+        for k in _TIMES:
+            if k in kwargs and kwargs[k] is None:
+                kwargs[k] = math.nan
         unknown = {k: v for k, v in data.items() if k not in known}
         if unknown:
             kwargs["extra"] = {**dict(kwargs.get("extra") or {}), **unknown}
@@ -79,9 +84,23 @@ def shape_str(shape: str | dict[str, Any]) -> str:
     return str(shape)
 
 
+_TIMES = ("median_us", "p20_us", "p80_us")
+
+
+def _strict(value: Any) -> Any:
+    """``value`` with NaN and infinities as None: strict JSON has no token for them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(v) for v in value]
+    return value
+
+
 def dumps(row: Row) -> str:
-    """One row as one JSON line (no newline)."""
-    return json.dumps(row.to_dict(), separators=(",", ":"), sort_keys=False)
+    """One row as one line of strict JSON (no newline; NaN and infinities become null)."""
+    return json.dumps(_strict(row.to_dict()), separators=(",", ":"), allow_nan=False)
 
 
 def write_jsonl(path: str | Path, rows: Iterable[Row], *, append: bool = True) -> int:
