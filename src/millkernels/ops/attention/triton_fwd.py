@@ -359,11 +359,13 @@ def use_tma(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tma: bool | None)
 def ensure_descriptor_allocator() -> None:
     """Device-side tensor descriptors need scratch memory from ``triton.set_allocator``; give
     Triton a torch-backed allocator unless the application has set one."""
-    from triton.runtime import _allocation
+    try:  # Triton keeps the allocator in a private ContextVar (3.6 to 3.9 at least)
+        from triton.runtime import _allocation
 
-    current = _allocation._allocator.get()
-    if not isinstance(current, _allocation.NullAllocator):
-        return
+        if not isinstance(_allocation._allocator.get(), _allocation.NullAllocator):
+            return
+    except (ImportError, AttributeError):  # unknown layout: set ours, as every TMA user must
+        pass
     device = "cpu" if runtime.triton_interpret() else "cuda"
 
     def alloc(size: int, alignment: int, stream: int | None) -> torch.Tensor:
