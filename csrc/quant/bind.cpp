@@ -1,7 +1,7 @@
 // Argument checks and bindings of the w4a16 kernels. Checks (each a ValueError naming the
 // argument): dtype, shape, contiguity, 16-byte alignment, CUDA memory, one device; then a GPU
 // must exist. The Python side (ops/quant/cuda.py) prepares the repacked layout and padded
-// scales/zeros.
+// scales/zeros, and owns the K-split workspace and counters.
 #include "bind.h"
 
 #include <pybind11/stl.h>
@@ -67,8 +67,9 @@ void w4_repack(const ArrayView& canonical, const ArrayView& repacked, int64_t k,
 
 void w4a16_small_m(const ArrayView& x, const ArrayView& repacked, const ArrayView& scales,
                    const std::optional<ArrayView>& zeros, const std::optional<ArrayView>& bias,
-                   const ArrayView& out, const std::optional<ArrayView>& partial, int64_t group,
-                   int64_t split, int64_t path) {
+                   const ArrayView& out, const std::optional<ArrayView>& workspace,
+                   const std::optional<ArrayView>& counters, int64_t group, int64_t split,
+                   int64_t path) {
   const char* op = "w4a16_small_m";
   if (x.shape.size() != 2) value_error(op, "x: expected (M, K), got " + shape_str(x.shape));
   if (out.shape.size() != 2) value_error(op, "out: expected (M, N), got " + shape_str(out.shape));
@@ -97,15 +98,20 @@ void w4a16_small_m(const ArrayView& x, const ArrayView& repacked, const ArrayVie
   if (zeros) require(*zeros, op, "zeros", "u8", {k / group, npad});
   if (bias) require(*bias, op, "bias", x.dtype, {n});
   if (split > 1) {
-    if (!partial) value_error(op, "partial: required when split > 1");
-    require(*partial, op, "partial", "f32", {split, m, n});
+    if (!workspace) value_error(op, "workspace: required when split > 1");
+    if (!counters) value_error(op, "counters: required when split > 1");
+    require(*workspace, op, "workspace", "f32", {strips_of(n), split, kW4WorkspaceTile});
+    require(*counters, op, "counters", "i32", {strips_of(n)});
   }
   same_device(x, "x", repacked, "repacked", op);
   same_device(x, "x", scales, "scales", op);
   same_device(x, "x", out, "out", op);
   if (zeros) same_device(x, "x", *zeros, "zeros", op);
   if (bias) same_device(x, "x", *bias, "bias", op);
-  if (split > 1) same_device(x, "x", *partial, "partial", op);
+  if (split > 1) {
+    same_device(x, "x", *workspace, "workspace", op);
+    same_device(x, "x", *counters, "counters", op);
+  }
   require_gpu(op);
   const int device = resolve_device(x, op, "x");
   DeviceGuard guard(device);
@@ -115,7 +121,8 @@ void w4a16_small_m(const ArrayView& x, const ArrayView& repacked, const ArrayVie
       reinterpret_cast<const void*>(scales.ptr),
       zeros ? reinterpret_cast<const uint8_t*>(zeros->ptr) : nullptr,
       bias ? reinterpret_cast<const void*>(bias->ptr) : nullptr, reinterpret_cast<void*>(out.ptr),
-      partial ? reinterpret_cast<float*>(partial->ptr) : nullptr, static_cast<int>(m),
+      split > 1 ? reinterpret_cast<float*>(workspace->ptr) : nullptr,
+      split > 1 ? reinterpret_cast<unsigned*>(counters->ptr) : nullptr, static_cast<int>(m),
       static_cast<int>(n), static_cast<int>(k), static_cast<int>(group), static_cast<int>(split),
       static_cast<int>(path), bf16, as_stream(x.stream));
 }
@@ -128,11 +135,13 @@ void bind(py::module_& m) {
         "Repack canonical int32 (K/8, N) 4-bit codes into the w4a16 kernel's tiled "
         "(ceil(N/32), 4K) layout (csrc/quant/w4a16.h).");
   m.def("w4a16_small_m", &w4a16_small_m, py::arg("x"), py::arg("repacked"), py::arg("scales"),
-        py::arg("zeros"), py::arg("bias"), py::arg("out"), py::arg("partial"), py::arg("group"),
-        py::arg("split"), py::arg("path") = 0,
-        "out (M, N) = x (M, K) @ W^T (+ bias) for M <= 16; scales/zeros (G, 32*ceil(N/32)); "
-        "split > 1: float32 partials (split, M, N) into `partial`, bias not added; path 0 auto "
-        "(mma), 1 fp32-FMA (M <= 2), 2 mma.sync tensor cores.");
+        py::arg("zeros"), py::arg("bias"), py::arg("out"), py::arg("workspace"),
+        py::arg("counters"), py::arg("group"), py::arg("split"), py::arg("path") = 0,
+        "out (M, N) = x (M, K) @ W^T (+ bias) for M <= 16, one launch; scales/zeros "
+        "(G, 32*ceil(N/32)); split > 1 splits K and reduces in the kernel through `workspace` "
+        "float32 (ceil(N/32), split, 512) and `counters` int32 (ceil(N/32),), which must be 0 "
+        "and are left 0 (launches sharing them must be stream-ordered); path 0 auto (mma), "
+        "1 fp32-FMA (M <= 2), 2 mma.sync tensor cores.");
 }
 
 }  // namespace mk::quant

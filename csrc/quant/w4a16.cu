@@ -1,12 +1,22 @@
 // w4a16 matmul for M = 1..16 (decode) and the repack kernel; see w4a16.h for the layouts.
 //
 // Work split. A block of kWarps warps owns one strip of 32 output columns and a K range
-// (gridDim.y splits K; float32 partials are then summed by the caller). K is cut into 32-wide
-// chunks; lane l = 4 * gid + t4 reads one 16-byte vector per chunk: the 4 words of columns
-// 8 * tile + gid (tile 0..3), K offsets 8 * t4 .. 8 * t4 + 7. A warp reads 512 contiguous bytes
-// per chunk; the block's warps, interleaved over "units" of 1, 2 or 4 chunks of one
-// quantisation group, stream kWarps * 2 KiB contiguous bytes. Warps are reduced through
-// shared memory at the end.
+// (gridDim.y splits K). K is cut into 32-wide chunks; lane l = 4 * gid + t4 reads one 16-byte
+// vector per chunk: the 4 words of columns 8 * tile + gid (tile 0..3), K offsets 8 * t4 ..
+// 8 * t4 + 7. A warp reads 512 contiguous bytes per chunk; the block's warps, interleaved over
+// "units" of 1, 2 or 4 chunks of one quantisation group, stream kWarps * 2 KiB contiguous
+// bytes. Warps are reduced through shared memory at the end.
+//
+// K split, reduced in the same launch (no second kernel): each of a strip's gridDim.y blocks
+// stores its float32 (M, 32) partial to the workspace tile (strip, blockIdx.y) and thread 0
+// arrives on the strip's counter (atom.acq_rel.gpu add; sm_90a/sm_80 SASS: MEMBAR.ALL.GPU,
+// ATOMG.E.ADD.STRONG.GPU, CCTL.IVALL). The block that sees split - 1 arrivals before its own
+// sums the partials in the fixed order 0..split-1 (bitwise the same result whatever order the
+// blocks finish in), adds the bias, stores `out` and sets the counter back to 0 (counters are
+// 0 before and after every launch, so stream order and CUDA-graph replays need no memset). No
+// block waits for another, so there is no co-residency requirement. Partials go through L2
+// (st/ld.global.cg: STG/LDG.E.STRONG.GPU). Added per block: a 2 KiB-at-most store, one
+// barrier and one atomic round trip; the last block also reads split - 1 partial tiles.
 //
 // Int4 -> fp16/bf16 without conversion instructions: nibble positions p and p + 4 of a word
 // hold K offsets 2p and 2p + 1 (repacked order 0, 2, 4, 6, 1, 3, 5, 7), so
@@ -52,11 +62,12 @@
 namespace mk::quant {
 namespace {
 
-constexpr int kWarps = 8;     // warps per block, all on one strip, interleaved over K units
-constexpr int kStrip = 32;    // output columns per block: 4 n8 tiles
-constexpr int kChunk = 32;    // K values per chunk: one 16-byte load per lane
-constexpr int kMaxUnit = 4;   // chunks per unit (the scale is applied once per unit)
+constexpr int kWarps = 8;       // warps per block, all on one strip, interleaved over K units
+constexpr int kStrip = 32;      // output columns per block: 4 n8 tiles
+constexpr int kChunk = 32;      // K values per chunk: one 16-byte load per lane
+constexpr int kMaxUnit = 4;     // chunks per unit (the scale is applied once per unit)
 constexpr int kFmaRowsMax = 2;  // fma path rows (4 rows spill: x of a 4-chunk unit)
+constexpr int kWsTile = kW4WorkspaceTile;  // floats per (strip, split) workspace tile: 16 x 32
 
 __host__ __device__ constexpr int unit_chunks(int chunks_per_group) {
   return chunks_per_group % 4 == 0 ? 4 : (chunks_per_group % 2 == 0 ? 2 : 1);
@@ -134,6 +145,21 @@ __device__ __forceinline__ uint32_t word_of(const uint4& v, int i) {
   return i == 0 ? v.x : (i == 1 ? v.y : (i == 2 ? v.z : v.w));
 }
 
+// The K-split arrival counter: atomic add of 1 at gpu scope with acquire-release semantics;
+// returns the value before the add.
+__device__ __forceinline__ unsigned arrive_acq_rel(unsigned* counter) {
+  unsigned before;
+  asm volatile("atom.acq_rel.gpu.global.add.u32 %0, [%1], 1;\n"
+               : "=r"(before)
+               : "l"(counter)
+               : "memory");
+  return before;
+}
+
+__device__ __forceinline__ void store_relaxed(unsigned* p, unsigned v) {
+  asm volatile("st.relaxed.gpu.global.u32 [%0], %1;\n" : : "l"(p), "r"(v) : "memory");
+}
+
 // One kernel for both paths. MT: rows compiled for (mma: 8 or 16, fma: 1 or 2).
 // Lane (gid = lane / 4, t4 = lane % 4) owns columns 8 * tile + gid (tile 0..3) of the strip and,
 // per chunk, K offsets 8 * t4 .. 8 * t4 + 7.
@@ -142,8 +168,8 @@ __global__ void __launch_bounds__(kWarps * 32, 2)
     w4a16_small_m_kernel(const T* __restrict__ x, const uint4* __restrict__ w,
                          const T* __restrict__ scales, const uint8_t* __restrict__ zeros,
                          const T* __restrict__ bias, T* __restrict__ out,
-                         float* __restrict__ partial, int m, int n, int k, int group,
-                         int units_per_split) {
+                         float* __restrict__ workspace, unsigned* __restrict__ counters, int m,
+                         int n, int k, int group, int units_per_split) {
   __shared__ float red[kWarps][MT][kStrip];
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
@@ -190,8 +216,8 @@ __global__ void __launch_bounds__(kWarps * 32, 2)
         const int row = kMma ? gid + 8 * r : r;
         xv[i][r] = make_uint4(0, 0, 0, 0);
         if (i < unit && row < m) {
-          xv[i][r] = __ldg(reinterpret_cast<const uint4*>(xp + static_cast<int64_t>(row) * k +
-                                                          i * kChunk));
+          xv[i][r] = __ldg(
+              reinterpret_cast<const uint4*>(xp + static_cast<int64_t>(row) * k + i * kChunk));
         }
       }
     }
@@ -229,9 +255,9 @@ __global__ void __launch_bounds__(kWarps * 32, 2)
                                      decode_pair<T>(w1, 2 * s + 1, nz[2 * tt + 1])};
 #pragma unroll
               for (int r = 0; r < kRows; ++r) {
-                Num<T>::mma(gacc[2 * tt][2 * r], gacc[2 * tt][2 * r + 1],
-                            gacc[2 * tt + 1][2 * r], gacc[2 * tt + 1][2 * r + 1], a,
-                            word_of(xv[i][r], 2 * s), word_of(xv[i][r], 2 * s + 1));
+                Num<T>::mma(gacc[2 * tt][2 * r], gacc[2 * tt][2 * r + 1], gacc[2 * tt + 1][2 * r],
+                            gacc[2 * tt + 1][2 * r + 1], a, word_of(xv[i][r], 2 * s),
+                            word_of(xv[i][r], 2 * s + 1));
               }
             }
           }
@@ -291,18 +317,72 @@ __global__ void __launch_bounds__(kWarps * 32, 2)
     }
   }
   __syncthreads();
-  for (int idx = threadIdx.x; idx < MT * kStrip; idx += kWarps * 32) {
+  // Element idx = r * kStrip + c of the block's (MT, 32) tile: thread threadIdx.x owns
+  // idx = threadIdx.x + i * kThreads. `mine` is this block's sum over its warps (fixed order).
+  constexpr int kThreads = kWarps * 32;
+  constexpr int kPer = (MT * kStrip + kThreads - 1) / kThreads;
+  float mine[kPer];
+#pragma unroll
+  for (int i = 0; i < kPer; ++i) {
+    const int idx = threadIdx.x + i * kThreads;
+    mine[i] = 0.f;
+    if (idx < MT * kStrip) {
+#pragma unroll
+      for (int wi = 0; wi < kWarps; ++wi) mine[i] += red[wi][idx / kStrip][idx % kStrip];
+    }
+  }
+  const int split = gridDim.y;
+  if (split > 1) {
+    // K split: every block stores its partial tile to the workspace, then arrives on the
+    // strip's counter; the last of the strip's `split` blocks to arrive sums the partials in
+    // the fixed order 0..split-1 (deterministic whatever the arrival order; its own partial
+    // is taken from registers, bitwise the value it stored), adds the bias and stores `out`.
+    // It also puts the counter back to 0 for the next launch (and CUDA-graph replay).
+    float* const tile0 = workspace + static_cast<int64_t>(strip) * split * kWsTile;
+#pragma unroll
+    for (int i = 0; i < kPer; ++i) {
+      const int idx = threadIdx.x + i * kThreads;
+      if (idx < MT * kStrip && idx / kStrip < m) {
+        __stcg(tile0 + static_cast<int64_t>(blockIdx.y) * kWsTile + idx, mine[i]);
+      }
+    }
+    __shared__ int last;
+    // The barrier orders every thread's partial stores before thread 0's arrival; the
+    // arrival's release (gpu scope) publishes them, and its acquire (for the last block)
+    // orders the other blocks' stores before the reads below, through the second barrier
+    // (the pattern of CUTLASS's generic barrier; PTX memory model: causality order is
+    // transitive through bar.sync).
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      const unsigned before = arrive_acq_rel(counters + strip);
+      last = before == static_cast<unsigned>(split - 1);
+      if (last) store_relaxed(counters + strip, 0u);  // every block of this launch has arrived
+    }
+    __syncthreads();
+    if (!last) return;
+#pragma unroll
+    for (int i = 0; i < kPer; ++i) {
+      const int idx = threadIdx.x + i * kThreads;
+      if (idx < MT * kStrip && idx / kStrip < m) {
+        float sum = 0.f;
+#pragma unroll 4
+        for (int s = 0; s < split; ++s) {
+          sum += s == static_cast<int>(blockIdx.y)
+                     ? mine[i]
+                     : __ldcg(tile0 + static_cast<int64_t>(s) * kWsTile + idx);  // L2, not L1
+        }
+        mine[i] = sum;
+      }
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < kPer; ++i) {
+    const int idx = threadIdx.x + i * kThreads;
     const int r = idx / kStrip;
     const int col = strip * kStrip + idx % kStrip;
-    if (r >= m || col >= n) continue;
-    float sum = 0.f;
-#pragma unroll
-    for (int wi = 0; wi < kWarps; ++wi) sum += red[wi][r][idx % kStrip];
-    if (partial != nullptr) {
-      partial[(static_cast<int64_t>(blockIdx.y) * m + r) * n + col] = sum;
-    } else {
+    if (idx < MT * kStrip && r < m && col < n) {
       const float b = bias ? Num<T>::one(bias[col]) : 0.f;
-      out[static_cast<int64_t>(r) * n + col] = Num<T>::from(sum + b);
+      out[static_cast<int64_t>(r) * n + col] = Num<T>::from(mine[i] + b);
     }
   }
 }
@@ -331,8 +411,8 @@ __global__ void w4_repack_kernel(const int32_t* __restrict__ canonical,
 }
 
 template <typename T, int MT, bool kMma>
-void launch_typed(const void* x, const int32_t* repacked, const void* scales,
-                  const uint8_t* zeros, const void* bias, void* out, float* partial, int m, int n,
+void launch_typed(const void* x, const int32_t* repacked, const void* scales, const uint8_t* zeros,
+                  const void* bias, void* out, float* workspace, unsigned* counters, int m, int n,
                   int k, int group, int split, cudaStream_t stream) {
   const int units = k / kChunk / unit_chunks(group / kChunk);
   const int per_split = (units + split - 1) / split;
@@ -340,18 +420,18 @@ void launch_typed(const void* x, const int32_t* repacked, const void* scales,
   w4a16_small_m_kernel<T, MT, kMma><<<grid, kWarps * 32, 0, stream>>>(
       static_cast<const T*>(x), reinterpret_cast<const uint4*>(repacked),
       static_cast<const T*>(scales), zeros, static_cast<const T*>(bias), static_cast<T*>(out),
-      split > 1 ? partial : nullptr, m, n, k, group, per_split);
+      split > 1 ? workspace : nullptr, split > 1 ? counters : nullptr, m, n, k, group, per_split);
   MK_CHECK_LAUNCH("w4a16_small_m_kernel");
 }
 
 template <typename T>
 void launch_m(const void* x, const int32_t* repacked, const void* scales, const uint8_t* zeros,
-              const void* bias, void* out, float* partial, int m, int n, int k, int group,
-              int split, int path, cudaStream_t stream) {
+              const void* bias, void* out, float* workspace, unsigned* counters, int m, int n,
+              int k, int group, int split, int path, cudaStream_t stream) {
   const bool fma = path == kW4PathFma;  // auto: mma for every M (see the crossover note)
-#define MK_W4_LAUNCH(MT, MMA)                                                                  \
-  launch_typed<T, MT, MMA>(x, repacked, scales, zeros, bias, out, partial, m, n, k, group,    \
-                           split, stream)
+#define MK_W4_LAUNCH(MT, MMA)                                                                   \
+  launch_typed<T, MT, MMA>(x, repacked, scales, zeros, bias, out, workspace, counters, m, n, k, \
+                           group, split, stream)
   if (fma) {
     if (m <= 1) {
       MK_W4_LAUNCH(1, false);
@@ -383,16 +463,16 @@ void launch_w4_repack(const int32_t* canonical, int32_t* repacked, int64_t k, in
 int w4a16_fma_max_rows() { return kFmaRowsMax; }
 
 void launch_w4a16_small_m(const void* x, const int32_t* repacked, const void* scales,
-                          const uint8_t* zeros, const void* bias, void* out, float* partial,
-                          int m, int n, int k, int group, int split, int path, bool is_bf16,
-                          cudaStream_t stream) {
+                          const uint8_t* zeros, const void* bias, void* out, float* workspace,
+                          unsigned* counters, int m, int n, int k, int group, int split, int path,
+                          bool is_bf16, cudaStream_t stream) {
   if (m == 0 || n == 0) return;
   if (is_bf16) {
-    launch_m<__nv_bfloat16>(x, repacked, scales, zeros, bias, out, partial, m, n, k, group,
-                            split, path, stream);
+    launch_m<__nv_bfloat16>(x, repacked, scales, zeros, bias, out, workspace, counters, m, n, k,
+                            group, split, path, stream);
   } else {
-    launch_m<__half>(x, repacked, scales, zeros, bias, out, partial, m, n, k, group, split, path,
-                     stream);
+    launch_m<__half>(x, repacked, scales, zeros, bias, out, workspace, counters, m, n, k, group,
+                     split, path, stream);
   }
 }
 

@@ -29,13 +29,23 @@ constexpr int kW4PathFma = 1;
 constexpr int kW4PathMma = 2;
 int w4a16_fma_max_rows();
 
-// out (M, N) = x (M, K) @ W^T; W from `repacked`, per-group `scales` (G, Npad) of dtype T and
-// `zeros` (G, Npad) uint8 (nullptr: symmetric, zero point 8). K % 32 == 0, group % 32 == 0.
-// split > 1 writes float32 partials (split, M, N) to `partial` (then summed by the caller);
-// split == 1 writes `out` (+ bias) directly. is_bf16 picks the dtype of x, scales, bias, out.
+// Floats per (strip, split) tile of the K-split workspace: 16 rows (M <= 16) x 32 columns.
+constexpr int kW4WorkspaceTile = 16 * 32;
+
+// out (M, N) = x (M, K) @ W^T (+ bias), in one launch; W from `repacked`, per-group `scales`
+// (G, Npad) of dtype T and `zeros` (G, Npad) uint8 (nullptr: symmetric, zero point 8).
+// K % 32 == 0, group % 32 == 0. is_bf16 picks the dtype of x, scales, bias, out.
+// split > 1 splits K across gridDim.y and reduces inside the kernel: each block stores its
+// float32 partial (rows < M of its 16 x 32 tile) to `workspace`, float32 (ceil(N/32), split,
+// kW4WorkspaceTile), and atomically arrives on `counters[strip]`, uint32 (ceil(N/32),); the
+// last block of a strip sums the split partials in the fixed order 0..split-1, adds the bias,
+// stores `out` and sets the counter back to 0. The counters must be 0 on entry (they are on
+// exit); the workspace needs no initialisation. Launches that share a workspace/counters must
+// be ordered (one stream, or events): two at once on the same buffers corrupt each other.
+// split == 1 touches neither (both may be nullptr).
 void launch_w4a16_small_m(const void* x, const int32_t* repacked, const void* scales,
-                          const uint8_t* zeros, const void* bias, void* out, float* partial,
-                          int m, int n, int k, int group, int split, int path, bool is_bf16,
-                          cudaStream_t stream);
+                          const uint8_t* zeros, const void* bias, void* out, float* workspace,
+                          unsigned* counters, int m, int n, int k, int group, int split, int path,
+                          bool is_bf16, cudaStream_t stream);
 
 }  // namespace mk::quant

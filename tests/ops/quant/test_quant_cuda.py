@@ -35,7 +35,8 @@ def _small_m_args(m=2, k=128, n=16, group=32, split=1, x_dtype=torch.float16, **
         "zeros": torch.zeros(k // group, npad, dtype=torch.uint8),
         "bias": None,
         "out": torch.zeros(m, n, dtype=x_dtype),
-        "partial": torch.zeros(split, m, n) if split > 1 else None,
+        "workspace": torch.zeros(npad // 32, split, 512) if split > 1 else None,
+        "counters": torch.zeros(npad // 32, dtype=torch.int32) if split > 1 else None,
     }
     t.update(override)
     return {**_views(**t), "group": group, "split": split, "path": path}
@@ -55,7 +56,14 @@ def _small_m_args(m=2, k=128, n=16, group=32, split=1, x_dtype=torch.float16, **
         ({"scales": torch.zeros(4, 16, dtype=torch.float16)}, "scales"),  # N not padded
         ({"zeros": torch.zeros(3, 32, dtype=torch.uint8)}, "zeros"),
         ({"out": torch.zeros(3, 16, dtype=torch.float16)}, "out"),
-        ({"split": 2}, "partial"),
+        ({"split": 2, "workspace": None}, "workspace"),
+        ({"split": 2, "counters": None}, "counters"),
+        ({"split": 2, "workspace": torch.zeros(2, 2, 512)}, "workspace"),  # strips of N=16: 1
+        ({"split": 2, "workspace": torch.zeros(1, 3, 512)}, "workspace"),  # not split-wide
+        ({"split": 2, "workspace": torch.zeros(1, 2, 256)}, "workspace"),
+        ({"split": 2, "counters": torch.zeros(1, dtype=torch.int64)}, "counters"),
+        ({"split": 2, "counters": torch.zeros(2, dtype=torch.int32)}, "counters"),
+        ({"split": 2}, "CUDA device memory"),  # a complete split call, on the CPU
         ({"split": 5}, "split"),
         ({"path": 3}, "path"),
         ({"m": 3, "path": 1}, "fma path"),
@@ -67,8 +75,6 @@ def test_small_m_argument_checks(override, match):
     sizes = {k: override.pop(k) for k in ("m", "k", "n", "group", "x_dtype") if k in override}
     split = override.pop("split", 1)
     args = _small_m_args(**sizes, split=split, **override)
-    if split == 2:
-        args["partial"] = None
     with pytest.raises(ValueError, match=match):
         _c().w4a16_small_m(**args)
 
@@ -139,7 +145,7 @@ def test_cuda_w4a16_gpu(m, dtype, group_size, symmetric):
         out = poison(torch.empty(m, n, dtype=dtype, device="cuda"))
         _c().w4a16_small_m(
             **_views(x=x, repacked=repacked, scales=scales_p.to(dtype), zeros=zeros_p, bias=None,
-                     out=out, partial=None),
+                     out=out, workspace=None, counters=None),
             group=qw.group_size, split=1, path=cuda.PATHS[path],
         )  # fmt: skip
         _check(out, x, qw)
@@ -147,43 +153,145 @@ def test_cuda_w4a16_gpu(m, dtype, group_size, symmetric):
 
 @pytest.mark.native
 @pytest.mark.gpu
-@pytest.mark.parametrize("split", [1, 2, 4])
+@pytest.mark.parametrize("split", [1, 2, 3, 4])
 @pytest.mark.parametrize("m,path", [(5, "mma"), (16, "mma"), (1, "fma"), (2, "fma")])
 def test_cuda_w4a16_split_and_bias_gpu(split, m, path):
+    """One launch reduces the K split in the kernel and adds the bias; the cached counters are
+    back to 0 afterwards; a second call on the same inputs is bitwise identical (fixed-order
+    sum, whatever order the blocks arrive in)."""
     from millkernels.ops.quant import cuda
 
     k, n = 4096, 200
     qw = quant.quantize(torch.randn(n, k, device="cuda"), "w4a16", group_size=128)
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
     bias = torch.randn(n, device="cuda", dtype=torch.bfloat16)
-    out = cuda.matmul(
-        x, qw.qweight, qw.scales, qw.zeros, bias, group_size=128, n=n, split=split, path=path
-    )
+
+    def run():
+        return cuda.matmul(
+            x, qw.qweight, qw.scales, qw.zeros, bias, group_size=128, n=n, split=split, path=path
+        )
+
+    out = run()
     _check(out, x, qw, bias)
+    assert torch.equal(run(), out)
+    if split > 1:
+        _, counters = cuda.get_workspace(n, split, x.device)
+        assert int(counters.abs().sum()) == 0
 
 
 @pytest.mark.native
 @pytest.mark.gpu
 @pytest.mark.parametrize("m,path", [(3, 2), (16, 2), (2, 1)])
-def test_cuda_w4a16_split_partials_poisoned_gpu(m, path):
-    """Every (split, M, N) partial is written (poisoned first), and they sum to the product."""
+def test_cuda_w4a16_split_workspace_poisoned_gpu(m, path):
+    """Raw binding, poisoned out and workspace: every block stores rows < M of its partial tile
+    (rows >= M stay NaN), the partials sum to the product, `out` is complete (bias added) and
+    the counters are 0 again."""
     from millkernels.ops.quant import cuda
     from millkernels.testing import poison
 
     k, n, split = 2048, 72, 3  # 16 units of 4 chunks over 3 splits: uneven ranges
+    strips = cuda.padded_n(n) // 32
     qw = quant.quantize(torch.randn(n, k, device="cuda"), "w4a16", group_size=128)
     x = torch.randn(m, k, device="cuda", dtype=torch.float16)
+    bias = torch.randn(n, device="cuda", dtype=torch.float16)
     repacked, scales_p, zeros_p = cuda.prepare(qw.qweight, qw.scales, qw.zeros, k, n)
     out = poison(torch.empty(m, n, dtype=x.dtype, device="cuda"))
-    partial = poison(torch.empty(split, m, n, device="cuda"))
+    ws = poison(torch.empty(strips, split, 512, device="cuda"))
+    counters = torch.zeros(strips, dtype=torch.int32, device="cuda")
     _c().w4a16_small_m(
-        **_views(x=x, repacked=repacked, scales=scales_p, zeros=zeros_p, bias=None, out=out,
-                 partial=partial),
+        **_views(x=x, repacked=repacked, scales=scales_p, zeros=zeros_p, bias=bias, out=out,
+                 workspace=ws, counters=counters),
         group=128, split=split, path=path,
     )  # fmt: skip
-    assert torch.isfinite(partial).all()
-    assert torch.isnan(out).all()  # split > 1 leaves `out` to the caller
-    _check(partial.sum(0).to(x.dtype), x, qw)
+    _check(out, x, qw, bias)
+    assert int(counters.abs().sum()) == 0
+    assert torch.isfinite(ws[:, :, : 32 * m]).all() and torch.isnan(ws[:, :, 32 * m :]).all()
+    # workspace[strip, s, r * 32 + c] = partial s of out[r, 32 * strip + c]
+    parts = ws[:, :, : 32 * m].reshape(strips, split, m, 32).permute(1, 2, 0, 3)
+    _check(parts.reshape(split, m, -1)[:, :, :n].sum(0).to(x.dtype), x, qw)
+
+
+@pytest.mark.native
+@pytest.mark.gpu
+@pytest.mark.parametrize("path", ["mma", "fma"])
+def test_cuda_w4a16_split_loop_and_empty_splits_gpu(path):
+    """Many launches on the same cached workspace (a counter not reset breaks the next one),
+    fresh inputs each time; split = K/32 leaves some blocks without K units (they still arrive)."""
+    from millkernels.ops.quant import cuda
+
+    n = 100
+    for k, split in [(1024, 3), (256, 8)]:  # (256, 8): 2 units of 4 chunks, 6 empty splits
+        qw = quant.quantize(torch.randn(n, k, device="cuda"), "w4a16", group_size=128)
+        bias = torch.randn(n, device="cuda", dtype=torch.float16)
+        for i in range(12):
+            x = torch.randn(1 + i % 2, k, device="cuda", dtype=torch.float16)
+            out = cuda.matmul(x, qw.qweight, qw.scales, qw.zeros, bias, group_size=128, n=n,
+                              split=split, path=path)  # fmt: skip
+            _check(out, x, qw, bias)
+
+
+@pytest.mark.native
+@pytest.mark.gpu
+@pytest.mark.parametrize("warm_capture_stream", [False, True])
+def test_cuda_w4a16_split_cuda_graph_gpu(warm_capture_stream):
+    """Captured into a CUDA graph (with a fresh in-pool workspace, or the capture stream's
+    cached one) and replayed twice with new inputs: each replay is right (counters start at 0)."""
+    from millkernels.ops.quant import cuda
+
+    k, n, m, split = 2048, 96, 4, 4
+    qw = quant.quantize(torch.randn(n, k, device="cuda"), "w4a16", group_size=64)
+    bias = torch.randn(n, device="cuda", dtype=torch.bfloat16)
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
+
+    def run():
+        return cuda.matmul(x, qw.qweight, qw.scales, qw.zeros, bias, group_size=64, n=n,
+                           split=split)  # fmt: skip
+
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        run()  # warm-up: repack cache (and, on `s`, the workspace cache)
+    torch.cuda.current_stream().wait_stream(s)
+    cached = len(cuda._WORKSPACES)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g, stream=s if warm_capture_stream else None):
+        out = run()
+    assert len(cuda._WORKSPACES) == cached  # nothing allocated in the graph's pool is cached
+    for _ in range(2):
+        x.copy_(torch.randn_like(x))
+        g.replay()
+        torch.cuda.synchronize()
+        _check(out, x, qw, bias)
+
+
+@pytest.mark.native
+@pytest.mark.gpu
+def test_cuda_w4a16_split_two_streams_gpu():
+    """Two streams at once on the same shape use separate cached workspaces."""
+    from millkernels.ops.quant import cuda
+
+    k, n, split = 4096, 64, 8
+    qw = quant.quantize(torch.randn(n, k, device="cuda"), "w4a16", group_size=128)
+    xs = [torch.randn(2, k, device="cuda", dtype=torch.float16) for _ in range(2)]
+    streams = [torch.cuda.Stream() for _ in range(2)]
+    outs: list[list[torch.Tensor]] = [[], []]
+    for s in streams:
+        s.wait_stream(torch.cuda.current_stream())
+    for _ in range(20):
+        for i, s in enumerate(streams):
+            with torch.cuda.stream(s):
+                outs[i].append(cuda.matmul(xs[i], qw.qweight, qw.scales, qw.zeros, None,
+                                           group_size=128, n=n, split=split))  # fmt: skip
+    torch.cuda.synchronize()
+    pairs = []
+    for s in streams:
+        with torch.cuda.stream(s):
+            pairs.append(cuda.get_workspace(n, split, xs[0].device))
+    assert pairs[0][0].data_ptr() != pairs[1][0].data_ptr()
+    for i in range(2):
+        for out in outs[i]:
+            _check(out, xs[i], qw)
+        assert torch.equal(outs[i][0], outs[i][-1])
 
 
 @pytest.mark.parametrize(
@@ -202,13 +310,61 @@ def test_choose_split(monkeypatch, n, k, want):
     assert split * 8 * cuda.CHUNK <= k or split == 1
 
 
-def test_cuda_matmul_rejects_unknown_path():
+def test_cuda_matmul_rejects_unknown_path_and_cpu_x():
     from millkernels.ops.quant import cuda
 
     qw = quant.quantize(torch.randn(16, 64), "w4a16", group_size=32)
     with pytest.raises(ValueError, match="path"):
         cuda.matmul(torch.randn(1, 64).half(), qw.qweight, qw.scales, qw.zeros, None,
                     group_size=32, n=16, path="tensor")  # fmt: skip
+    with pytest.raises(ValueError, match="x: expected a CUDA tensor"):
+        cuda.matmul(torch.randn(1, 64).half(), qw.qweight, qw.scales, qw.zeros, None,
+                    group_size=32, n=16, split=2)  # fmt: skip
+
+
+@pytest.mark.native
+@pytest.mark.gpu
+def test_cuda_matmul_rejects_bad_split_gpu():
+    from millkernels.ops.quant import cuda
+
+    qw = quant.quantize(torch.randn(16, 64, device="cuda"), "w4a16", group_size=32)
+    x = torch.randn(1, 64, device="cuda").half()
+    for split in (0, 3):  # K/32 = 2
+        with pytest.raises(ValueError, match="split"):
+            cuda.matmul(x, qw.qweight, qw.scales, qw.zeros, None, group_size=32, n=16,
+                        split=split)  # fmt: skip
+
+
+def test_workspace_cache_policy(monkeypatch):
+    """get_workspace: one pair per (device, stream, strips, split), kept; under graph capture
+    without a cached pair, a fresh pair that is not cached (the GPU calls are stubbed)."""
+    from millkernels.ops.quant import cuda
+
+    stream = {"handle": 11}
+    capturing = {"on": False}
+    monkeypatch.setattr(cuda, "_WORKSPACES", {})
+    monkeypatch.setattr(
+        torch.cuda, "current_stream", lambda index: type("S", (), {"cuda_stream": stream["handle"]})
+    )
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: capturing["on"])
+    monkeypatch.setattr(
+        cuda, "new_workspace", lambda n, split, device: (torch.empty(0), torch.zeros(0))
+    )
+    dev = torch.device("cuda", 0)
+    a = cuda.get_workspace(100, 4, dev)
+    assert cuda.get_workspace(120, 4, dev) is a  # same strips (4), split, stream
+    assert cuda.get_workspace(100, 2, dev) is not a
+    assert cuda.get_workspace(200, 4, dev) is not a
+    stream["handle"] = 12
+    b = cuda.get_workspace(100, 4, dev)
+    assert b is not a  # another stream: its own pair
+    assert cuda.get_workspace(100, 4, torch.device("cuda", 1)) is not b
+    capturing["on"] = True
+    assert cuda.get_workspace(100, 4, dev) is b  # cached pair of the capture stream
+    stream["handle"] = 13
+    fresh = cuda.get_workspace(100, 4, dev)
+    assert fresh is not cuda.get_workspace(100, 4, dev)  # not cached while capturing
+    assert len(cuda._WORKSPACES) == 5
 
 
 @pytest.mark.native
@@ -313,82 +469,151 @@ def _decode_pair(word, p, neg_zero, dtype):
     return np.stack([lo + zlo, hi + zhi], axis=-1)  # exact small integers: fma rounds nothing
 
 
-def _emulate(x, qw, dtype, path):
+def _unit_chunks(cpg):
+    """unit_chunks(): chunks per unit (the scale is applied once per unit)."""
+    return 4 if cpg % 4 == 0 else (2 if cpg % 2 == 0 else 1)
+
+
+_WARPS, _THREADS, _WS_TILE = 8, 256, 512  # kWarps, kWarps * 32, kW4WorkspaceTile
+
+
+def _emulate(x, qw, dtype, path, split=1, bias=None):
+    """The kernel for every (strip, split) block, warp by warp, then its epilogue: returns
+    (out (M, N), workspace (strips, split, 512), NaN where no block stores)."""
     from millkernels.ops.quant import cuda
 
     m, k = x.shape
     n, group = qw.out_features, qw.group_size
     npad = cuda.padded_n(n)
+    strips = npad // 32
     rep = cuda.repack_reference(qw.qweight, k, n).numpy().view(np.uint32)
-    rep = rep.reshape(npad // 32, k // 32, 32, 4)  # [strip][chunk][lane][tile]
+    rep = rep.reshape(strips, k // 32, 32, 4)  # [strip][chunk][lane][tile]
     scales = cuda._pad_columns(qw.scales, npad, torch.float32).numpy().astype(np.float64)
     zeros = None if qw.zeros is None else cuda._pad_columns(qw.zeros, npad, torch.uint8).numpy()
     xb = np.zeros((16, k), dtype=np.float64)
     xb[:m] = x.double().numpy()
+    bias64 = None if bias is None else bias.double().numpy()
     _, neg_base = _MAGIC[dtype]
-    out = np.zeros((16, npad))
-    rows = 8 if m <= 8 else 16
-    for strip in range(npad // 32):
+    mt = (1 if m <= 1 else 2) if path == "fma" else (8 if m <= 8 else 16)  # launch_m
+    # launch_typed / kernel prologue
+    kchunks, cpg = k // 32, group // 32
+    unit = _unit_chunks(cpg)
+    units_per_group, units = cpg // unit, kchunks // unit
+    per_split = -(-units // split)
+    out = np.full((m, n), np.nan)
+    ws = np.full((strips * split * _WS_TILE,), np.nan)  # flat, as the kernel indexes it
+    mine_of = {}  # (strip, y) -> the block's `mine`, indexed by idx
+    for strip in range(strips):
         col0 = strip * 32 + _G  # + 8 * tile: the lane's columns
-        acc = np.zeros((32, 4, 16))  # [lane][tile][row slot]
-        for c in range(k // 32):
-            g = c * 32 // group
-            words = rep[strip, c]  # (32 lanes, 4 tiles)
-            z = 8 if zeros is None else zeros[g, col0[:, None] + 8 * np.arange(4)]
-            nz = np.uint32(neg_base) | (np.asarray(z, dtype=np.uint32) * np.uint32(0x10001))
-            nz = np.broadcast_to(nz, (32, 4))
-            kx = c * 32 + 8 * _T4[:, None] + np.arange(8)  # (32, 8): the lane's x offsets
-            gacc = np.zeros((32, 4, 16))
-            if path == "mma":
-                for s in range(2):
-                    for tt in range(2):
-                        w0, w1 = words[:, 2 * tt], words[:, 2 * tt + 1]
-                        n0, n1 = nz[:, 2 * tt], nz[:, 2 * tt + 1]
-                        a = np.stack([_decode_pair(w0, 2 * s, n0, dtype),
-                                      _decode_pair(w1, 2 * s, n1, dtype),
-                                      _decode_pair(w0, 2 * s + 1, n0, dtype),
-                                      _decode_pair(w1, 2 * s + 1, n1, dtype)], axis=1)  # fmt: skip
-                        for r in range(rows // 8):
-                            xv = xb[(_G + 8 * r)[:, None], kx].reshape(32, 4, 2)  # uint4 of x
-                            d = _ptx_mma(a, xv[:, 2 * s : 2 * s + 2])
-                            gacc[:, 2 * tt, 2 * r] += d[:, 0]
-                            gacc[:, 2 * tt, 2 * r + 1] += d[:, 1]
-                            gacc[:, 2 * tt + 1, 2 * r] += d[:, 2]
-                            gacc[:, 2 * tt + 1, 2 * r + 1] += d[:, 3]
-            else:
+        for y in range(split):
+            red = np.full((_WARPS, mt, 32), np.nan)  # red[warp][row][col]
+            for warp in range(_WARPS):
+                acc = np.zeros((32, 4, 16))  # [lane][tile][accumulator j]
+                u_end = min(y * per_split + per_split, units)
+                for u in range(y * per_split + warp, u_end, _WARPS):
+                    g = u // units_per_group
+                    z = 8 if zeros is None else zeros[g, col0[:, None] + 8 * np.arange(4)]
+                    nz = np.uint32(neg_base) | (np.asarray(z, dtype=np.uint32) * np.uint32(0x10001))
+                    nz = np.broadcast_to(nz, (32, 4))
+                    gacc = np.zeros((32, 4, 16))
+                    for i in range(unit):
+                        c = u * unit + i  # wp + i * 32, xp + i * kChunk
+                        words = rep[strip, c]  # (32 lanes, 4 tiles)
+                        kx = c * 32 + 8 * _T4[:, None] + np.arange(8)  # the lane's x offsets
+                        if path == "mma":
+                            for s_ in range(2):
+                                for tt in range(2):
+                                    w0, w1 = words[:, 2 * tt], words[:, 2 * tt + 1]
+                                    n0, n1 = nz[:, 2 * tt], nz[:, 2 * tt + 1]
+                                    a = np.stack([_decode_pair(w0, 2 * s_, n0, dtype),
+                                                  _decode_pair(w1, 2 * s_, n1, dtype),
+                                                  _decode_pair(w0, 2 * s_ + 1, n0, dtype),
+                                                  _decode_pair(w1, 2 * s_ + 1, n1, dtype)],
+                                                 axis=1)  # fmt: skip
+                                    for r in range(mt // 8):
+                                        xv = xb[(_G + 8 * r)[:, None], kx].reshape(32, 4, 2)
+                                        d = _ptx_mma(a, xv[:, 2 * s_ : 2 * s_ + 2])
+                                        gacc[:, 2 * tt, 2 * r] += d[:, 0]
+                                        gacc[:, 2 * tt, 2 * r + 1] += d[:, 1]
+                                        gacc[:, 2 * tt + 1, 2 * r] += d[:, 2]
+                                        gacc[:, 2 * tt + 1, 2 * r + 1] += d[:, 3]
+                        else:
+                            for tile in range(4):
+                                for p in range(4):
+                                    f = _decode_pair(words[:, tile], p, nz[:, tile], dtype)
+                                    for r in range(mt):
+                                        gacc[:, tile, r] += xb[r, kx[:, 2 * p]] * f[:, 0]
+                                        gacc[:, tile, r] += xb[r, kx[:, 2 * p + 1]] * f[:, 1]
+                    acc += gacc * scales[g, col0[:, None] + 8 * np.arange(4)][:, :, None]
                 for tile in range(4):
-                    for p in range(4):
-                        f = _decode_pair(words[:, tile], p, nz[:, tile], dtype)
-                        for r in range(m):
-                            gacc[:, tile, r] += xb[r, kx[:, 2 * p]] * f[:, 0]
-                            gacc[:, tile, r] += xb[r, kx[:, 2 * p + 1]] * f[:, 1]
-            sc = scales[g, col0[:, None] + 8 * np.arange(4)]  # (32, 4)
-            acc += gacc * sc[:, :, None]
-        for lane in range(32):
-            for tile in range(4):
-                col = strip * 32 + 8 * tile + _G[lane]
-                if path == "mma":  # red[8 (j / 2) + 2 t4 + j % 2][col] = acc[tile][j]
-                    for j in range(rows // 4):
-                        out[8 * (j // 2) + 2 * _T4[lane] + j % 2, col] += acc[lane, tile, j]
-                else:  # summed over t4 by shuffles
-                    out[:m, col] += acc[lane, tile, :m]
-    return out[:m, :n]
+                    col = 8 * tile + _G  # (32 lanes,)
+                    if path == "mma":  # red[warp][8 (j / 2) + 2 t4 + j % 2][col] = acc[tile][j]
+                        for j in range(mt // 4):
+                            red[warp, 8 * (j // 2) + 2 * _T4 + j % 2, col] = acc[:, tile, j]
+                    else:  # the 4 lanes of a column summed by shuffles; t4 == 0 stores
+                        for r in range(mt):
+                            v = acc[:, tile, r].reshape(8, 4).sum(1)  # lanes 4 gid .. 4 gid + 3
+                            red[warp, r, 8 * tile + np.arange(8)] = v
+            # epilogue: thread t owns idx = t + i * kThreads
+            kper = -(-mt * 32 // _THREADS)
+            mine = np.zeros(kper * _THREADS)
+            for i in range(kper):
+                idx = np.arange(_THREADS) + i * _THREADS
+                ok = idx < mt * 32
+                for wi in range(_WARPS):
+                    mine[idx[ok]] += red[wi, idx[ok] // 32, idx[ok] % 32]
+            assert not np.isnan(mine).any()  # every red slot a thread reads was written
+            mine_of[strip, y] = mine
+            if split > 1:
+                tile0 = strip * split * _WS_TILE
+                idx = np.arange(kper * _THREADS)
+                st = (idx < mt * 32) & (idx // 32 < m)
+                ws[tile0 + y * _WS_TILE + idx[st]] = mine[idx[st]]
+        # the last block of the strip to arrive: any y (its own partial from registers)
+        for last in range(split):
+            mine = mine_of[strip, last].copy()
+            idx = np.arange(mine.size)
+            st = (idx < mt * 32) & (idx // 32 < m)
+            if split > 1:
+                tile0 = strip * split * _WS_TILE
+                total = np.zeros(mine.size)
+                for s_ in range(split):
+                    own = mine if s_ == last else ws[tile0 + s_ * _WS_TILE + idx]
+                    total[st] += own[st]
+                mine = total
+            r, col = idx // 32, strip * 32 + idx % 32
+            st &= col < n
+            b = 0.0 if bias64 is None else bias64[col[st]]
+            got = mine[st] + b
+            if last > 0:
+                np.testing.assert_array_equal(got, out[r[st], col[st]])  # arrival order
+            out[r[st], col[st]] = got
+    return out, ws.reshape(strips, split, _WS_TILE)
 
 
 @pytest.mark.parametrize("dtype", ["f16", "bf16"])
 @pytest.mark.parametrize(
-    "m,path,group_size,symmetric",
-    [(1, "mma", 32, False), (5, "mma", 64, True), (16, "mma", 32, False), (9, "mma", -1, False),
-     (1, "fma", 32, False), (2, "fma", 64, True)],
+    "m,path,group_size,symmetric,split",
+    [(1, "mma", 32, False, 1), (5, "mma", 64, True, 1), (16, "mma", 32, False, 1),
+     (9, "mma", -1, False, 1), (1, "fma", 32, False, 1), (2, "fma", 64, True, 1),
+     (3, "mma", 32, False, 2), (16, "mma", 64, False, 3), (9, "mma", -1, True, 3),
+     (1, "fma", 32, False, 4), (2, "fma", -1, False, 2)],
 )  # fmt: skip
-def test_kernel_index_model(dtype, m, path, group_size, symmetric):
-    k, n = 128, 40  # two strips, the second one partial
+def test_kernel_index_model(dtype, m, path, group_size, symmetric, split):
+    """K = 384: 12 chunks (units of 1, 2 or 4 chunks; warps striding by 8 units; splits of
+    uneven length, some empty); N = 40: two strips, the second partial; bias with split > 1."""
+    k, n = 384, 40
     tdt = torch.float16 if dtype == "f16" else torch.bfloat16
     qw = quant.quantize(torch.randn(n, k), "w4a16", group_size=group_size, symmetric=symmetric)
     x = torch.randn(m, k).to(tdt)
+    bias = torch.randn(n).to(tdt) if split > 1 else None
     ref = x.double() @ qw.dequantize(torch.float64).t()
-    got = _emulate(x, qw, dtype, path)
+    if bias is not None:
+        ref += bias.double()
+    got, ws = _emulate(x, qw, dtype, path, split, bias)
     np.testing.assert_allclose(got, ref.numpy(), rtol=1e-9, atol=1e-9)
+    if split > 1:  # rows < M of every (strip, split) tile stored, nothing else
+        assert not np.isnan(ws[:, :, : 32 * m]).any() and np.isnan(ws[:, :, 32 * m :]).all()
 
 
 def test_repack_reference_layout():

@@ -99,7 +99,8 @@ TABLE = CapabilityTable(
                 "w4a16, M <= 16, K and group size multiples of 32: 16-byte weight loads, "
                 "lop3 magic-number int4 conversion, mma.sync tensor cores (an fp32-FMA path "
                 "for M <= 2 via ops.quant.cuda.matmul(path='fma')), split K; repacked once "
-                "per weight. Not yet run on a GPU: reached only when named"
+                "per weight; the K split is reduced inside the kernel (one launch). Not yet run "
+                "on a GPU: reached only when named"
             ),
             available=cuda_unavailable_reason,
             serves=_cuda_serves,

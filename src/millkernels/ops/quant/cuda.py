@@ -8,10 +8,31 @@ tensor; the version counters of qweight, scales and zeros are checked, so an in-
 prepares again). :func:`repack_reference` is the same repack on the CPU (the layout's
 definition, used by the tests).
 
-``matmul`` launches on torch's current stream. The kernel has two paths: ``"mma"``
+``matmul`` launches once, on torch's current stream. The kernel has two paths: ``"mma"``
 (mma.sync.m16n8k16 tensor cores; what ``"auto"`` picks for every M, see the crossover note in
-``csrc/quant/w4a16.cu``) and ``"fma"`` (fp32 FMAs, M <= 2). With ``split > 1`` K is split
-across blocks into float32 partials that are summed here.
+``csrc/quant/w4a16.cu``) and ``"fma"`` (fp32 FMAs, M <= 2); both end in the same epilogue.
+
+K split (``split > 1``): K is split across ``split`` blocks per 32-column strip and reduced
+inside the same launch. Each block stores its float32 partial tile to a workspace, float32
+(ceil(N/32), split, 512), and atomically arrives on its strip's counter, int32 (ceil(N/32),);
+the last block to arrive sums the partials in the fixed order 0..split-1 (so results are
+bitwise reproducible whatever the arrival order), adds the bias, stores the output in x's
+dtype and puts the counter back to 0. The counters must be 0 when a launch starts; every
+launch leaves them 0.
+
+Workspace lifetime (:func:`get_workspace`): one (workspace, counters) pair per (device, stream,
+strips, split), allocated on first use on that stream (counters zeroed there) and kept for
+the life of the process (never freed, so a CUDA graph that captured it stays valid; about
+``split * ceil(N/32) * 2`` KiB each). Launches that share a pair must not overlap: keying by
+stream makes calls on one stream share (stream order serialises them) and calls on two
+streams use separate pairs, so concurrent streams are safe. Under CUDA-graph capture a stream
+without a cached pair gets a fresh one from the graph's memory pool, not cached, whose
+counters are zeroed by a memset captured into the graph (one extra node per call; warm up on
+the capture stream first, e.g. ``torch.cuda.graph(g, stream=s)`` after an eager call on
+``s``, to capture the cached pair instead). A graph that captured a cached pair must not be
+replayed concurrently with eager calls on the stream it was captured on. Callers that manage
+memory themselves pass ``workspace=`` (a pair from :func:`new_workspace`) and own its
+ordering.
 """
 
 from __future__ import annotations
@@ -28,9 +49,12 @@ STRIP = 32  # output columns per block: N is padded to a multiple of it in the k
 MAX_M = 16
 FMA_MAX_M = 2  # rows the "fma" path is compiled for
 PATHS = {"auto": 0, "fma": 1, "mma": 2}
+WS_TILE = MAX_M * STRIP  # floats per (strip, split) workspace tile (kW4WorkspaceTile)
 _NIBBLE_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)  # input feature held by nibble position p of a word
 
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# (device index, stream handle, strips, split) -> (workspace, counters); never evicted
+_WORKSPACES: dict[tuple[int, int, int, int], tuple[torch.Tensor, torch.Tensor]] = {}
 
 
 def padded_n(n: int) -> int:
@@ -101,6 +125,32 @@ def choose_split(m: int, n: int, k: int, device: torch.device) -> int:
     return split
 
 
+def new_workspace(n: int, split: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fresh K-split (workspace, counters) pair for N output columns and ``split`` splits:
+    float32 (ceil(N/32), split, 512) (uninitialised) and int32 (ceil(N/32),) zeros, allocated
+    on the current stream. Launches that use one pair must be ordered (see the module note)."""
+    strips = padded_n(n) // STRIP
+    ws = torch.empty((strips, split, WS_TILE), dtype=torch.float32, device=device)
+    return ws, torch.zeros((strips,), dtype=torch.int32, device=device)
+
+
+def get_workspace(n: int, split: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (workspace, counters) pair for a launch on ``device``'s current stream: cached per
+    (device, stream, strips, split) for the process; under CUDA-graph capture without a cached
+    pair, a fresh uncached one (see the module note)."""
+    device = torch.device(device)
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    stream = torch.cuda.current_stream(index).cuda_stream
+    key = (index, stream, padded_n(n) // STRIP, split)
+    hit = _WORKSPACES.get(key)
+    if hit is not None:
+        return hit
+    pair = new_workspace(n, split, torch.device("cuda", index))
+    if not torch.cuda.is_current_stream_capturing():
+        _WORKSPACES[key] = pair
+    return pair
+
+
 def matmul(
     x: torch.Tensor,
     qweight: torch.Tensor,
@@ -112,13 +162,21 @@ def matmul(
     n: int,
     split: int | None = None,
     path: str = "auto",
+    workspace: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """x (M <= 16, K) contiguous fp16/bf16 -> (M, N) in x's dtype.
+    """x (M <= 16, K) contiguous fp16/bf16 -> (M, N) in x's dtype (+ bias), one kernel launch.
 
     ``path``: ``"auto"`` (the tensor-core path for every M), ``"mma"`` or ``"fma"`` (M <= 2).
+    ``split``: blocks K is split across (default :func:`choose_split`), reduced in the kernel.
+    ``workspace``: the (workspace, counters) pair for ``split > 1`` (:func:`new_workspace`;
+    counters 0 on entry, left 0); default: the cached pair of the current stream
+    (:func:`get_workspace`). Raises ``ValueError`` for an unknown path, x not on a GPU, or a
+    bad split or workspace.
     """
     if path not in PATHS:
         raise ValueError(f"path: expected one of {tuple(PATHS)}, got {path!r}")
+    if x.device.type != "cuda":
+        raise ValueError(f"x: expected a CUDA tensor, got device {x.device}")
     m, k = x.shape
     repacked, scales_p, zeros_p = prepare(qweight, scales, zeros, k, n)
     if scales_p.dtype != x.dtype:
@@ -127,25 +185,23 @@ def matmul(
         bias = bias.to(x.dtype).contiguous()
     if split is None:
         split = choose_split(m, n, k, x.device)
+    if not 1 <= split <= max(1, k // CHUNK):
+        raise ValueError(f"split: expected 1 <= split <= K/{CHUNK} = {k // CHUNK}, got {split}")
     out = torch.empty((m, n), dtype=x.dtype, device=x.device)
-    partial = (
-        torch.empty((split, m, n), dtype=torch.float32, device=x.device) if split > 1 else None
-    )
+    ws = counters = None
+    if split > 1:
+        ws, counters = get_workspace(n, split, x.device) if workspace is None else workspace
     require_native().w4a16_small_m(
         view(x, "x"),
         view(repacked, "repacked"),
         view(scales_p, "scales"),
         None if zeros_p is None else view(zeros_p, "zeros"),
-        None if bias is None or split > 1 else view(bias, "bias"),
+        None if bias is None else view(bias, "bias"),
         view(out, "out"),
-        None if partial is None else view(partial, "partial"),
+        None if ws is None else view(ws, "workspace"),
+        None if counters is None else view(counters, "counters"),
         group_size,
         split,
         PATHS[path],
     )
-    if partial is not None:
-        acc = partial.sum(0)
-        if bias is not None:
-            acc += bias.float()
-        out.copy_(acc)
     return out
