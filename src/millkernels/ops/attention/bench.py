@@ -100,18 +100,18 @@ def _ours(backend: str, causal: bool) -> Callable:
     return lambda q, k, v: attention(q, k, v, causal=causal, backend=backend)
 
 
-def _ours_tma(causal: bool) -> Callable:
-    """The Triton backend with the tensor-descriptor forward switched on for the call."""
+def _with_tma(fn: Callable) -> Callable:
+    """``fn`` with the tensor-descriptor kernels switched on for the whole call (forward and,
+    in a forward+backward call, the backward)."""
     import os
 
-    from millkernels.ops.attention import attention
     from millkernels.ops.attention.triton_fwd import TMA_ENV
 
-    def run(q, k, v):
+    def run(*args):
         old = os.environ.get(TMA_ENV)
         os.environ[TMA_ENV] = "1"
         try:
-            return attention(q, k, v, causal=causal, backend="triton")
+            return fn(*args)
         finally:
             if old is None:
                 del os.environ[TMA_ENV]
@@ -159,7 +159,7 @@ def _candidates(ctx: BenchContext, causal: bool, seqlen: int) -> dict[str, Calla
         if ctx.gpu and torch.cuda.get_device_capability()[0] < 9:
             out["triton_tma"] = "tensor descriptors (TMA) need sm_90"
         else:
-            out["triton_tma"] = _ours_tma(causal)
+            out["triton_tma"] = _with_tma(_ours("triton", causal))
     return out
 
 
@@ -231,6 +231,8 @@ def attention_suite(ctx: BenchContext) -> Iterator[Row]:
                     if not checked[key]:
                         continue
                     run = _timed_call(fn, q, k, v, direction)
+                    if name == "triton_tma":
+                        run = _with_tma(run)
                     try:
                         timed[name] = ctx.measure(run)
                     except Exception as exc:  # e.g. out of memory for one baseline

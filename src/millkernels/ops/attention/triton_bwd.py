@@ -12,6 +12,13 @@ Three kernels, no atomics:
 Every sum has a fixed order, so the backward is bitwise reproducible whatever
 ``deterministic`` says. A gradient flowing into ``lse`` is supported: ``d lse / d s = p``,
 which folds into ``delta``.
+
+With the forward's opt-in switch (:func:`~millkernels.ops.attention.triton_fwd.use_tma`,
+``MILLKERNELS_ATTENTION_TMA=1``, sm_90+) the dK/dV and dQ kernels run with ``TMA=True``:
+q, k, v and dO tiles arrive through tensor descriptors, one per (sequence, head), whose zero
+fill past the sequence end and past ``head_dim`` replaces the masks, and the gradients leave
+through clipped descriptor stores (a varlen sequence never writes into its neighbour). Same
+arithmetic and summation order per tile, so still deterministic; own autotune tables.
 """
 
 from __future__ import annotations
@@ -31,9 +38,12 @@ from millkernels.ops.attention.triton_fwd import (
     _bucket_d,
     aligned_for_analysis,
     block_ranges,
+    ensure_descriptor_allocator,
     scale_args,
     seq_bucket,
     tanh,
+    tma_allowed,
+    use_tma,
     window_args,
 )
 from millkernels.ops.triton_common import dot
@@ -99,6 +109,16 @@ def _bwd_preprocess_kernel(
 
 
 @triton.jit
+def _desc(
+    base, rows, row_stride, HEAD_DIM: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr
+):
+    """A tensor descriptor of one (sequence, head) slice: ``rows`` x ``HEAD_DIM`` at ``base``
+    with unit column stride, read and written in ``BLOCK_R`` x ``BLOCK_D`` tiles (zero fill
+    past the ends on loads, clipped stores)."""
+    return tl.make_tensor_descriptor(base, [rows, HEAD_DIM], [row_stride, 1], [BLOCK_R, BLOCK_D])
+
+
+@triton.jit
 def _dkdv_inner(
     dk,
     dv,
@@ -128,7 +148,11 @@ def _dkdv_inner(
     BLOCK_N: tl.constexpr,
     MASKED: tl.constexpr,
     SOFTCAP: tl.constexpr,
+    TMA: tl.constexpr,
 ):
+    """One run of query blocks. With ``TMA``, ``q_base`` and ``do_base`` are tensor
+    descriptors of this head's queries and output gradients (rows past ``len_q`` and columns
+    past ``HEAD_DIM`` arrive as zeros); otherwise pointers."""
     offs_m0 = tl.arange(0, BLOCK_M)
     d_ok = offs_d < HEAD_DIM
     n_first = tl.cdiv(end - start, BLOCK_M)
@@ -136,21 +160,27 @@ def _dkdv_inner(
     for it in range(0, n_total):
         m = tl.where(it < n_first, start + it * BLOCK_M, start2 + (it - n_first) * BLOCK_M)
         offs_m = m + offs_m0
-        qt_ptrs = q_base + offs_m[None, :] * stride_qs + offs_d[:, None]
-        do_ptrs = do_base + offs_m[:, None] * stride_dos + offs_d[None, :]
-        if MASKED:
-            m_ok = offs_m < len_q
-            qt = tl.load(qt_ptrs, mask=m_ok[None, :] & d_ok[:, None], other=0.0)
-            do = tl.load(do_ptrs, mask=m_ok[:, None] & d_ok[None, :], other=0.0)
-            lse2 = tl.load(lse_base + offs_m, mask=m_ok, other=float("inf"))
-            delta = tl.load(delta_base + offs_m, mask=m_ok, other=0.0)
+        if TMA:
+            qt = tl.trans(q_base.load([m, 0]))
+            do = do_base.load([m, 0])
         else:
-            if BLOCK_D == HEAD_DIM:
+            qt_ptrs = q_base + offs_m[None, :] * stride_qs + offs_d[:, None]
+            do_ptrs = do_base + offs_m[:, None] * stride_dos + offs_d[None, :]
+            if MASKED:
+                m_ok = offs_m < len_q
+                qt = tl.load(qt_ptrs, mask=m_ok[None, :] & d_ok[:, None], other=0.0)
+                do = tl.load(do_ptrs, mask=m_ok[:, None] & d_ok[None, :], other=0.0)
+            elif BLOCK_D == HEAD_DIM:
                 qt = tl.load(qt_ptrs)
                 do = tl.load(do_ptrs)
             else:
                 qt = tl.load(qt_ptrs, mask=d_ok[:, None], other=0.0)
                 do = tl.load(do_ptrs, mask=d_ok[None, :], other=0.0)
+        if MASKED:
+            m_ok = offs_m < len_q
+            lse2 = tl.load(lse_base + offs_m, mask=m_ok, other=float("inf"))
+            delta = tl.load(delta_base + offs_m, mask=m_ok, other=0.0)
+        else:
             lse2 = tl.load(lse_base + offs_m)
             delta = tl.load(delta_base + offs_m)
         sT = dot(k, qt, tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32))
@@ -216,8 +246,11 @@ def _attn_bwd_dkdv_kernel(
     SOFTCAP: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    TMA: tl.constexpr = False,
 ):
-    """dK, dV for one key block of one kv head; DK/DV share K/V's strides."""
+    """dK, dV for one key block of one kv head; DK/DV share K/V's strides. With ``TMA`` every
+    q, k, v, dO tile arrives through a tensor descriptor of its sequence and head (zero fill
+    replaces the masks) and dK, dV leave through clipped descriptor stores."""
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // heads_kv
@@ -246,10 +279,18 @@ def _attn_bwd_dkdv_kernel(
     offs_n = n_start + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     kv_mask = (offs_n[:, None] < len_k) & (offs_d[None, :] < HEAD_DIM)
-    k_ptrs = K + k_off + kvh * stride_kh + offs_n[:, None] * stride_ks + offs_d[None, :]
-    v_ptrs = V + v_off + kvh * stride_vh + offs_n[:, None] * stride_vs + offs_d[None, :]
-    k = tl.load(k_ptrs, mask=kv_mask, other=0.0)
-    v = tl.load(v_ptrs, mask=kv_mask, other=0.0)
+    if TMA:  # the launcher checked TMA's 16-byte alignment rules
+        k = _desc(K + k_off + kvh * stride_kh, len_k, stride_ks, HEAD_DIM, BLOCK_N, BLOCK_D).load(
+            [n_start, 0]
+        )
+        v = _desc(V + v_off + kvh * stride_vh, len_k, stride_vs, HEAD_DIM, BLOCK_N, BLOCK_D).load(
+            [n_start, 0]
+        )
+    else:
+        k_ptrs = K + k_off + kvh * stride_kh + offs_n[:, None] * stride_ks + offs_d[None, :]
+        v_ptrs = V + v_off + kvh * stride_vh + offs_n[:, None] * stride_vs + offs_d[None, :]
+        k = tl.load(k_ptrs, mask=kv_mask, other=0.0)
+        v = tl.load(v_ptrs, mask=kv_mask, other=0.0)
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     diag = len_k - len_q
@@ -259,8 +300,14 @@ def _attn_bwd_dkdv_kernel(
     )
     for g in range(0, group):
         h = kvh * group + g
-        q_base = Q + q_off + h * stride_qh
-        do_base = DO + do_off + h * stride_dh
+        if TMA:
+            q_base = _desc(Q + q_off + h * stride_qh, len_q, stride_qs, HEAD_DIM, BLOCK_M, BLOCK_D)
+            do_base = _desc(
+                DO + do_off + h * stride_dh, len_q, stride_ds, HEAD_DIM, BLOCK_M, BLOCK_D
+            )
+        else:
+            q_base = Q + q_off + h * stride_qh
+            do_base = DO + do_off + h * stride_dh
         lse_base = LSE2 + l_off + h * stride_lh
         delta_base = DELTA + l_off + h * stride_lh
         if BLOCK_D >= 128:
@@ -269,24 +316,30 @@ def _attn_bwd_dkdv_kernel(
             dk, dv = _dkdv_inner(
                 dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qs, stride_ds,
                 lo, hi, 0, 0, offs_n, offs_d, len_q, diag, win_left, win_right,
-                qk_scale, softcap, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, True, SOFTCAP,
+                qk_scale, softcap, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, True, SOFTCAP, TMA,
             )  # fmt: skip
         else:
             dk, dv = _dkdv_inner(
                 dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qs, stride_ds,
                 full_lo, full_hi, 0, 0, offs_n, offs_d, len_q, diag, win_left, win_right,
-                qk_scale, softcap, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, False, SOFTCAP,
+                qk_scale, softcap, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, False, SOFTCAP, TMA,
             )  # fmt: skip
             dk, dv = _dkdv_inner(
                 dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qs, stride_ds,
                 lo, full_lo, full_hi, hi, offs_n, offs_d, len_q, diag, win_left, win_right,
-                qk_scale, softcap, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, True, SOFTCAP,
+                qk_scale, softcap, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, True, SOFTCAP, TMA,
             )  # fmt: skip
     dk = dk * sm_scale
-    dk_ptrs = DK + k_off + kvh * stride_kh + offs_n[:, None] * stride_ks + offs_d[None, :]
-    dv_ptrs = DV + v_off + kvh * stride_vh + offs_n[:, None] * stride_vs + offs_d[None, :]
-    tl.store(dk_ptrs, dk.to(DK.dtype.element_ty), mask=kv_mask)
-    tl.store(dv_ptrs, dv.to(DV.dtype.element_ty), mask=kv_mask)
+    if TMA:  # clipped at len_k: a sequence never writes into the next one
+        dk_desc = _desc(DK + k_off + kvh * stride_kh, len_k, stride_ks, HEAD_DIM, BLOCK_N, BLOCK_D)
+        dk_desc.store([n_start, 0], dk.to(DK.dtype.element_ty))
+        dv_desc = _desc(DV + v_off + kvh * stride_vh, len_k, stride_vs, HEAD_DIM, BLOCK_N, BLOCK_D)
+        dv_desc.store([n_start, 0], dv.to(DV.dtype.element_ty))
+    else:
+        dk_ptrs = DK + k_off + kvh * stride_kh + offs_n[:, None] * stride_ks + offs_d[None, :]
+        dv_ptrs = DV + v_off + kvh * stride_vh + offs_n[:, None] * stride_vs + offs_d[None, :]
+        tl.store(dk_ptrs, dk.to(DK.dtype.element_ty), mask=kv_mask)
+        tl.store(dv_ptrs, dv.to(DV.dtype.element_ty), mask=kv_mask)
 
 
 @triton.jit
@@ -318,7 +371,9 @@ def _dq_inner(
     BLOCK_N: tl.constexpr,
     MASKED: tl.constexpr,
     SOFTCAP: tl.constexpr,
+    TMA: tl.constexpr,
 ):
+    """One run of key blocks; with ``TMA``, ``k_base`` and ``v_base`` are descriptors."""
     offs_n0 = tl.arange(0, BLOCK_N)
     d_ok = offs_d < HEAD_DIM
     n_first = tl.cdiv(end - start, BLOCK_N)
@@ -326,18 +381,22 @@ def _dq_inner(
     for it in range(0, n_total):
         n = tl.where(it < n_first, start + it * BLOCK_N, start2 + (it - n_first) * BLOCK_N)
         offs_n = n + offs_n0
-        kt_ptrs = k_base + offs_n[None, :] * stride_ks + offs_d[:, None]
-        vt_ptrs = v_base + offs_n[None, :] * stride_vs + offs_d[:, None]
-        if MASKED:
-            mask = (offs_n[None, :] < len_k) & d_ok[:, None]
-            kt = tl.load(kt_ptrs, mask=mask, other=0.0)
-            vt = tl.load(vt_ptrs, mask=mask, other=0.0)
-        elif BLOCK_D == HEAD_DIM:
-            kt = tl.load(kt_ptrs)
-            vt = tl.load(vt_ptrs)
+        if TMA:
+            kt = tl.trans(k_base.load([n, 0]))
+            vt = tl.trans(v_base.load([n, 0]))
         else:
-            kt = tl.load(kt_ptrs, mask=d_ok[:, None], other=0.0)
-            vt = tl.load(vt_ptrs, mask=d_ok[:, None], other=0.0)
+            kt_ptrs = k_base + offs_n[None, :] * stride_ks + offs_d[:, None]
+            vt_ptrs = v_base + offs_n[None, :] * stride_vs + offs_d[:, None]
+            if MASKED:
+                mask = (offs_n[None, :] < len_k) & d_ok[:, None]
+                kt = tl.load(kt_ptrs, mask=mask, other=0.0)
+                vt = tl.load(vt_ptrs, mask=mask, other=0.0)
+            elif BLOCK_D == HEAD_DIM:
+                kt = tl.load(kt_ptrs)
+                vt = tl.load(vt_ptrs)
+            else:
+                kt = tl.load(kt_ptrs, mask=d_ok[:, None], other=0.0)
+                vt = tl.load(vt_ptrs, mask=d_ok[:, None], other=0.0)
         s = dot(q, kt, tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32))
         if SOFTCAP:
             t = tanh(s * qk_scale)
@@ -399,8 +458,10 @@ def _attn_bwd_dq_kernel(
     SOFTCAP: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    TMA: tl.constexpr = False,
 ):
-    """dQ for one query block of one query head; DQ shares Q's strides."""
+    """dQ for one query block of one query head; DQ shares Q's strides. With ``TMA``, as the
+    dK/dV kernel: descriptor loads and a clipped descriptor store."""
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // heads_q
@@ -431,13 +492,26 @@ def _attn_bwd_dq_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     row_ok = offs_m < len_q
     mask = row_ok[:, None] & (offs_d[None, :] < HEAD_DIM)
-    q = tl.load(Q + q_off + h * stride_qh + offs_m[:, None] * stride_qs + offs_d[None, :], mask)
-    do = tl.load(DO + do_off + h * stride_dh + offs_m[:, None] * stride_ds + offs_d[None, :], mask)
+    if TMA:  # the launcher checked TMA's 16-byte alignment rules
+        q = _desc(Q + q_off + h * stride_qh, len_q, stride_qs, HEAD_DIM, BLOCK_M, BLOCK_D).load(
+            [m_start, 0]
+        )
+        do = _desc(DO + do_off + h * stride_dh, len_q, stride_ds, HEAD_DIM, BLOCK_M, BLOCK_D).load(
+            [m_start, 0]
+        )
+        k_base = _desc(K + k_off + kvh * stride_kh, len_k, stride_ks, HEAD_DIM, BLOCK_N, BLOCK_D)
+        v_base = _desc(V + v_off + kvh * stride_vh, len_k, stride_vs, HEAD_DIM, BLOCK_N, BLOCK_D)
+    else:
+        q_ptrs = Q + q_off + h * stride_qh + offs_m[:, None] * stride_qs + offs_d[None, :]
+        q = tl.load(q_ptrs, mask)
+        do = tl.load(
+            DO + do_off + h * stride_dh + offs_m[:, None] * stride_ds + offs_d[None, :], mask
+        )
+        k_base = K + k_off + kvh * stride_kh
+        v_base = V + v_off + kvh * stride_vh
     l_ptr = l_off + h * stride_lh + offs_m
     lse2 = tl.load(LSE2 + l_ptr, mask=row_ok, other=float("inf"))
     delta = tl.load(DELTA + l_ptr, mask=row_ok, other=0.0)
-    k_base = K + k_off + kvh * stride_kh
-    v_base = V + v_off + kvh * stride_vh
     diag = len_k - len_q
     lo, full_lo, full_hi, hi = block_ranges(
         m_start, BLOCK_M, len_k, diag, win_left, win_right, BLOCK_N
@@ -446,16 +520,20 @@ def _attn_bwd_dq_kernel(
     dq = _dq_inner(
         dq, q, do, lse2, delta, k_base, v_base, stride_ks, stride_vs, full_lo, full_hi, 0, 0,
         offs_m, offs_d, len_k, diag, win_left, win_right, qk_scale, softcap,
-        HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, False, SOFTCAP,
+        HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, False, SOFTCAP, TMA,
     )  # fmt: skip
     dq = _dq_inner(
         dq, q, do, lse2, delta, k_base, v_base, stride_ks, stride_vs, lo, full_lo, full_hi, hi,
         offs_m, offs_d, len_k, diag, win_left, win_right, qk_scale, softcap,
-        HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, True, SOFTCAP,
+        HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, True, SOFTCAP, TMA,
     )  # fmt: skip
     dq = dq * sm_scale
-    dq_ptrs = DQ + q_off + h * stride_qh + offs_m[:, None] * stride_qs + offs_d[None, :]
-    tl.store(dq_ptrs, dq.to(DQ.dtype.element_ty), mask=mask)
+    if TMA:  # clipped at len_q: a sequence never writes into the next one
+        dq_desc = _desc(DQ + q_off + h * stride_qh, len_q, stride_qs, HEAD_DIM, BLOCK_M, BLOCK_D)
+        dq_desc.store([m_start, 0], dq.to(DQ.dtype.element_ty))
+    else:
+        dq_ptrs = DQ + q_off + h * stride_qh + offs_m[:, None] * stride_qs + offs_d[None, :]
+        tl.store(dq_ptrs, dq.to(DQ.dtype.element_ty), mask=mask)
 
 
 # ---------------------------------------------------------------------------- configs
@@ -488,12 +566,14 @@ INTERPRET_DQ = {"BLOCK_M": 32, "BLOCK_N": 16}
 PRE_BLOCK_M = 64
 
 
-def _configs(table):
+def _configs(table, tma: bool = False):
+    """Autotune configs from a table; ``tma`` configs (tensor descriptors) need sm_90."""
     out = []
     for bd, rows in table.items():
         for bm, bn, w, s, arch in rows:
-            cfg = triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-            cfg._mk_meta = (bd, arch)
+            kwargs = {"BLOCK_M": bm, "BLOCK_N": bn, "TMA": tma}
+            cfg = triton.Config(kwargs, num_warps=w, num_stages=s)
+            cfg._mk_meta = (bd, max(arch, 90) if tma else arch)
             out.append(cfg)
     return out
 
@@ -517,6 +597,42 @@ _dq_tuned = triton.autotune(DQ_CONFIGS, key=_KEY, prune_configs_by={"early_confi
     _attn_bwd_dq_kernel
 )
 
+# The tensor-descriptor (TMA) kernels, sm_90 only, have their own tables (same tuple layout,
+# arch raised to 90). Without per-thread load addresses and masks most tiles need fewer
+# registers than the pointer kernels. Registers, Triton 3.9 / 3.6, sm_90, dense bf16, strides
+# 16-divisible (`millkernels analyze`): d64 dkdv 16x128 w8 s3: 150/210, 32x64 w8: 146/238,
+# 32x128 w8 s2: 178/228, s3: 189/250; d64 dq as the pointer rows (64x32 w4: 94/96, 128x64
+# w8: 137/150, 128x128 w8: 222/246); d128 dkdv 32x64 w8: 206/220, 16x64 w8: 178/176, 16x128
+# w8: 220/247; d128 dq 64x64 w8: 166/173, 128x64 w8 s2: 166/206, s3: 168/195, 64x32 w4:
+# 122/148. Varlen + softcap adds up to 50 (at most 255 on 3.6). Every d64/d128 row is free
+# of spills with both versions, dense and varlen + softcap (and d80 padded to 128). Left
+# out: d128 dkdv 32x128 (3.6 spills 60 B with TMA), 64x64 (varlen + softcap: 156/48 B),
+# 64x128 (100/324 B); d64 dkdv 64x64 (3.6 varlen + softcap: 212 B), 64x128 (3.6: 48 B);
+# d128 dq 128x128 and 64x128 (255 registers on 3.6 dense). The two-loop dkdv form spills at
+# d128 with TMA too (3.6: up to 212 B). Head_dim 256: dkdv 16x32 w4 254/255 and dq 64x16
+# w4 202/239, 128x16 w8 176/243, no spills (the pointer kernels spill there); dkdv 16x64 w8
+# spills 332/32 B (left out).
+_DKDV_TMA_TABLE: dict[int, list[tuple[int, int, int, int, int]]] = {
+    32: [(32, 64, 8, 3, 90), (64, 64, 8, 3, 90)],
+    64: [(16, 128, 8, 3, 90), (32, 64, 8, 2, 90), (32, 128, 8, 2, 90), (32, 128, 8, 3, 90)],
+    128: [(32, 64, 8, 2, 90), (16, 64, 8, 2, 90), (16, 128, 8, 2, 90)],
+    256: [(16, 32, 4, 2, 90)],
+}
+_DQ_TMA_TABLE: dict[int, list[tuple[int, int, int, int, int]]] = {
+    32: [(128, 64, 8, 3, 90), (64, 32, 4, 3, 90)],
+    64: [(64, 32, 4, 3, 90), (128, 64, 8, 3, 90), (128, 128, 8, 3, 90), (64, 64, 4, 3, 90)],
+    128: [(64, 64, 8, 2, 90), (128, 64, 8, 2, 90), (128, 64, 8, 3, 90), (64, 32, 4, 2, 90)],
+    256: [(64, 16, 4, 2, 90), (128, 16, 8, 2, 90)],
+}
+DKDV_TMA_CONFIGS = _configs(_DKDV_TMA_TABLE, tma=True)
+DQ_TMA_CONFIGS = _configs(_DQ_TMA_TABLE, tma=True)
+_dkdv_tma_tuned = triton.autotune(
+    DKDV_TMA_CONFIGS, key=_KEY, prune_configs_by={"early_config_prune": _prune}
+)(_attn_bwd_dkdv_kernel)
+_dq_tma_tuned = triton.autotune(
+    DQ_TMA_CONFIGS, key=_KEY, prune_configs_by={"early_config_prune": _prune}
+)(_attn_bwd_dq_kernel)
+
 
 def backward(
     dout: torch.Tensor,
@@ -533,8 +649,12 @@ def backward(
     softmax_scale: float,
     window: tuple[int, int],
     softcap: float,
+    tma: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Launch the backward; returns (dq, dk, dv) shaped, strided and typed like q, k, v."""
+    """Launch the backward; returns (dq, dk, dv) shaped, strided and typed like q, k, v.
+    ``tma``: the forward's switch (:func:`~millkernels.ops.attention.triton_fwd.use_tma`,
+    None reads ``MILLKERNELS_ATTENTION_TMA``); tensors TMA cannot address (q, k, v, dO and
+    the gradients) run the pointer kernels."""
     varlen = cu_q is not None
     lse = lse.contiguous()
     dq = torch.zeros_like(q) if varlen else torch.empty_like(q)
@@ -584,18 +704,28 @@ def backward(
     consts = dict(HEAD_DIM=head_dim, BLOCK_D=bd, VARLEN=varlen, SOFTCAP=softcap > 0)
     dkdv_args = (q, k, v, dout, lse2, delta, dk, dv, cu_q_arg, cu_k_arg, *common, heads_kv, *tail)
     dq_args = (q, k, v, dout, lse2, delta, dq, cu_q_arg, cu_k_arg, *common, heads_q, *tail)
+    with_tma = use_tma(q, k, v, tma) and tma_allowed(dout, dq, dk, dv)
+    if with_tma:
+        ensure_descriptor_allocator()
     if interp:
         c1, c2 = INTERPRET_DKDV, INTERPRET_DQ
         g1 = (triton.cdiv(max_k, c1["BLOCK_N"]), batch * heads_kv)
         g2 = (triton.cdiv(max_q, c2["BLOCK_M"]), batch * heads_q)
-        _attn_bwd_dkdv_kernel[g1](*dkdv_args, **consts, **c1, num_warps=4, num_stages=1)
-        _attn_bwd_dq_kernel[g2](*dq_args, **consts, **c2, num_warps=4, num_stages=1)
+        opts = dict(TMA=with_tma, num_warps=4, num_stages=1)
+        _attn_bwd_dkdv_kernel[g1](*dkdv_args, **consts, **c1, **opts)
+        _attn_bwd_dq_kernel[g2](*dq_args, **consts, **c2, **opts)
     else:
-        _dkdv_tuned[lambda m: (triton.cdiv(max_k, m["BLOCK_N"]), batch * heads_kv)](
+        dkdv_fn, dq_fn = (_dkdv_tma_tuned, _dq_tma_tuned) if with_tma else (_dkdv_tuned, _dq_tuned)
+        dkdv_fn[lambda m: (triton.cdiv(max_k, m["BLOCK_N"]), batch * heads_kv)](
             *dkdv_args, **consts
         )
-        _dq_tuned[lambda m: (triton.cdiv(max_q, m["BLOCK_M"]), batch * heads_q)](*dq_args, **consts)
+        dq_fn[lambda m: (triton.cdiv(max_q, m["BLOCK_M"]), batch * heads_q)](*dq_args, **consts)
+    global _last_tma
+    _last_tma = with_tma
     return dq, dk, dv
+
+
+_last_tma = False
 
 
 def chosen_configs() -> dict:
@@ -603,8 +733,13 @@ def chosen_configs() -> dict:
     from millkernels.bench.context import autotune_config
 
     if runtime.triton_interpret():
-        return {"dkdv": INTERPRET_DKDV, "dq": INTERPRET_DQ, "interpreter": True}
-    return {"dkdv": autotune_config(_dkdv_tuned), "dq": autotune_config(_dq_tuned)}
+        dkdv, dq = ({**c, "TMA": _last_tma} for c in (INTERPRET_DKDV, INTERPRET_DQ))
+        return {"dkdv": dkdv, "dq": dq, "TMA": _last_tma, "interpreter": True}
+    if _last_tma:
+        dkdv, dq = autotune_config(_dkdv_tma_tuned), autotune_config(_dq_tma_tuned)
+    else:
+        dkdv, dq = autotune_config(_dkdv_tuned), autotune_config(_dq_tuned)
+    return {"dkdv": dkdv, "dq": dq, "TMA": _last_tma}
 
 
 # ---------------------------------------------------------------------------- analysis
@@ -636,7 +771,7 @@ PRE_SIG = _bwd_signature(
 )
 
 
-def _variants(table, sig) -> list[TritonVariant]:
+def _variants(table, sig, tma_table) -> list[TritonVariant]:
     out: list[TritonVariant] = []
     for head_dim in (64, 128):
         out += variants_from_configs(
@@ -650,6 +785,23 @@ def _variants(table, sig) -> list[TritonVariant]:
         bd = _bucket_d(head_dim)
         out += variants_from_configs(
             _configs({bd: table[bd][:1]}),
+            sig,
+            {"HEAD_DIM": head_dim, "BLOCK_D": bd, "VARLEN": varlen, "SOFTCAP": cap},
+            min_arch=lambda c: c._mk_meta[1],
+            divisible_by_16=aligned_for_analysis(sig),
+        )
+    # the tensor-descriptor (TMA) kernels, sm_90 only: every row at d64 and d128, and the
+    # first row for varlen + softcap (d128), padded head_dim (80 -> 128) and head_dim 256
+    for head_dim, varlen, cap, rows in (
+        (64, False, False, None),
+        (128, False, False, None),
+        (128, True, True, 1),
+        (80, False, False, 1),
+        (256, False, False, 1),
+    ):
+        bd = _bucket_d(head_dim)
+        out += variants_from_configs(
+            _configs({bd: tma_table[bd][:rows]}, tma=True),
             sig,
             {"HEAD_DIM": head_dim, "BLOCK_D": bd, "VARLEN": varlen, "SOFTCAP": cap},
             min_arch=lambda c: c._mk_meta[1],
@@ -671,7 +823,9 @@ register_triton(
     "attention.bwd_dkdv",
     _attn_bwd_dkdv_kernel,
     with_spill_allowance(
-        _variants(_DKDV_TABLE, DKDV_SIG), DKDV_SPILL_ALLOWANCE, "dK/dV head_dim 256: accumulators"
+        _variants(_DKDV_TABLE, DKDV_SIG, _DKDV_TMA_TABLE),
+        DKDV_SPILL_ALLOWANCE,
+        "dK/dV head_dim 256: accumulators",
     ),
     hot=True,
 )
@@ -679,7 +833,7 @@ register_triton(
     "attention.bwd_dq",
     _attn_bwd_dq_kernel,
     with_spill_allowance(
-        _variants(_DQ_TABLE, DQ_SIG), DQ_SPILL_ALLOWANCE, "dQ head_dim 256: dQ tile"
+        _variants(_DQ_TABLE, DQ_SIG, _DQ_TMA_TABLE), DQ_SPILL_ALLOWANCE, "dQ head_dim 256: dQ tile"
     ),
     hot=True,
 )
