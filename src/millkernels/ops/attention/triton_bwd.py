@@ -41,6 +41,7 @@ from millkernels.ops.attention.triton_fwd import (
     ensure_descriptor_allocator,
     scale_args,
     seq_bucket,
+    sequence_offsets,
     tanh,
     tma_allowed,
     use_tma,
@@ -255,24 +256,10 @@ def _attn_bwd_dkdv_kernel(
     pid_bh = tl.program_id(1)
     b = pid_bh // heads_kv
     kvh = pid_bh % heads_kv
-    if VARLEN:
-        q0 = tl.load(CU_Q + b)
-        k0 = tl.load(CU_K + b)
-        len_q = tl.load(CU_Q + b + 1) - q0
-        len_k = tl.load(CU_K + b + 1) - k0
-        q_off = q0.to(tl.int64) * stride_qs
-        do_off = q0.to(tl.int64) * stride_ds
-        k_off = k0.to(tl.int64) * stride_ks
-        v_off = k0.to(tl.int64) * stride_vs
-        l_off = q0.to(tl.int64)
-    else:
-        len_q = seqlen_q
-        len_k = seqlen_k
-        q_off = b.to(tl.int64) * stride_qb
-        do_off = b.to(tl.int64) * stride_db
-        k_off = b.to(tl.int64) * stride_kb
-        v_off = b.to(tl.int64) * stride_vb
-        l_off = b.to(tl.int64) * stride_lb
+    len_q, len_k, q_off, k_off, v_off, do_off, l_off = sequence_offsets(
+        CU_Q, CU_K, b, seqlen_q, seqlen_k, stride_qb, stride_qs, stride_kb, stride_ks,
+        stride_vb, stride_vs, stride_db, stride_ds, stride_lb, VARLEN,
+    )  # fmt: skip
     n_start = pid_n * BLOCK_N
     if n_start >= len_k:
         return
@@ -467,24 +454,10 @@ def _attn_bwd_dq_kernel(
     b = pid_bh // heads_q
     h = pid_bh % heads_q
     kvh = h // group
-    if VARLEN:
-        q0 = tl.load(CU_Q + b)
-        k0 = tl.load(CU_K + b)
-        len_q = tl.load(CU_Q + b + 1) - q0
-        len_k = tl.load(CU_K + b + 1) - k0
-        q_off = q0.to(tl.int64) * stride_qs
-        do_off = q0.to(tl.int64) * stride_ds
-        k_off = k0.to(tl.int64) * stride_ks
-        v_off = k0.to(tl.int64) * stride_vs
-        l_off = q0.to(tl.int64)
-    else:
-        len_q = seqlen_q
-        len_k = seqlen_k
-        q_off = b.to(tl.int64) * stride_qb
-        do_off = b.to(tl.int64) * stride_db
-        k_off = b.to(tl.int64) * stride_kb
-        v_off = b.to(tl.int64) * stride_vb
-        l_off = b.to(tl.int64) * stride_lb
+    len_q, len_k, q_off, k_off, v_off, do_off, l_off = sequence_offsets(
+        CU_Q, CU_K, b, seqlen_q, seqlen_k, stride_qb, stride_qs, stride_kb, stride_ks,
+        stride_vb, stride_vs, stride_db, stride_ds, stride_lb, VARLEN,
+    )  # fmt: skip
     m_start = pid_m * BLOCK_M
     if m_start >= len_q:
         return

@@ -52,6 +52,48 @@ def block_ranges(a_start, BLOCK_A: tl.constexpr, len_b, c, L, R, BLOCK_B: tl.con
 
 
 @triton.jit
+def sequence_offsets(
+    CU_Q,
+    CU_K,
+    b,
+    seqlen_q,
+    seqlen_k,
+    stride_qb,
+    stride_qs,
+    stride_kb,
+    stride_ks,
+    stride_vb,
+    stride_vs,
+    stride_xb,
+    stride_xs,
+    stride_lb,
+    VARLEN: tl.constexpr,
+):
+    """Where sequence ``b`` lives: ``(len_q, len_k, q_off, k_off, v_off, x_off, l_off)``, with
+    ``x`` the second query-shaped tensor (the output in the forward, dO in the backward) and
+    ``l`` the lse row. Varlen sequences start at ``cu_seqlens[b]`` (batch strides unused)."""
+    if VARLEN:
+        q0 = tl.load(CU_Q + b)
+        k0 = tl.load(CU_K + b)
+        len_q = tl.load(CU_Q + b + 1) - q0
+        len_k = tl.load(CU_K + b + 1) - k0
+        q_off = q0.to(tl.int64) * stride_qs
+        x_off = q0.to(tl.int64) * stride_xs
+        k_off = k0.to(tl.int64) * stride_ks
+        v_off = k0.to(tl.int64) * stride_vs
+        l_off = q0.to(tl.int64)
+    else:
+        len_q = seqlen_q
+        len_k = seqlen_k
+        q_off = b.to(tl.int64) * stride_qb
+        x_off = b.to(tl.int64) * stride_xb
+        k_off = b.to(tl.int64) * stride_kb
+        v_off = b.to(tl.int64) * stride_vb
+        l_off = b.to(tl.int64) * stride_lb
+    return len_q, len_k, q_off, k_off, v_off, x_off, l_off
+
+
+@triton.jit
 def tanh(x):
     """tanh from exp (tl.math.tanh is not in every Triton): 1 - 2 / (exp(2x) + 1)."""
     return 1.0 - 2.0 / (tl.exp(2.0 * x) + 1.0)
@@ -186,24 +228,10 @@ def _attn_fwd_kernel(
     b = pid_bh // heads_q
     h = pid_bh % heads_q
     kvh = h // group
-    if VARLEN:
-        q0 = tl.load(CU_Q + b)
-        k0 = tl.load(CU_K + b)
-        len_q = tl.load(CU_Q + b + 1) - q0
-        len_k = tl.load(CU_K + b + 1) - k0
-        q_off = q0.to(tl.int64) * stride_qs
-        o_off = q0.to(tl.int64) * stride_os
-        k_off = k0.to(tl.int64) * stride_ks
-        v_off = k0.to(tl.int64) * stride_vs
-        l_off = q0.to(tl.int64)
-    else:
-        len_q = seqlen_q
-        len_k = seqlen_k
-        q_off = b.to(tl.int64) * stride_qb
-        o_off = b.to(tl.int64) * stride_ob
-        k_off = b.to(tl.int64) * stride_kb
-        v_off = b.to(tl.int64) * stride_vb
-        l_off = b.to(tl.int64) * stride_lb
+    len_q, len_k, q_off, k_off, v_off, o_off, l_off = sequence_offsets(
+        CU_Q, CU_K, b, seqlen_q, seqlen_k, stride_qb, stride_qs, stride_kb, stride_ks,
+        stride_vb, stride_vs, stride_ob, stride_os, stride_lb, VARLEN,
+    )  # fmt: skip
     m_start = pid_m * BLOCK_M
     if m_start >= len_q:
         return
