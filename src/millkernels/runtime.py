@@ -54,6 +54,12 @@ def gpus() -> tuple[GPUInfo, ...]:
     return tuple(found)
 
 
+def sm_count(device_index: int = 0) -> int:
+    """Streaming multiprocessors of CUDA device ``device_index`` (cached with :func:`gpus`);
+    kernels size their grids by it."""
+    return gpus()[device_index].multiprocessors
+
+
 def has_gpu() -> bool:
     """True when at least one CUDA GPU is usable."""
     return bool(gpus())

@@ -302,9 +302,10 @@ def test_cuda_w4a16_split_two_streams_gpu():
 def test_choose_split(monkeypatch, n, k, want):
     """About 2 blocks (32-column strips) per SM on a 132-SM H100, at least 8 chunks of 32 per
     split (one per warp), at most 16 splits."""
+    from millkernels import runtime
     from millkernels.ops.quant import cuda
 
-    monkeypatch.setattr(cuda, "_sm_count", lambda index: 132)
+    monkeypatch.setattr(runtime, "sm_count", lambda index: 132)
     split = cuda.choose_split(4, n, k, torch.device("cpu"))
     assert split == want
     assert split * 8 * cuda.CHUNK <= k or split == 1

@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from millkernels import runtime
 from millkernels.bench.context import BenchContext
 from millkernels.bench.registry import suite
 from millkernels.bench.rows import Row
@@ -196,7 +197,7 @@ def _config(backend: str, batch: int, heads_q: int, heads_kv: int, capacity: int
     if backend == "cuda":
         from millkernels.ops.attention import cuda_decode
 
-        sms = cuda_decode._sm_count(q.device.index or 0)
+        sms = runtime.sm_count(q.device.index or 0)
         return {
             "splits": cuda_decode.num_splits(batch, heads_q, heads_kv, capacity, sms),
             "heads_per_cta": cuda_decode.heads_per_cta(heads_q // heads_kv),

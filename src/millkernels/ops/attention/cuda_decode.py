@@ -10,10 +10,9 @@ values inside ``block_table`` / ``cache_seqlens`` are checked by
 
 from __future__ import annotations
 
-import functools
-
 import torch
 
+from millkernels import runtime
 from millkernels._native import require_native, view
 
 #: Most splits per sequence (the combine reads all of them per output element).
@@ -24,11 +23,6 @@ MIN_TOKENS_PER_SPLIT = 256
 #: ~8 CTAs per SM means many short waves, so the last partial wave costs little (512 CTAs on
 #: 132 SMs would be 1.3 waves). Estimated from the compile report, not yet measured on a GPU.
 CTAS_PER_SM = 8
-
-
-@functools.cache
-def _sm_count(device_index: int) -> int:
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
 def heads_per_cta(group: int) -> int:
@@ -85,7 +79,7 @@ def attention_decode(
     out = _empty((batch, heads_q, head_dim), q.dtype, q.device)
     lse = _empty((batch, heads_q), torch.float32, q.device)
     if splits is None:
-        sms = _sm_count(q.device.index or 0) if q.device.type == "cuda" else 1
+        sms = runtime.sm_count(q.device.index or 0) if q.device.type == "cuda" else 1
         splits = num_splits(batch, heads_q, heads_kv, block_table.shape[1] * block_size, sms)
     if splits > 1:
         po = _empty((batch, heads_q, splits, head_dim), torch.float32, q.device)

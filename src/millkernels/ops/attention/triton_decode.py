@@ -14,12 +14,11 @@ sequence evenly between the splits.
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
 
+from millkernels import runtime
 from millkernels.analyze.registry import TritonVariant, register_triton
 from millkernels.ops.triton_common import cast, dot
 
@@ -180,11 +179,6 @@ def _decode_combine_kernel(
     )
 
 
-@functools.cache
-def _sm_count(device_index: int) -> int:
-    return torch.cuda.get_device_properties(device_index).multi_processor_count
-
-
 def block_n(head_dim: int) -> int:
     """Tokens per loop step: 64 up to head_dim 128, 32 above (keeps K and V tiles in registers)."""
     return 64 if head_dim <= 128 else 32
@@ -194,7 +188,7 @@ def num_splits(batch: int, heads_kv: int, capacity: int, device: torch.device) -
     """Splits per sequence: about PROGRAMS_PER_SM programs per SM (many short waves, so the
     last partial wave costs little), each split with >= MIN_TOKENS_PER_SPLIT tokens of the
     table's capacity. A CPU run uses up to 4 splits, to exercise the combine."""
-    sms = _sm_count(device.index or 0) if device.type == "cuda" else 1
+    sms = runtime.sm_count(device.index or 0) if device.type == "cuda" else 1
     programs = max(batch * heads_kv, 1)
     want = -(-PROGRAMS_PER_SM * sms // programs)
     most = max(capacity // MIN_TOKENS_PER_SPLIT, 1) if device.type == "cuda" else 4

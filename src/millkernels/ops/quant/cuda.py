@@ -37,11 +37,11 @@ ordering.
 
 from __future__ import annotations
 
-import functools
 import weakref
 
 import torch
 
+from millkernels import runtime
 from millkernels._native import require_native, view
 
 CHUNK = 32  # K values per 16-byte load: K and the group size must be multiples of it
@@ -108,16 +108,11 @@ def prepare(
     return prepared
 
 
-@functools.cache
-def _sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
 def choose_split(m: int, n: int, k: int, device: torch.device) -> int:
     """Split K until the blocks (one 32-column strip of 8 warps each) reach 2 per SM, keeping
     at least 8 chunks of 32 (one per warp) per split. Not tuned on a GPU yet."""
     blocks = padded_n(n) // STRIP
-    want = max(1, -(-2 * _sm_count(device.index or 0) // blocks))
+    want = max(1, -(-2 * runtime.sm_count(device.index or 0) // blocks))
     most = max(1, k // (8 * CHUNK))
     split = 1
     while split * 2 <= min(want, most, 16):

@@ -13,13 +13,13 @@ of M (capped at 256), N, K, the group size and the split.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 
 import torch
 import triton
 import triton.language as tl
 
+from millkernels import runtime
 from millkernels.analyze.registry import register_triton, variants_from_configs
 from millkernels.ops.triton_common import INTERPRET, dot
 
@@ -192,17 +192,12 @@ def default_config(m: int, group_size: int, per_channel: bool) -> dict[str, int]
     return {**c.kwargs, "num_warps": c.num_warps, "num_stages": c.num_stages}
 
 
-@functools.cache
-def _sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
 def choose_split(m: int, n: int, k: int, device: torch.device) -> int:
     """Split K when few output tiles would leave SMs idle (M <= 64): aim at ~2 tiles per SM,
     at least 256 input features per split."""
     if m > 64:
         return 1
-    sms = _sm_count(device.index or 0) if device.type == "cuda" else 132
+    sms = runtime.sm_count(device.index or 0) if device.type == "cuda" else 132
     tiles = math.ceil(m / 16) * math.ceil(n / 128)
     want = max(1, (2 * sms) // max(tiles, 1))
     most = max(1, k // 256)
