@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from millkernels.certify import verdict as V
+from millkernels.certify.targets import validity_days
 
 SCHEMA_VERSION = "1.0"
 SCHEMA_ID = "https://millkernels.dev/schemas/certificate-1.0.json"
@@ -89,7 +90,7 @@ def build_certificate(
     from millkernels import __version__
     from millkernels.bench.env import git_sha
 
-    days = int(profile.data.get("validity_days", 30))
+    days = validity_days(profile.data, mode)
     valid_until = _iso(_parse_time(ended_at) + timedelta(days=days))
     label = (
         "CPU certificate: this machine was certified without a GPU (cpu profile); "

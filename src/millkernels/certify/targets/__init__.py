@@ -18,6 +18,24 @@ from pathlib import Path
 from typing import Any
 
 FORMAT = "millkernels-targets/1"
+DEFAULT_VALIDITY_DAYS = 30
+DEFAULT_QUICK_VALIDITY_DAYS = 7
+MAX_VALIDITY_DAYS = 365
+
+
+def validity_days(data: dict[str, Any], mode: str) -> int:
+    """How many days a certificate of profile ``data`` run in ``mode`` stays valid.
+
+    A standard run gets ``validity_days`` (default 30). A ``quick`` run measures less, so it
+    gets ``quick_validity_days`` (default 7), never more than the standard validity. Both are
+    capped at ``MAX_VALIDITY_DAYS``; ``verify`` applies the same rule to what it reads.
+    """
+    standard = int(data.get("validity_days", DEFAULT_VALIDITY_DAYS))
+    if mode == "quick":
+        days = min(int(data.get("quick_validity_days", DEFAULT_QUICK_VALIDITY_DAYS)), standard)
+    else:
+        days = standard
+    return max(1, min(days, MAX_VALIDITY_DAYS))
 
 
 @dataclass(frozen=True)
