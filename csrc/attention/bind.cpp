@@ -22,43 +22,15 @@ namespace {
 
 constexpr const char* kOp = "attention_decode";
 
-std::string shape_str(const std::vector<int64_t>& s) {
-  std::string out = "(";
-  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
-  return out + (s.size() == 1 ? ",)" : ")");
-}
-
-void require_rank(const ArrayView& a, size_t rank, const char* name, const char* layout) {
-  if (a.shape.size() == rank) return;
-  value_error(kOp, std::string(name) + ": expected " + std::to_string(rank) + " dimensions " +
-                       layout + ", got shape " + shape_str(a.shape));
-}
-
-void require_dtype(const ArrayView& a, const std::string& dtype, const char* name) {
-  if (a.dtype == dtype) return;
-  value_error(kOp, std::string(name) + ": expected dtype '" + dtype + "', got '" + a.dtype + "'");
-}
-
-void require_shape(const ArrayView& a, const std::vector<int64_t>& shape, const char* name) {
-  if (a.shape == shape) return;
-  value_error(kOp, std::string(name) + ": expected shape " + shape_str(shape) + ", got " +
-                       shape_str(a.shape));
-}
-
-void require_unit_last_stride(const ArrayView& a, const char* name) {
-  if (a.numel() == 0 || a.strides.back() == 1) return;
-  value_error(kOp, std::string(name) + ": expected a unit stride in the last dimension, got " +
-                       std::to_string(a.strides.back()));
-}
-
 // 16-byte loads: an aligned pointer and every outer stride a multiple of 8 (2-byte) elements.
 void require_vector_layout(const ArrayView& a, const char* name) {
-  require_unit_last_stride(a, name);
+  require_unit_last_stride(a, kOp, name);
   require_aligned(a, 16, kOp, name);
   for (size_t d = 0; d + 1 < a.strides.size(); ++d) {
     if (a.shape[d] > 1 && a.strides[d] % 8 != 0) {
-      value_error(kOp, std::string(name) + ": expected strides that are multiples of 8 elements "
-                                           "(16-byte rows), got stride " +
+      value_error(kOp, std::string(name) +
+                           ": expected strides that are multiples of 8 elements "
+                           "(16-byte rows), got stride " +
                            std::to_string(a.strides[d]) + " in dimension " + std::to_string(d));
     }
   }
@@ -73,20 +45,20 @@ void attention_decode(const ArrayView& q, const ArrayView& k_cache, const ArrayV
                       const ArrayView& out, const ArrayView& lse, const ArrayView& o_partial,
                       const ArrayView& lse_partial, int64_t num_splits, double softmax_scale,
                       double softcap) {
-  require_rank(q, 3, "q", "(batch, heads_q, head_dim)");
-  require_rank(k_cache, 4, "k_cache", "(num_blocks, block_size, heads_kv, head_dim)");
-  require_rank(v_cache, 4, "v_cache", "(num_blocks, block_size, heads_kv, head_dim)");
-  require_rank(block_table, 2, "block_table", "(batch, max_blocks_per_seq)");
-  require_rank(cache_seqlens, 1, "cache_seqlens", "(batch,)");
+  require_rank(q, 3, kOp, "q", "(batch, heads_q, head_dim)");
+  require_rank(k_cache, 4, kOp, "k_cache", "(num_blocks, block_size, heads_kv, head_dim)");
+  require_rank(v_cache, 4, kOp, "v_cache", "(num_blocks, block_size, heads_kv, head_dim)");
+  require_rank(block_table, 2, kOp, "block_table", "(batch, max_blocks_per_seq)");
+  require_rank(cache_seqlens, 1, kOp, "cache_seqlens", "(batch,)");
   if (q.dtype != "f16" && q.dtype != "bf16") {
     value_error(kOp, "q: expected dtype 'f16' or 'bf16', got '" + q.dtype + "'");
   }
-  require_dtype(k_cache, q.dtype, "k_cache");
-  require_dtype(v_cache, q.dtype, "v_cache");
-  require_dtype(out, q.dtype, "out");
-  require_dtype(block_table, "i32", "block_table");
-  require_dtype(cache_seqlens, "i32", "cache_seqlens");
-  require_dtype(lse, "f32", "lse");
+  require_dtype(k_cache, q.dtype, kOp, "k_cache");
+  require_dtype(v_cache, q.dtype, kOp, "v_cache");
+  require_dtype(out, q.dtype, kOp, "out");
+  require_dtype(block_table, "i32", kOp, "block_table");
+  require_dtype(cache_seqlens, "i32", kOp, "cache_seqlens");
+  require_dtype(lse, "f32", kOp, "lse");
 
   const int64_t batch = q.shape[0], heads_q = q.shape[1], head_dim = q.shape[2];
   const int64_t block_size = k_cache.shape[1], heads_kv = k_cache.shape[2];
@@ -94,7 +66,7 @@ void attention_decode(const ArrayView& q, const ArrayView& k_cache, const ArrayV
     value_error(kOp, "head_dim: the CUDA decode kernel supports 64, 128 and 256, got " +
                          std::to_string(head_dim));
   }
-  require_shape(v_cache, k_cache.shape, "v_cache");
+  require_shape(v_cache, k_cache.shape, kOp, "v_cache");
   if (k_cache.shape[3] != head_dim) {
     value_error(kOp, "k_cache: expected q's head_dim " + std::to_string(head_dim) + ", got " +
                          std::to_string(k_cache.shape[3]));
@@ -108,15 +80,15 @@ void attention_decode(const ArrayView& q, const ArrayView& k_cache, const ArrayV
     value_error(kOp, "block_table: expected q's batch " + std::to_string(batch) +
                          " rows, got shape " + shape_str(block_table.shape));
   }
-  require_shape(cache_seqlens, {batch}, "cache_seqlens");
-  require_shape(out, q.shape, "out");
-  require_shape(lse, {batch, heads_q}, "lse");
+  require_shape(cache_seqlens, {batch}, kOp, "cache_seqlens");
+  require_shape(out, q.shape, kOp, "out");
+  require_shape(lse, {batch, heads_q}, kOp, "lse");
   require_range(num_splits, 1, 256, kOp, "num_splits");
   if (num_splits > 1) {
-    require_dtype(o_partial, "f32", "o_partial");
-    require_dtype(lse_partial, "f32", "lse_partial");
-    require_shape(o_partial, {batch, heads_q, num_splits, head_dim}, "o_partial");
-    require_shape(lse_partial, {batch, heads_q, num_splits}, "lse_partial");
+    require_dtype(o_partial, "f32", kOp, "o_partial");
+    require_dtype(lse_partial, "f32", kOp, "lse_partial");
+    require_shape(o_partial, {batch, heads_q, num_splits, head_dim}, kOp, "o_partial");
+    require_shape(lse_partial, {batch, heads_q, num_splits}, kOp, "lse_partial");
     require_contiguous(o_partial, kOp, "o_partial");
     require_contiguous(lse_partial, kOp, "lse_partial");
   }
@@ -127,8 +99,8 @@ void attention_decode(const ArrayView& q, const ArrayView& k_cache, const ArrayV
   require_vector_layout(q, "q");
   require_vector_layout(k_cache, "k_cache");
   require_vector_layout(v_cache, "v_cache");
-  require_unit_last_stride(out, "out");
-  require_unit_last_stride(block_table, "block_table");
+  require_unit_last_stride(out, kOp, "out");
+  require_unit_last_stride(block_table, kOp, "block_table");
   require_contiguous(cache_seqlens, kOp, "cache_seqlens");
   require_contiguous(lse, kOp, "lse");
   if (!std::isfinite(softmax_scale)) value_error(kOp, "softmax_scale: expected a finite value");
@@ -185,9 +157,9 @@ void attention_decode(const ArrayView& q, const ArrayView& k_cache, const ArrayV
 }  // namespace
 
 void bind(py::module_& m) {
-  m.def("attention_decode", &attention_decode, py::arg("q"), py::arg("k_cache"),
-        py::arg("v_cache"), py::arg("block_table"), py::arg("cache_seqlens"), py::arg("out"),
-        py::arg("lse"), py::arg("o_partial"), py::arg("lse_partial"), py::arg("num_splits"),
+  m.def("attention_decode", &attention_decode, py::arg("q"), py::arg("k_cache"), py::arg("v_cache"),
+        py::arg("block_table"), py::arg("cache_seqlens"), py::arg("out"), py::arg("lse"),
+        py::arg("o_partial"), py::arg("lse_partial"), py::arg("num_splits"),
         py::arg("softmax_scale"), py::arg("softcap"),
         "Paged-KV decode attention into out (batch, heads_q, head_dim) and lse (batch, heads_q) "
         "f32; with num_splits > 1, o_partial (batch, heads_q, num_splits, head_dim) and "

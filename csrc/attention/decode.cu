@@ -228,8 +228,8 @@ __global__ void __launch_bounds__(kThreads) decode_split_kernel(const DecodePara
     const float lse = any ? (mx + log2f(total)) * kLn2 : -INFINITY;
     const int64_t rq = rows_q + g;  // b * heads_q + query head
     if (p.num_splits == 1) {
-      T* out = static_cast<T*>(p.out) + b * p.out_stride_b + (rq - int64_t{b} * p.heads_q) *
-                                                                 p.out_stride_h;
+      T* out = static_cast<T*>(p.out) + b * p.out_stride_b +
+               (rq - int64_t{b} * p.heads_q) * p.out_stride_h;
       out[d] = Vec<T>::from_float(o);
       if (d == 0) p.lse[rq] = lse;
     } else {
@@ -274,20 +274,31 @@ void launch_split(const DecodeParams& p, cudaStream_t stream) {
 template <typename T, int D>
 void launch_for_dim(const DecodeParams& p, cudaStream_t stream) {
   switch (decode_heads_per_cta(p.heads_q / p.heads_kv)) {
-    case 1: return launch_split<T, D, 1>(p, stream);
-    case 2: return launch_split<T, D, 2>(p, stream);
-    case 4: return launch_split<T, D, 4>(p, stream);
-    default: return launch_split<T, D, 8>(p, stream);
+    case 1:
+      return launch_split<T, D, 1>(p, stream);
+    case 2:
+      return launch_split<T, D, 2>(p, stream);
+    case 4:
+      return launch_split<T, D, 4>(p, stream);
+    default:
+      return launch_split<T, D, 8>(p, stream);
   }
 }
 
 template <typename T>
 void launch_typed(const DecodeParams& p, cudaStream_t stream) {
   switch (p.head_dim) {
-    case 64: launch_for_dim<T, 64>(p, stream); break;
-    case 128: launch_for_dim<T, 128>(p, stream); break;
-    case 256: launch_for_dim<T, 256>(p, stream); break;
-    default: throw CudaError("decode_split_kernel: unsupported head_dim");
+    case 64:
+      launch_for_dim<T, 64>(p, stream);
+      break;
+    case 128:
+      launch_for_dim<T, 128>(p, stream);
+      break;
+    case 256:
+      launch_for_dim<T, 256>(p, stream);
+      break;
+    default:
+      throw CudaError("decode_split_kernel: unsupported head_dim");
   }
   if (p.num_splits > 1) {
     decode_combine_kernel<T><<<p.batch * p.heads_q, p.head_dim, 0, stream>>>(p);

@@ -134,8 +134,8 @@ void custom_all_reduce(const ArrayView& out, const ArrayView& in,
   DeviceGuard guard(device);
   py::gil_scoped_release nogil;
   launch_all_reduce(dt, peers, reinterpret_cast<const void*>(in.ptr),
-                    reinterpret_cast<void*>(out.ptr), static_cast<uint64_t>(in.numel()), slot,
-                    rank, world, blocks, two_shot, as_stream(out.stream));
+                    reinterpret_cast<void*>(out.ptr), static_cast<uint64_t>(in.numel()), slot, rank,
+                    world, blocks, two_shot, as_stream(out.stream));
 }
 
 }  // namespace
@@ -153,8 +153,8 @@ void bind(py::module_& m) {
   m.def("comm_ipc_free", &ipc_free, py::arg("ptr"), py::arg("device"),
         "Free this rank's allocation (cudaFree).");
   m.def("comm_custom_allreduce", &custom_all_reduce, py::arg("out"), py::arg("in_"),
-        py::arg("bases"), py::arg("rank"), py::arg("max_bytes"), py::arg("slot"),
-        py::arg("blocks"), py::arg("two_shot"),
+        py::arg("bases"), py::arg("rank"), py::arg("max_bytes"), py::arg("slot"), py::arg("blocks"),
+        py::arg("two_shot"),
         "out := sum over ranks of in (f16/bf16/f32, fixed rank order, float32 accumulation), "
         "one-shot or two-shot over the IPC buffers at bases (rank order); async on out.stream. "
         "Every rank must call it with the same sizes, blocks and algorithm.");

@@ -1,11 +1,10 @@
-#include "custom_allreduce.h"
-
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include <stdexcept>
 
 #include "../common/check.h"
+#include "custom_allreduce.h"
 
 namespace mk::comm {
 namespace {
@@ -128,14 +127,14 @@ __device__ __forceinline__ uint4 reduce_pack(const Peers& peers, uint64_t offset
 }
 
 struct Args {
-  Peers peers;      // indexed only with compile-time indices (else it is copied to the stack)
-  char* own;        // peers.base[rank]
+  Peers peers;  // indexed only with compile-time indices (else it is copied to the stack)
+  char* own;    // peers.base[rank]
   const void* in;
   void* out;
-  uint64_t n;       // elements
-  uint64_t slot;    // bytes per slot
+  uint64_t n;     // elements
+  uint64_t slot;  // bytes per slot
   int rank;
-  bool in_aligned;   // 16-byte aligned user pointers
+  bool in_aligned;  // 16-byte aligned user pointers
   bool out_aligned;
 };
 
@@ -222,14 +221,22 @@ void launch_ranks(const Args& a, int blocks, bool two_shot, cudaStream_t stream)
 template <typename T>
 void launch_typed(const Args& a, int world, int blocks, bool two_shot, cudaStream_t stream) {
   switch (world) {
-    case 2: return launch_ranks<T, 2>(a, blocks, two_shot, stream);
-    case 3: return launch_ranks<T, 3>(a, blocks, two_shot, stream);
-    case 4: return launch_ranks<T, 4>(a, blocks, two_shot, stream);
-    case 5: return launch_ranks<T, 5>(a, blocks, two_shot, stream);
-    case 6: return launch_ranks<T, 6>(a, blocks, two_shot, stream);
-    case 7: return launch_ranks<T, 7>(a, blocks, two_shot, stream);
-    case 8: return launch_ranks<T, 8>(a, blocks, two_shot, stream);
-    default: throw std::invalid_argument("custom all-reduce: world must be 2..8");
+    case 2:
+      return launch_ranks<T, 2>(a, blocks, two_shot, stream);
+    case 3:
+      return launch_ranks<T, 3>(a, blocks, two_shot, stream);
+    case 4:
+      return launch_ranks<T, 4>(a, blocks, two_shot, stream);
+    case 5:
+      return launch_ranks<T, 5>(a, blocks, two_shot, stream);
+    case 6:
+      return launch_ranks<T, 6>(a, blocks, two_shot, stream);
+    case 7:
+      return launch_ranks<T, 7>(a, blocks, two_shot, stream);
+    case 8:
+      return launch_ranks<T, 8>(a, blocks, two_shot, stream);
+    default:
+      throw std::invalid_argument("custom all-reduce: world must be 2..8");
   }
 }
 

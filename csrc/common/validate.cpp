@@ -14,6 +14,37 @@ void value_error(const std::string& op, const std::string& what) {
   throw pybind11::value_error(op + ": " + what);
 }
 
+std::string shape_str(const std::vector<int64_t>& shape) {
+  std::string out = "(";
+  for (size_t i = 0; i < shape.size(); ++i) out += (i ? ", " : "") + std::to_string(shape[i]);
+  return out + (shape.size() == 1 ? ",)" : ")");
+}
+
+void require_rank(const ArrayView& a, size_t rank, const char* op, const char* name,
+                  const char* layout) {
+  if (a.shape.size() == rank) return;
+  value_error(op, std::string(name) + ": expected " + std::to_string(rank) + " dimensions " +
+                      layout + ", got shape " + shape_str(a.shape));
+}
+
+void require_dtype(const ArrayView& a, const std::string& dtype, const char* op, const char* name) {
+  if (a.dtype == dtype) return;
+  value_error(op, std::string(name) + ": expected dtype '" + dtype + "', got '" + a.dtype + "'");
+}
+
+void require_shape(const ArrayView& a, const std::vector<int64_t>& shape, const char* op,
+                   const char* name) {
+  if (a.shape == shape) return;
+  value_error(op, std::string(name) + ": expected shape " + shape_str(shape) + ", got " +
+                      shape_str(a.shape));
+}
+
+void require_unit_last_stride(const ArrayView& a, const char* op, const char* name) {
+  if (a.numel() == 0 || a.strides.back() == 1) return;
+  value_error(op, std::string(name) + ": expected a unit stride in the last dimension, got " +
+                      std::to_string(a.strides.back()));
+}
+
 void require_contiguous(const ArrayView& a, const char* op, const char* name) {
   if (a.is_contiguous()) return;
   value_error(op, std::string(name) + ": expected a contiguous (C-order) array");

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "array_view.h"
 
@@ -14,6 +15,17 @@ namespace mk {
 // ValueError: "<op>: <what>".
 [[noreturn]] void value_error(const std::string& op, const std::string& what);
 
+// "(2, 3)", "(4,)": a shape as Python prints it.
+std::string shape_str(const std::vector<int64_t>& shape);
+
+// ValueError unless a has `rank` dimensions; `layout` names them, e.g. "(batch, heads)".
+void require_rank(const ArrayView& a, size_t rank, const char* op, const char* name,
+                  const char* layout);
+void require_dtype(const ArrayView& a, const std::string& dtype, const char* op, const char* name);
+void require_shape(const ArrayView& a, const std::vector<int64_t>& shape, const char* op,
+                   const char* name);
+// A unit stride in the last dimension (empty arrays pass).
+void require_unit_last_stride(const ArrayView& a, const char* op, const char* name);
 void require_contiguous(const ArrayView& a, const char* op, const char* name);
 void require_word_sized(const ArrayView& a, const char* op, const char* name);  // nbytes % 4
 void require_aligned(const ArrayView& a, uint64_t bytes, const char* op, const char* name);

@@ -20,21 +20,10 @@ namespace py = pybind11;
 namespace mk::quant {
 namespace {
 
-std::string shape_str(const std::vector<int64_t>& s) {
-  std::string out = "(";
-  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
-  return out + (s.size() == 1 ? ",)" : ")");
-}
-
 void require(const ArrayView& a, const char* op, const char* name, const std::string& dtype,
              const std::vector<int64_t>& shape) {
-  if (a.dtype != dtype) {
-    value_error(op, std::string(name) + ": expected dtype " + dtype + ", got " + a.dtype);
-  }
-  if (a.shape != shape) {
-    value_error(op, std::string(name) + ": expected shape " + shape_str(shape) + ", got " +
-                        shape_str(a.shape));
-  }
+  require_dtype(a, dtype, op, name);
+  require_shape(a, shape, op, name);
   require_contiguous(a, op, name);
   require_aligned(a, 16, op, name);
 }
