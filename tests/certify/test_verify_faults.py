@@ -477,3 +477,25 @@ def test_gpu_outside_the_tested_set_is_not_certified(gpu_doc, keys, tmp_path):
     assert code == 0 and "2x NVIDIA H100 80GB HBM3 of the node's 3" in out, out
     code, out = _verify(tmp_path, doc, keys["pinned.pub"], "--gpu-uuid", "GPU-untested")
     _assert_rejected(code, out, "not among the certified GPUs")
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda c: c.update(summary=[]),
+        lambda c: c.update(checks={"a": 1}),
+        lambda c: c["profile"].update(targets=5),
+        lambda c: c.update(node="host"),
+        lambda c: c["checks"][0].pop("status"),
+        lambda c: c.update(valid_until=17),
+    ],
+    ids=["summary-list", "checks-object", "targets-number", "node-string", "no-status", "int-time"],
+)
+def test_wrong_types_are_rejected_without_jsonschema(edit, gpu_doc, keys, monkeypatch):
+    """Where jsonschema is not installed (it is a dev dependency) only a minimal structural
+    check runs: signed content of the wrong shape must still be rejected, not raise."""
+    monkeypatch.setattr(C, "_schema_errors", lambda cert: [])
+    doc = copy.deepcopy(gpu_doc)
+    edit(doc["certificate"])
+    ok, why = C.verify(_resign(doc, keys["pinned.pem"]), keys["pinned.pub"])
+    assert not ok and why, why

@@ -27,6 +27,7 @@ import math
 import os
 import stat
 import tempfile
+from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from importlib import resources
@@ -355,11 +356,6 @@ def node_key() -> tuple[Path, list[str]]:
             f"node key {path} (${KEY_ENV}, default ~/.config/millkernels/node-key.pem): {exc}"
         ) from None
     return path, notes
-
-
-def default_key() -> Path:
-    """The node key's path (:func:`node_key` without its notes)."""
-    return node_key()[0]
 
 
 def key_notes(path: Path) -> list[str]:
@@ -699,9 +695,7 @@ def _describe(cert: dict[str, Any], kid: str) -> str:
     """The line ``verify`` prints for an accepted certificate."""
     gpus = certified_gpus(cert)
     if cert["device_class"] == "gpu":
-        names: dict[str, int] = {}
-        for g in gpus:
-            names[g.get("name") or "GPU"] = names.get(g.get("name") or "GPU", 0) + 1
+        names = Counter(g.get("name") or "GPU" for g in gpus)
         what = ", ".join(f"{n}x {name}" for name, n in names.items())
         total = len(cert["node"].get("gpus", []))
         if cert["kind"] == "node" and total > len(gpus):
