@@ -61,13 +61,17 @@ def test_cpu_certify_writes_four_files_and_passes(cpu_run):
     print(f"quick CPU certification took {seconds:.0f} s")  # reported, never asserted
 
 
-def test_verify_accepts_the_cpu_certificate(cpu_run):
-    d, _, _ = cpu_run
+def test_verify_accepts_the_cpu_certificate_only_with_allow_cpu(cpu_run):
+    d, r, _ = cpu_run
     assert (d / "node-key.pem").exists() and (d / "node-key.pub").exists()
+    assert f"signing key {d / 'node-key.pem'}" in r.stderr  # the first run says where it is
+    cert = str(d / "out" / "certificate.json")
     for public in (d / "out" / "signer.pub", d / "node-key.pub"):
-        v = _run("verify", str(d / "out" / "certificate.json"), "--public", str(public))
+        v = _run("verify", cert, "--public", str(public), "--allow-cpu")
         assert v.returncode == 0, v.stderr
-        assert "valid" in v.stdout
+        assert v.stdout.startswith("valid: node certificate, cpu, ")
+    v = _run("verify", cert, "--public", str(d / "node-key.pub"))
+    assert v.returncode == 1 and v.stderr.startswith("rejected: CPU certificate")
 
 
 def test_verify_rejects_an_edit_with_exit_1(cpu_run, tmp_path):
@@ -78,7 +82,7 @@ def test_verify_rejects_an_edit_with_exit_1(cpu_run, tmp_path):
             c["value"] = c["value"] * 2
     f = tmp_path / "edited.json"
     f.write_text(json.dumps(doc))
-    v = _run("verify", str(f), "--public", str(d / "node-key.pub"))
+    v = _run("verify", str(f), "--public", str(d / "node-key.pub"), "--allow-cpu")
     assert v.returncode == 1 and "signature does not match" in v.stderr
 
 
@@ -259,15 +263,13 @@ def test_pod_run_under_torchrun_writes_a_verifiable_pod_certificate(cpu_run, tmp
             "--quick",
             "--out",
             str(out),
-            "--key",
-            str(d / "node-key.pem"),
             "--format",
             "json",
         ],
         capture_output=True,
         text=True,
         timeout=170,
-        env=ENV,
+        env={**ENV, "MILLKERNELS_KEY": str(d / "node-key.pem")},  # no --key: the node key
     )
     assert r.returncode == 0, r.stderr[-3000:]
     pod = json.loads((out / "pod" / "certificate.json").read_text())
@@ -275,9 +277,19 @@ def test_pod_run_under_torchrun_writes_a_verifiable_pod_certificate(cpu_run, tmp
     assert cert["kind"] == "pod" and cert["verdict"] == "pass" and len(cert["nodes"]) == 1
     names = {c["name"] for c in cert["checks"]}
     assert {"pod.node_verdict", "pod.node_signature", "pod_allreduce_busbw_gbps"} <= names
-    v = _run("verify", str(out / "pod" / "certificate.json"), "--public", str(d / "node-key.pub"))
+    v = _run(
+        "verify",
+        str(out / "pod" / "certificate.json"),
+        "--public",
+        str(out / "pod" / "signer.pub"),
+        "--allow-cpu",
+    )
     assert v.returncode == 0, v.stderr
-    node_doc = json.loads(next((out / "nodes").glob("*/certificate.json")).read_text())
+    assert v.stdout.startswith("valid: pod certificate, cpu, ")
+    node_dir = next((out / "nodes").iterdir())
+    node_doc = json.loads((node_dir / "certificate.json").read_text())
+    assert (node_dir / "signer.pub").read_bytes() == (d / "node-key.pub").read_bytes()
+    assert cert["nodes"][0]["key_id"] == node_doc["signature"]["key_id"]
     import hashlib
 
     from millkernels.certify.certificate import canonical

@@ -68,3 +68,31 @@ def test_node_probes_on_several_gpus(tmp_path):
     assert m[("nccl_allreduce_busbw_gbps", None)] > 1
     assert all(v > 1 for (k, _), v in m.items() if k == "p2p_min_gbps")
     assert not [c for c in res.checks if c.name == "sdc.cross_gpu" and c.status != "pass"]
+
+
+@pytest.mark.gpu
+def test_a_real_run_holds_every_check_verify_requires(tmp_path):
+    """``verify`` requires the checks the profile implies (``required_checks``); a real run on
+    this GPU node must produce each of them (passed or not), so a healthy node is never refused
+    for a check it could not have produced."""
+    from millkernels.certify.certificate import required_checks
+    from millkernels.certify.probes.registry import probes_for
+
+    res = certify_node(NodeConfig(out=tmp_path, quick=True, params=SHORT, write_reports=False))
+    cert = res.certificate
+    gpus = [s["gpu"] for s in cert["summary"]["gpus"]]
+    need = required_checks(cert["profile"]["targets"], cert["device_class"], gpus)
+    have = {(c["name"], c["gpu"]) for c in cert["checks"]}
+    # A probe that crashed is one probe.<name> error instead of its metrics.
+    failed = {
+        (c["name"][len("probe.") :], c["gpu"])
+        for c in cert["checks"]
+        if c["name"].startswith("probe.")
+    }
+    of = {m: s.name for s in probes_for("gpu") for m in s.metrics}
+    missing = [
+        (m, g)
+        for m, g in need - have
+        if (of.get(m), g) not in failed and (of.get(m), None) not in failed
+    ]
+    assert gpus and not missing, sorted(missing, key=repr)

@@ -199,7 +199,6 @@ def test_pod_aggregates_nodes_and_catches_a_slow_gpu_across_nodes(tmp_path, keyp
         mode="quick",
         allreduce_busbw=300.0,
         allreduce_ranks=12,
-        public_key=load_private(keypair[0]).public_key(),
         started_at=docs[0]["certificate"]["started_at"],
     )
     bad = [(c.name, c.node, c.gpu, c.reason) for c in checks if c.status != "pass"]

@@ -37,10 +37,10 @@ def keygen(
     except FileExistsError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(EXIT_USAGE) from None
-    except RuntimeError as exc:
+    except (RuntimeError, OSError) as exc:  # cryptography missing, cannot write there
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(EXIT_COULD_NOT_RUN) from None
-    typer.echo(f"wrote {private} and {public} (key id {kid})")
+    typer.echo(f"wrote {private} (private, mode 0600) and {public} (key id {kid})")
 
 
 class _Progress:
@@ -131,11 +131,16 @@ def certify(
 
     if key is None:
         try:
-            key = C.default_key()
+            key, key_notes = C.node_key()
+            for note in key_notes:
+                typer.echo(note, err=True)
         except RuntimeError:
             pass  # cryptography missing: the certificate is written unsigned and says so
+        except ValueError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(EXIT_USAGE) from None
         except OSError as exc:
-            typer.echo(f"error: cannot create the node key: {exc}", err=True)
+            typer.echo(f"error: cannot create the node key {C.node_key_path()}: {exc}", err=True)
             raise typer.Exit(EXIT_COULD_NOT_RUN) from None
     progress = _Progress() if fmt is CertFormat.table else None
     cfg = NodeConfig(
@@ -181,18 +186,30 @@ def certify(
 
 def verify(
     cert: Path = typer.Argument(..., help="certificate.json"),
-    public: Path = typer.Option(..., "--public", help="the signer's Ed25519 public key (PEM)"),
+    public: Path = typer.Option(
+        ...,
+        "--public",
+        help="the pinned Ed25519 public key (PEM) the certificate must be signed by",
+    ),
+    allow_cpu: bool = typer.Option(
+        False, "--allow-cpu", help="also accept a CPU certificate (it says nothing about any GPU)"
+    ),
+    node: str | None = typer.Option(
+        None, "--node", help="the hostname or machine id the certificate must be for"
+    ),
+    gpu_uuid: list[str] | None = typer.Option(
+        None, "--gpu-uuid", help="a GPU UUID the certificate must have certified (repeatable)"
+    ),
 ) -> None:
-    """Accept a certificate (exit 0) only with a valid signature, a passing verdict and before
-    valid_until; otherwise exit 1 with the reason."""
-    from millkernels.certify.certificate import verify as _verify
+    """Accept a certificate (exit 0, one `valid: ...` line) only when it is signed by the pinned
+    key, its content is consistent and passing, it has not expired, it is a GPU certificate (or
+    --allow-cpu) and it is for --node / every --gpu-uuid given; otherwise exit 1 with
+    `rejected: <reason>`."""
+    from millkernels.certify.certificate import verify_file
 
-    try:
-        doc = json.loads(Path(cert).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        typer.echo(f"rejected: cannot read {cert}: {exc}", err=True)
-        raise typer.Exit(EXIT_FAILED) from None
-    ok, reason = _verify(doc, public)
+    ok, reason = verify_file(
+        cert, public, allow_cpu=allow_cpu, node=node, gpu_uuids=list(gpu_uuid or [])
+    )
     if ok:
         typer.echo(reason)
         raise typer.Exit(EXIT_OK)

@@ -52,6 +52,30 @@ def _doc_sha(doc: dict[str, Any]) -> str:
     return hashlib.sha256(C.canonical(doc["certificate"])).hexdigest()
 
 
+def _node_signature(doc: dict[str, Any], host: str, require: bool) -> V.Check:
+    """The ``pod.node_signature`` check of one node document: its signature must verify with
+    the node key it carries (``signature.public_key``, which must match ``key_id``). Each node
+    signs with its own key; the pod certificate lists those keys, and whoever trusts the pod
+    certificate's signer trusts that each listed key signed its node's certificate."""
+
+    def check(value: Any, status: str, reason: str, why: str = "") -> V.Check:
+        return V.Check("pod.node_signature", None, value, "", status, reason, why, node=host)
+
+    sig = doc.get("signature")
+    if not sig and not require:
+        return check(None, V.SKIPPED, "MK_UNSIGNED", "no key for this run: nothing is signed")
+    if not sig:
+        return check(None, V.ERROR, "MK_UNSIGNED", doc.get("unsigned_reason", "unsigned"))
+    try:
+        ok = C.signature_matches(doc["certificate"], sig, C.signature_key(sig))
+        why = "" if ok else "node signature does not verify with the node's key"
+    except (ValueError, TypeError, KeyError) as exc:
+        ok, why = False, f"node signature block unusable: {exc}"
+    if ok:
+        return check(sig["key_id"], V.PASS, V.OK)
+    return check(sig.get("key_id"), V.FAIL, "MK_BAD_SIGNATURE", why)
+
+
 def aggregate(
     node_docs: list[dict[str, Any]],
     *,
@@ -59,15 +83,16 @@ def aggregate(
     mode: str,
     allreduce_busbw: float | None,
     allreduce_ranks: int,
-    public_key: Any = None,
     require_signatures: bool = True,
     started_at: str,
 ) -> tuple[dict[str, Any], list[V.Check], V.Verdict]:
     """The pod certificate (unsigned part) from the nodes' certificate documents.
 
-    With ``require_signatures`` (the run has a key) an unsigned node is an error and a node
-    signature that ``public_key`` does not verify fails; without a key nothing is signed and
-    the signature checks are skipped (the pod certificate is unsigned too, and says so)."""
+    Every node's signature is checked against the node key in its document, and the pod
+    certificate's ``nodes`` list each node's key (id and public key) and certified GPUs. With
+    ``require_signatures`` (the run has a key) an unsigned node is an error; without a key
+    nothing is signed and the signature checks are skipped (the pod certificate is unsigned
+    too, and says so)."""
     checks: list[V.Check] = []
     nodes = []
     values: dict[str, list[tuple[str, int, float]]] = {}
@@ -79,10 +104,13 @@ def aggregate(
         nodes.append(
             {
                 "hostname": host,
+                "machine_id": cert["node"].get("machine_id"),
                 "id": cert.get("id"),
                 "verdict": cert["verdict"],
                 "certificate_sha256": _doc_sha(doc),
                 "key_id": sig.get("key_id") if sig else None,
+                "public_key": sig.get("public_key") if sig else None,
+                "gpus": C.certified_gpus(cert),
             }
         )
         st, rs = (V.PASS, V.OK) if cert["verdict"] == V.PASS else (V.FAIL, "MK_NODE_FAILED")
@@ -90,55 +118,7 @@ def aggregate(
         checks.append(
             V.Check("pod.node_verdict", None, cert["verdict"], "", st, rs, msg, node=host)
         )
-        if not sig and not require_signatures:
-            checks.append(
-                V.Check(
-                    "pod.node_signature",
-                    None,
-                    None,
-                    "",
-                    V.SKIPPED,
-                    "MK_UNSIGNED",
-                    "no key for this run: nothing is signed",
-                    node=host,
-                )
-            )
-        elif not sig:
-            checks.append(
-                V.Check(
-                    "pod.node_signature",
-                    None,
-                    None,
-                    "",
-                    V.ERROR,
-                    "MK_UNSIGNED",
-                    doc.get("unsigned_reason", "unsigned"),
-                    node=host,
-                )
-            )
-        elif public_key is not None:
-            try:
-                import base64
-
-                public_key.verify(base64.b64decode(sig["value"]), C.canonical(cert))
-                checks.append(
-                    V.Check(
-                        "pod.node_signature", None, sig.get("key_id"), "", V.PASS, V.OK, node=host
-                    )
-                )
-            except Exception:
-                checks.append(
-                    V.Check(
-                        "pod.node_signature",
-                        None,
-                        sig.get("key_id"),
-                        "",
-                        V.FAIL,
-                        "MK_BAD_SIGNATURE",
-                        "node signature does not verify",
-                        node=host,
-                    )
-                )
+        checks.append(_node_signature(doc, host, require_signatures))
         for c in cert["checks"]:
             if (
                 c["name"] in spread_metrics
@@ -262,8 +242,11 @@ def run_pod(cfg: Any, env: PodEnv) -> int:
     host = socket.gethostname()
     doc, code = None, 0
     if env.local_rank == 0:
-        res = certify_node(replace(cfg, out=Path(cfg.out) / "nodes" / host))
+        node_dir = Path(cfg.out) / "nodes" / host
+        res = certify_node(replace(cfg, out=node_dir))
         doc = json.loads(res.paths["certificate"].read_text())
+        if doc.get("signature") and cfg.key is not None:  # this node's key, to pin
+            C.write_public(cfg.key, node_dir / "signer.pub")
         code = res.exit_code
     dist.init_process_group("gloo", timeout=timedelta(hours=1))
     try:
@@ -282,19 +265,12 @@ def run_pod(cfg: Any, env: PodEnv) -> int:
             node_docs = [d for d in docs if d is not None]
             prof_name = node_docs[0]["certificate"]["profile"]["name"] if node_docs else "cpu"
             profile = targets.load_file(cfg.targets) if cfg.targets else targets.load(prof_name)
-            pub = None
-            if cfg.key is not None:
-                try:
-                    pub = C.load_private(cfg.key).public_key()
-                except Exception:
-                    pub = None
             cert, _, verdict = aggregate(
                 node_docs,
                 profile=profile,
                 mode="quick" if cfg.quick else "standard",
                 allreduce_busbw=busbw,
                 allreduce_ranks=env.world,
-                public_key=pub,
                 require_signatures=cfg.key is not None,
                 started_at=started,
             )
@@ -302,6 +278,8 @@ def run_pod(cfg: Any, env: PodEnv) -> int:
             pod_dir = Path(cfg.out) / "pod"
             pod_dir.mkdir(parents=True, exist_ok=True)
             C.write_json(pod_dir / "certificate.json", pod_doc)
+            if pod_doc.get("signature") and cfg.key is not None:
+                C.write_public(cfg.key, pod_dir / "signer.pub")
             report.write_prometheus(pod_dir / "metrics.prom", pod_doc)
             report.write_html(pod_dir / "report.html", pod_doc, {}, notes)
             code = verdict.exit_code
