@@ -20,7 +20,14 @@ import torch
 from millkernels.certify import targets
 from millkernels.certify import verdict as V
 from millkernels.certify.node import CouldNotRun, NodeConfig, UsageError, certify_node
-from millkernels.certify.preflight import NvmlLayer, guarded, inventory, scan_pci
+from millkernels.certify.preflight import (
+    NvmlLayer,
+    cuda_census,
+    guarded,
+    inventory,
+    norm_bus_id,
+    scan_pci,
+)
 from millkernels.certify.sim import SimNode, sim_bus_id
 
 Edit = Callable[[dict[str, Any]], None]
@@ -359,17 +366,47 @@ def test_this_cpu_machine_has_no_nvidia_gpu_on_the_bus_and_auto_picks_cpu(tmp_pa
     assert choose_profile(NodeConfig(out=tmp_path), inv).name == "cpu"
 
 
+@pytest.mark.parametrize(
+    "raw,want",
+    [
+        ("00000000:1B:00.0", "0000:1b:00.0"),  # NVML
+        ("0000:1b:00.0", "0000:1b:00.0"),  # sysfs, torch
+        ("1b:00.0", "0000:1b:00.0"),  # lspci without -D
+        ("", None),
+        (None, None),
+        ("zz:1b:00.0", None),
+    ],
+)
+def test_bus_ids_are_compared_in_one_form(raw, want):
+    assert norm_bus_id(raw) == want
+
+
+def test_cuda_census_on_this_machine_says_why_it_sees_no_gpu():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    census = cuda_census()
+    assert census["devices"] == [] and census["error"], census
+
+
 @pytest.mark.gpu
 def test_a_gpu_machine_finds_its_gpus_on_the_bus_and_auto_picks_a_gpu_profile(tmp_path):
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA GPU; none is visible")
     from millkernels.certify.node import choose_profile
-    from millkernels.certify.preflight import cuda_census
+    from millkernels.certify.preflight import cuda_reachable, pci_bus_ids
 
     inv = inventory(NvmlLayer())
     assert inv["pci"]["gpus"], inv["pci"]
     census = cuda_census()
     assert census["error"] is None and census["devices"]
+    # The three views name GPUs alike (NVML "00000000:1B:00.0", sysfs and torch "0000:1b:00.0").
+    nvml = {norm_bus_id(s["pci_bus_id"]) for s in inv["gpus"]}
+    assert nvml <= set(pci_bus_ids(inv)), (nvml, pci_bus_ids(inv))
+    cuda = [norm_bus_id(d["bus_id"]) for d in census["devices"]]
+    if all(cuda):
+        assert set(cuda) <= nvml, (cuda, nvml)
+    inv["cuda"] = census
+    assert cuda_reachable(inv, inv["gpus"]), "CUDA can open none of NVML's GPUs"
     try:
         assert choose_profile(NodeConfig(out=tmp_path), inv).device_class == "gpu"
     except UsageError as exc:  # a GPU without a built-in profile: still never cpu
