@@ -140,7 +140,11 @@ def test_node_through_nvml_layer(monkeypatch, tmp_path, sim_node, pending, verdi
     monkeypatch.setitem(sys.modules, "pynvml", fake_pynvml(gpus=2, pending_remap=pending))
     from millkernels.certify import preflight
 
-    monkeypatch.setattr(preflight, "pci_gpu_count", lambda: (2, "stand-in PCI bus"))
+    buses = ["0000:18:00.0", "0000:19:00.0"]  # the stand-in NVML's GPUs
+    pci = [{"bus_id": b, "device_id": "0x2330", "driver": "nvidia"} for b in buses]
+    monkeypatch.setattr(preflight, "scan_pci", lambda: {"gpus": pci, "how": "stand-in PCI bus"})
+    cuda = {"devices": [{"bus_id": b, "name": "NVIDIA H100 80GB HBM3"} for b in buses]}
+    monkeypatch.setattr(preflight, "cuda_census", lambda: {**cuda, "error": None})
     sim_node.values = sim_node.values[:2]
     sim_node.digests = {0: "ab" * 32, 1: "ab" * 32}
     from millkernels.certify.node import NodeConfig, certify_node

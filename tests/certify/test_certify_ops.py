@@ -402,7 +402,10 @@ def test_custom_allreduce_is_not_expected_on_a_one_gpu_node(tmp_path):
     node = SimNode.healthy("h100-sxm", gpus=1)
     res = run_sim(node, tmp_path)
     assert res.verdict.verdict == "pass", [c for c in res.checks if c.status != "pass"]
-    assert not [c for c in res.checks if "custom_allreduce" in c.name]
+    listed = [c for c in res.checks if "custom_allreduce" in c.name]  # listed, not judged
+    assert [(c.name, c.status, c.reason) for c in listed] == [
+        ("probe.custom_allreduce", V.SKIPPED, V.MK_NOT_APPLICABLE)
+    ]
     recs = [r for r in res.records if r.get("probe") == "custom_allreduce"]
     assert recs and recs[0]["status"] == "not_applicable"
     assert ("custom_allreduce", None) not in node.calls  # never started

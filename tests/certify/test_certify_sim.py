@@ -67,7 +67,7 @@ def _sdc(n: SimNode) -> None:
 
 
 def _xid(n: SimNode) -> None:
-    n.xids.append({"gpu": 2, "xid": 79, "t": 0.0})
+    n.xids.append({"gpu": 2, "xid": 48, "t": 0.0})  # double-bit ECC (79, off the bus, has its own)
 
 
 # (name, fault, gpu, check name, status, reason)
@@ -275,27 +275,51 @@ def test_gpu_missing_from_nvml_fails_the_node(sim_node, tmp_path):
     assert res.verdict.verdict == "fail" and res.exit_code == 1
 
 
-def test_pci_count_reads_sysfs_and_respects_container_subsets(tmp_path, monkeypatch):
-    from millkernels.certify.preflight import pci_gpu_count
+def test_pci_scan_reads_sysfs_and_lspci(tmp_path, monkeypatch):
+    from millkernels.certify.preflight import scan_pci, visible_subset
 
-    for i, (vendor, cls) in enumerate(
+    for i, (vendor, cls, driver) in enumerate(
         [
-            ("0x10de", "0x030200"),
-            ("0x10de", "0x030000"),
-            ("0x10de", "0x068000"),
-            ("0x8086", "0x030000"),
+            ("0x10de", "0x030200", "nvidia"),
+            ("0x10de", "0x030000", None),
+            ("0x10de", "0x068000", "nvidia"),  # NVSwitch: not a GPU
+            ("0x10de", "0x040300", "snd_hda_intel"),  # a GPU board's audio function
+            ("0x8086", "0x030000", "i915"),
         ]
     ):
-        d = tmp_path / f"0000:{i:02x}:00.0"
-        d.mkdir()
+        d = tmp_path / "devices" / f"0000:{i:02x}:00.0"
+        d.mkdir(parents=True)
         (d / "vendor").write_text(vendor + "\n")
         (d / "class").write_text(cls + "\n")
-    monkeypatch.delenv("NVIDIA_VISIBLE_DEVICES", raising=False)
-    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
-    assert pci_gpu_count(tmp_path)[0] == 2  # NVSwitch (0x0680) and Intel are not GPUs
-    monkeypatch.setenv("NVIDIA_VISIBLE_DEVICES", "GPU-aaaa")
-    n, why = pci_gpu_count(tmp_path)
-    assert n is None and "subset" in why
+        (d / "device").write_text("0x2330\n")
+        if driver:
+            (tmp_path / "drivers" / driver).mkdir(parents=True, exist_ok=True)
+            (d / "driver").symlink_to(tmp_path / "drivers" / driver)
+    scan = scan_pci(tmp_path / "devices")
+    assert scan["gpus"] == [
+        {"bus_id": "0000:00:00.0", "device_id": "0x2330", "driver": "nvidia"},
+        {"bus_id": "0000:01:00.0", "device_id": "0x2330", "driver": ""},
+    ]
+    # No sysfs: lspci -Dnk (a stand-in script printing real lspci output).
+    lspci = tmp_path / "lspci"
+    lspci.write_text(
+        "#!/bin/sh\ncat <<'EOF'\n"
+        "0000:18:00.0 0302: 10de:2330 (rev a1)\n\tSubsystem: 10de:16c1\n"
+        "\tKernel driver in use: nvidia\n\tKernel modules: nvidiafb, nouveau, nvidia\n"
+        "0000:05:00.0 0680: 10de:22a3 (rev a1)\n\tKernel driver in use: nvidia\n"
+        "0000:2a:00.0 0302: 10de:2330 (rev a1)\n\tKernel modules: nouveau\nEOF\n"
+    )
+    lspci.chmod(0o755)
+    scan = scan_pci(tmp_path / "absent", lspci=str(lspci))
+    assert [(g["bus_id"], g["driver"]) for g in scan["gpus"]] == [
+        ("0000:18:00.0", "nvidia"),
+        ("0000:2a:00.0", ""),
+    ]
+    assert scan_pci(tmp_path / "absent", lspci=str(tmp_path / "none"))["gpus"] is None
+    assert visible_subset({"NVIDIA_VISIBLE_DEVICES": "GPU-a,GPU-b"}) == ["GPU-a", "GPU-b"]
+    assert visible_subset({"NVIDIA_VISIBLE_DEVICES": "all"}) is None
+    assert visible_subset({"NVIDIA_VISIBLE_DEVICES": "void"}) == []
+    assert visible_subset({}) is None
 
 
 def test_operator_cuda_visible_devices_selects_gpus(sim_node, tmp_path, monkeypatch):

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from millkernels.certify import verdict as V
+from millkernels.certify.preflight import pci_bus_ids
 from millkernels.certify.targets import validity_days
 
 SCHEMA_VERSION = "1.0"
@@ -139,6 +140,7 @@ def build_certificate(
             "driver": inventory.get("driver", {}),
             "nvml_available": bool(inventory.get("available")),
             "gpus": _gpu_identity(inventory),
+            "pci_nvidia_gpus": pci_bus_ids(inventory) or [],
         },
         "profile": profile.summary(),
         "mode": mode,

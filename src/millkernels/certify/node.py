@@ -21,7 +21,16 @@ from typing import Any
 from millkernels.certify import targets as T
 from millkernels.certify import verdict as V
 from millkernels.certify.evaluate import evaluate
-from millkernels.certify.preflight import DeviceLayer, NvmlLayer, inventory
+from millkernels.certify.preflight import (
+    CUDA_CENSUS_TIMEOUT_S,
+    CouldNotRun,
+    DeviceLayer,
+    NvmlLayer,
+    cuda_reachable,
+    guarded,
+    inventory,
+    pci_bus_ids,
+)
 from millkernels.certify.probes.registry import ProbeSpec, probes_for
 from millkernels.certify.probes.runner import ProbeRunner, SubprocessRunner, base_record, now_iso
 from millkernels.certify.results import ResultsLog, latest_probes
@@ -31,10 +40,6 @@ Progress = Callable[[str, dict[str, Any]], None]
 
 class UsageError(ValueError):
     """Bad arguments (exit code 2)."""
-
-
-class CouldNotRun(RuntimeError):
-    """The run could not start (exit code 3)."""
 
 
 @dataclass
@@ -54,6 +59,7 @@ class NodeConfig:
     params: dict[str, dict[str, Any]] = field(default_factory=dict)  # per-probe overrides
     progress: Progress | None = None
     write_reports: bool = True
+    preflight_timeout_s: float = 120.0  # NVML inventory, XID watch: a hung call is exit 3
 
 
 @dataclass
@@ -79,38 +85,80 @@ def _emit(cfg: NodeConfig, event: str, **data: Any) -> None:
 
 
 def choose_profile(cfg: NodeConfig, inv: dict[str, Any]) -> T.Profile:
-    """``--targets`` file, else ``--profile NAME``, else detected from the first GPU (NVML,
-    then torch), else ``cpu`` when no GPU is visible."""
+    """``--targets`` file, else ``--profile NAME``, else detected: from NVML's first reachable
+    GPU; else from the PCI bus (GPUs that NVML cannot reach still make this a GPU node, and the
+    run says why they cannot be reached); else from CUDA's first GPU (``inv["cuda"]``) when the
+    bus cannot be read; else ``cpu``, only when the PCI bus shows no NVIDIA GPU.
+
+    Raises UsageError when no built-in profile matches the GPU, or when the machine cannot be
+    told apart from a GPU node (PCI bus unreadable, NVML and CUDA see nothing)."""
     if cfg.targets is not None:
         return T.load_file(cfg.targets)
     if cfg.profile != "auto":
         return T.load(cfg.profile)
-    if inv.get("available") and inv["gpus"]:
-        g = inv["gpus"][0]
-        name = T.detect(g.get("name"), g.get("pci_device_id"))
-        if name is None:
-            raise UsageError(
-                f"profile: no built-in profile matches GPU {g.get('name')!r} "
-                f"(PCI id {g.get('pci_device_id')}); pass --profile NAME or --targets FILE"
-            )
-        return T.load(name)
-    n, torch_name = _torch_gpus()
-    if n:
-        name = T.detect(torch_name, None)
-        if name is None:
-            raise UsageError(f"profile: no built-in profile matches GPU {torch_name!r}")
-        return T.load(name)
+    g = next((g for g in inv.get("gpus", []) if not g.get("lost")), None)
+    if inv.get("available") and g is not None:
+        return _detected(g.get("name"), g.get("pci_device_id"), f"GPU {g.get('name')!r}")
+    pci = (inv.get("pci") or {}).get("gpus")
+    if pci:
+        why = inv.get("error") or "NVML lists no GPU"
+        where = f"the NVIDIA GPU at {pci[0].get('bus_id')}, which NVML cannot identify ({why})"
+        return _detected(None, pci[0].get("device_id"), where)
+    cuda = (inv.get("cuda") or {}).get("devices") or []
+    if cuda:
+        return _detected(cuda[0].get("name"), None, f"GPU {cuda[0].get('name')!r}")
+    if pci is None:
+        how = (inv.get("pci") or {}).get("how", "not scanned")
+        raise UsageError(
+            "profile: auto cannot tell whether this machine has an NVIDIA GPU: the PCI bus is "
+            f"not readable ({how}) and NVML and CUDA see none; pass --profile cpu on a "
+            "machine without GPUs, or --profile NAME"
+        )
     return T.load("cpu")
 
 
-def _torch_gpus() -> tuple[int, str | None]:
-    try:
-        import torch
+def _detected(name: str | None, pci_device_id: Any, what: str) -> T.Profile:
+    found = T.detect(name, pci_device_id)
+    if found is None:
+        raise UsageError(
+            f"profile: no built-in profile matches {what} (PCI id {pci_device_id}); "
+            "pass --profile NAME or --targets FILE"
+        )
+    return T.load(found)
 
-        n = torch.cuda.device_count()
-        return n, (torch.cuda.get_device_name(0) if n else None)
-    except Exception:
-        return 0, None
+
+def gpu_set(inv: dict[str, Any]) -> tuple[list[int], list[int], dict[int, str | None]]:
+    """For a GPU profile: the GPUs certified (NVML indices an operator's
+    ``CUDA_VISIBLE_DEVICES`` selects), the ones probes run on (not fallen off the bus and open
+    to CUDA) and their UUIDs. Without NVML: CUDA's GPUs by ordinal, no UUIDs."""
+    if inv.get("available"):
+        chosen = visible_gpus(inv["gpus"], os.environ.get("CUDA_VISIBLE_DEVICES"))
+        reach = cuda_reachable(inv, chosen)
+        gpus = [g["index"] for g in chosen]
+        probe = [g["index"] for g in chosen if not g.get("lost") and g["index"] in reach]
+        return gpus, probe, {g["index"]: g.get("uuid") for g in chosen}
+    cuda = inv.get("cuda") or {}
+    n = 0 if cuda.get("error") else len(cuda.get("devices") or [])
+    return list(range(n)), list(range(n)), {}
+
+
+def _census(layer: DeviceLayer) -> dict[str, Any]:
+    """CUDA's view, with a deadline beyond the census' own child-process timeout."""
+    return guarded(layer.cuda_devices, CUDA_CENSUS_TIMEOUT_S + 30, "the CUDA device check")
+
+
+def _xid_start(layer: DeviceLayer, cfg: NodeConfig) -> str | None:
+    try:
+        return guarded(layer.xid_watch_start, cfg.preflight_timeout_s, "the XID watch")
+    except CouldNotRun as exc:
+        return f"XID events could not be watched: {exc}"
+
+
+def _xid_stop(layer: DeviceLayer, cfg: NodeConfig) -> list[dict[str, Any]] | None:
+    try:
+        return guarded(layer.xid_watch_stop, cfg.preflight_timeout_s, "the XID watch")
+    except CouldNotRun:
+        return None
 
 
 def host_identity() -> dict[str, Any]:
@@ -181,23 +229,35 @@ def certify_node(cfg: NodeConfig) -> NodeResult:
     if cfg.resume and header is None:
         raise UsageError(f"--resume: {log.path} has no run to resume; start without --resume")
 
-    inv = inventory(layer)
-    profile = choose_profile(cfg, inv)
+    # A bad --targets file or --profile name is a usage error before NVML is touched.
+    explicit = cfg.targets is not None or cfg.profile != "auto"
+    profile = choose_profile(cfg, {}) if explicit else None
+    inv = guarded(lambda: inventory(layer), cfg.preflight_timeout_s, "the NVML inventory")
+    if profile is None:
+        if not (inv["available"] and inv["gpus"]) and pci_bus_ids(inv) is None:
+            inv["cuda"] = _census(layer)  # no bus to read: CUDA decides gpu or cpu
+        profile = choose_profile(cfg, inv)
     gpu_class = profile.device_class == "gpu"
+    run_notes: list[str] = []
     if gpu_class:
-        if inv["available"]:
-            chosen = visible_gpus(inv["gpus"], os.environ.get("CUDA_VISIBLE_DEVICES"))
-            gpus = [g["index"] for g in chosen]
-            uuids = {g["index"]: g.get("uuid") for g in chosen}
-        else:
-            n, _ = _torch_gpus()
-            if n == 0 and getattr(layer, "fallback_gpus", None):
-                n = layer.fallback_gpus  # the simulated layer's GPUs without NVML
-            gpus, uuids = list(range(n)), {}
-        if not gpus:
-            raise CouldNotRun("no GPU is visible (NVML and torch see none) for a GPU profile")
+        if "cuda" not in inv:
+            inv["cuda"] = _census(layer)
+        gpus, probe_gpus, uuids = gpu_set(inv)
+        if not gpus and not pci_bus_ids(inv):
+            raise CouldNotRun(
+                f"no GPU for the GPU profile {profile.name}: the PCI bus, NVML and CUDA show none",
+                V.MK_NO_GPU,
+            )
     else:
-        gpus, uuids = [], {}
+        gpus, probe_gpus, uuids = [], [], {}
+        pci = pci_bus_ids(inv)
+        if pci:
+            run_notes.append(
+                f"cpu profile on a machine with {len(pci)} NVIDIA GPU(s) on the PCI bus "
+                f"({', '.join(pci[:8])}): they are NOT tested, and this certificate says "
+                "nothing about them"
+            )
+            _emit(cfg, "note", message=run_notes[-1])
 
     mode = "quick" if cfg.quick else "standard"
     if header is not None:
@@ -230,17 +290,18 @@ def certify_node(cfg: NodeConfig) -> NodeResult:
     log.append({"type": "preflight", "at": now_iso(), "inventory": inv})
     _emit(cfg, "preflight", inventory=inv, profile=profile.name)
 
-    tasks = plan(profile, gpus, cfg.probes)
+    # No probe without a reachable GPU: the preflight checks say why none could be reached.
+    tasks = plan(profile, probe_gpus, cfg.probes) if probe_gpus or not gpu_class else []
     done = latest_probes(previous)
     todo = [(s, g) for s, g in tasks if (s.name, g) not in done]
     _emit(cfg, "plan", total=len(tasks), todo=len(todo), resumed=len(tasks) - len(todo))
 
-    xid_reason = layer.xid_watch_start() if gpu_class and inv["available"] else "NVML unavailable"
+    xid_reason = _xid_start(layer, cfg) if gpu_class and inv["available"] else "NVML unavailable"
     device = "cuda" if gpu_class else "cpu"
-    all_uuids = [uuids.get(g) or "" for g in gpus]
+    all_uuids = [uuids.get(g) or "" for g in probe_gpus]
 
     def run_task(spec: ProbeSpec, gpu: int | None) -> dict[str, Any]:
-        if spec.scope == "node" and len(gpus) < spec.min_gpus:
+        if spec.scope == "node" and len(probe_gpus) < spec.min_gpus:
             rec = base_record(spec.name, gpu)
             rec.update(
                 status="not_applicable",
@@ -258,13 +319,13 @@ def certify_node(cfg: NodeConfig) -> NodeResult:
                 env["CUDA_VISIBLE_DEVICES"] = uuids.get(gpu) or _visible_entry(gpu)
             else:
                 env["CUDA_VISIBLE_DEVICES"] = ",".join(
-                    uuids.get(g) or _visible_entry(g) for g in gpus
+                    uuids.get(g) or _visible_entry(g) for g in probe_gpus
                 )
         _emit(cfg, "start", probe=spec.name, gpu=gpu)
         rec = runner.run(
             spec,
             gpu=gpu,
-            gpus=gpus if spec.scope == "node" else ([gpu] if gpu is not None else []),
+            gpus=probe_gpus if spec.scope == "node" else ([gpu] if gpu is not None else []),
             uuids=[uuids.get(gpu) or ""] if spec.scope == "gpu" and gpu is not None else all_uuids,
             device=device,
             quick=cfg.quick,
@@ -291,17 +352,28 @@ def certify_node(cfg: NodeConfig) -> NodeResult:
             for t in group:
                 run_task(*t)
 
-    xids = layer.xid_watch_stop() if gpu_class and inv["available"] and xid_reason is None else None
+    watching = gpu_class and inv["available"] and xid_reason is None
+    xids = _xid_stop(layer, cfg) if watching else None
     if xids is not None:
         log.append({"type": "xid", "events": xids})
     else:  # a resumed run keeps the XID events of its earlier part
         earlier = [r for r in previous if r.get("type") == "xid"]
         if earlier and xid_reason is None:
             xids = [e for r in earlier for e in r.get("events", [])]
+    post = None
+    if gpu_class and inv["available"]:  # did every GPU survive the probes?
+        try:
+            what = "the NVML inventory after the probes"
+            post = guarded(lambda: inventory(layer), cfg.preflight_timeout_s, what)
+        except CouldNotRun as exc:
+            post = {"available": False, "error": str(exc), "gpus": []}
+        log.append({"type": "postflight", "at": now_iso(), "inventory": post})
     ended_at = now_iso()
     records = log.read()
     latest = latest_probes(records)
-    checks = evaluate(profile, inv, latest, tasks, gpus, xids, xid_reason)
+    checks = evaluate(
+        profile, inv, latest, tasks, gpus, xids, xid_reason, probe_gpus=probe_gpus, postflight=post
+    )
     verdict = V.node_verdict(checks, gpus)
     cert = C.build_certificate(
         kind="node",
@@ -316,7 +388,8 @@ def certify_node(cfg: NodeConfig) -> NodeResult:
         ended_at=ended_at,
         run_id=run_id,
     )
-    doc, notes = C.sign_document(cert, cfg.key)
+    doc, sign_notes = C.sign_document(cert, cfg.key)
+    notes = run_notes + sign_notes
     paths = {"certificate": out / "certificate.json", "results": log.path}
     C.write_json(paths["certificate"], doc)
     if cfg.write_reports:

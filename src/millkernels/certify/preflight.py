@@ -16,20 +16,35 @@ A snapshot is a plain dict per GPU (any value NVML cannot give is None):
 - links: ``pcie_gen_current, pcie_gen_max, pcie_width_current, pcie_width_max, pcie_replay,
   nvlink_active, nvlink_total``
 
+  ``lost`` (None, or why NVML can no longer reach the GPU: it fell off the bus)
+
 A sample (:meth:`DeviceLayer.sample`, for the sustained load) holds ``t, energy_mj, power_w,
 sm_clock_mhz, temperature_c, clock_event_reasons, thermal_ns`` (accumulated thermal violation
 time) ``, pcie_gen_current, pcie_width_current``.
+
+Three views of the GPUs are compared, because a GPU that one of them cannot reach must never
+turn into a smaller (or a CPU) certificate: the PCI bus (:func:`scan_pci`: what is plugged in,
+whatever the driver's state), NVML (what the driver manages) and CUDA (:func:`cuda_census`:
+what a program can use).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import re
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
+
+from millkernels.certify import verdict as V
+
+T = TypeVar("T")
 
 # nvmlClocksEventReasons bits (REFERENCES.md): which count as thermal / as a power problem.
 REASON_SW_POWER_CAP = 0x4
@@ -72,6 +87,51 @@ class DeviceLayer(Protocol):
 
     def xid_watch_stop(self) -> list[dict[str, Any]] | None:
         """Stop; the events seen (``gpu``, ``xid``, ``t``), or None when not readable."""
+
+    def pci_scan(self) -> dict[str, Any]:
+        """The NVIDIA GPUs on the PCI bus (:func:`scan_pci`'s answer)."""
+
+    def cuda_devices(self) -> dict[str, Any]:
+        """The GPUs CUDA can open (:func:`cuda_census`'s answer)."""
+
+
+class CouldNotRun(RuntimeError):
+    """The run could not start or finish its preflight (exit code 3). ``reason`` is the reason
+    code (``DCGM_FR_*`` or ``MK_*``), also shown in the message."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(f"{message} [{reason}]")
+        self.reason = reason
+
+
+def guarded(fn: Callable[[], T], timeout: float, what: str) -> T:
+    """``fn()`` with a deadline, for calls into NVML or the driver from this process.
+
+    It runs in a daemon thread: a call stuck inside a C library cannot be interrupted, so on
+    timeout the thread is abandoned (a daemon thread does not keep the process alive) and
+    :class:`CouldNotRun` is raised (``MK_PREFLIGHT_TIMEOUT``). A call that raises ends the same
+    way with ``DCGM_FR_API_FAIL`` and the exception's text.
+    """
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # raised again below as CouldNotRun, in the caller's thread
+            box["error"] = exc
+
+    worker = threading.Thread(target=target, name=f"guarded: {what}", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    if worker.is_alive():
+        raise CouldNotRun(
+            f"{what} did not answer within {timeout:g} s (a hung NVML or driver call)",
+            V.MK_PREFLIGHT_TIMEOUT,
+        )
+    if "error" in box:
+        exc = box["error"]
+        raise CouldNotRun(f"{what} raised {type(exc).__name__}: {exc}", V.FR_API_FAIL) from exc
+    return box["value"]
 
 
 def _text(v: Any) -> str:
@@ -133,7 +193,11 @@ class NvmlLayer:
 
     # -- snapshot ------------------------------------------------------------------------------
     def snapshot(self, index: int) -> dict[str, Any]:
-        h = self._h(index)
+        try:  # a GPU that fell off the bus fails here (NVML_ERROR_GPU_IS_LOST)
+            h = self._h(index)
+            self._nv.nvmlDeviceGetUUID(h)
+        except Exception as exc:
+            return {"index": index, "lost": f"NVML cannot reach GPU {index}: {exc}"}
         q = self._q
         pci = q(lambda n: n.nvmlDeviceGetPciInfo(h))
         mem = q(lambda n: n.nvmlDeviceGetMemoryInfo(h))
@@ -205,6 +269,7 @@ class NvmlLayer:
             "pcie_replay": q(lambda n: n.nvmlDeviceGetPcieReplayCounter(h)),
             "nvlink_active": nvl_active,
             "nvlink_total": nvl_total,
+            "lost": None,
         }
 
     def _reasons(self, h: Any) -> int | None:
@@ -233,6 +298,13 @@ class NvmlLayer:
             "pcie_gen_current": q(lambda n: n.nvmlDeviceGetCurrPcieLinkGeneration(h)),
             "pcie_width_current": q(lambda n: n.nvmlDeviceGetCurrPcieLinkWidth(h)),
         }
+
+    # -- the other views -----------------------------------------------------------------------
+    def pci_scan(self) -> dict[str, Any]:
+        return scan_pci()
+
+    def cuda_devices(self) -> dict[str, Any]:
+        return cuda_census()
 
     # -- XID events ----------------------------------------------------------------------------
     def xid_watch_start(self) -> str | None:
@@ -273,26 +345,162 @@ class NvmlLayer:
         return list(self._xids)
 
 
-def pci_gpu_count(root: Path = Path("/sys/bus/pci/devices")) -> tuple[int | None, str]:
-    """NVIDIA display/3D controllers on the PCI bus (sysfs), to catch a GPU that fell off NVML's
-    view: (count, how). None when the count cannot be compared: no sysfs, or the container sees
-    only some GPUs (``NVIDIA_VISIBLE_DEVICES`` / ``CUDA_VISIBLE_DEVICES`` set to a subset)."""
-    for var in ("NVIDIA_VISIBLE_DEVICES", "CUDA_VISIBLE_DEVICES"):
-        v = os.environ.get(var)
-        if v is not None and v.strip().lower() not in ("", "all"):
-            return None, f"{var} selects a subset of the GPUs"
-    if not root.is_dir():
-        return None, f"{root} is not readable"
-    n = 0
-    for d in root.iterdir():
+# ------------------------------------------------------------------------------ the PCI bus
+
+SYSFS_PCI = Path("/sys/bus/pci/devices")
+NVIDIA_VENDOR = 0x10DE
+# PCI base class 0x03 (display controller: 0x0300 VGA, 0x0302 3D, 0x0380 other). Not GPUs:
+# NVSwitches (0x0680) and the audio function of a GPU board (0x0403).
+DISPLAY_CLASS = 0x03
+_LSPCI_LINE = re.compile(
+    r"^(?P<bus>[0-9a-fA-F:.]+)\s+(?P<cls>[0-9a-fA-F]{4}):\s+(?P<ven>[0-9a-fA-F]{4}):"
+    r"(?P<dev>[0-9a-fA-F]{4})"
+)
+
+
+def norm_bus_id(bus: Any) -> str | None:
+    """A PCI address in sysfs form, ``0000:18:00.0`` (4-digit domain, lower case). NVML writes
+    an 8-digit domain (``00000000:18:00.0``); ``lspci`` without ``-D`` none. None for no id."""
+    if not isinstance(bus, str) or not bus.strip():
+        return None
+    parts = bus.strip().lower().split(":")
+    if len(parts) == 2:
+        parts = ["0", *parts]
+    try:
+        return f"{int(parts[0], 16):04x}:{parts[1]}:{parts[2]}" if len(parts) == 3 else None
+    except ValueError:
+        return None
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return None
+
+
+def _sysfs_gpus(root: Path) -> list[dict[str, Any]]:
+    out = []
+    for d in sorted(root.iterdir()):
+        vendor, cls = _read(d / "vendor"), _read(d / "class")
         try:
-            vendor = (d / "vendor").read_text().strip()
-            cls = (d / "class").read_text().strip()
-        except OSError:
+            if int(vendor or "", 16) != NVIDIA_VENDOR or int(cls or "", 16) >> 16 != DISPLAY_CLASS:
+                continue
+        except ValueError:
             continue
-        if vendor == "0x10de" and cls[:6] in ("0x0300", "0x0302"):
-            n += 1
-    return n, f"NVIDIA display/3D controllers under {root}"
+        drv = d / "driver"
+        out.append(
+            {
+                "bus_id": norm_bus_id(d.name),
+                "device_id": _read(d / "device"),
+                "driver": os.path.basename(os.readlink(drv)) if drv.is_symlink() else "",
+            }
+        )
+    return out
+
+
+def _lspci_gpus(text: str) -> list[dict[str, Any]]:
+    """Parse ``lspci -Dnk``: a device line, then indented lines (``Kernel driver in use: x``)."""
+    out: list[dict[str, Any]] = []
+    current: dict[str, Any] | None = None
+    for line in text.splitlines():
+        m = _LSPCI_LINE.match(line)
+        if m:
+            current = None
+            if int(m["ven"], 16) == NVIDIA_VENDOR and int(m["cls"], 16) >> 8 == DISPLAY_CLASS:
+                current = {"bus_id": norm_bus_id(m["bus"]), "device_id": f"0x{m['dev']}"}
+                current["driver"] = ""
+                out.append(current)
+        elif current is not None and "Kernel driver in use:" in line:
+            current["driver"] = line.split(":", 1)[1].strip()
+    return out
+
+
+def scan_pci(root: Path = SYSFS_PCI, lspci: str = "lspci") -> dict[str, Any]:
+    """The NVIDIA GPUs plugged into this machine, whatever the state of their driver.
+
+    ``{"gpus": [{"bus_id", "device_id", "driver"}] | None, "how": str}``: read from sysfs
+    (``vendor`` 0x10de, ``class`` 0x03xxxx), else from ``lspci -Dnk``; ``gpus`` is None when
+    neither can be read. ``driver`` is the bound kernel driver ("" for none).
+    """
+    if root.is_dir():
+        try:
+            return {"gpus": _sysfs_gpus(root), "how": f"sysfs {root}"}
+        except OSError as exc:
+            why = f"{root} is not readable: {exc}"
+    else:
+        why = f"{root} does not exist"
+    try:
+        run = subprocess.run([lspci, "-Dnk"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return {"gpus": None, "how": f"{why}; lspci failed: {exc}"}
+    if run.returncode != 0:
+        return {"gpus": None, "how": f"{why}; lspci exited {run.returncode}"}
+    return {"gpus": _lspci_gpus(run.stdout), "how": f"{why}; lspci -Dnk"}
+
+
+def visible_subset(environ: dict[str, str] | None = None) -> list[str] | None:
+    """The GPUs a container runtime gave this container (``NVIDIA_VISIBLE_DEVICES`` as a list;
+    ``[]`` for ``none``/``void``), or None when it exposes all of them or is not set. The PCI
+    bus in sysfs still lists every GPU of the host, so only this many are expected in NVML."""
+    v = (os.environ if environ is None else environ).get("NVIDIA_VISIBLE_DEVICES")
+    if v is None or v.strip().lower() in ("", "all"):
+        return None
+    if v.strip().lower() in ("none", "void"):
+        return []
+    return [e.strip() for e in v.split(",") if e.strip()]
+
+
+# ------------------------------------------------------------------------------ CUDA
+
+CUDA_CENSUS_TIMEOUT_S = 120.0
+_CENSUS = """
+import json
+out = {"devices": [], "error": None}
+try:
+    import torch
+    torch.cuda.init()
+    for i in range(torch.cuda.device_count()):
+        p = torch.cuda.get_device_properties(i)
+        bus = None
+        if hasattr(p, "pci_bus_id"):
+            bus = f"{p.pci_domain_id:04x}:{p.pci_bus_id:02x}:{p.pci_device_id:02x}.0"
+        out["devices"].append({"bus_id": bus, "name": p.name})
+except Exception as exc:
+    out["error"] = f"{type(exc).__name__}: {exc}"
+print(json.dumps(out))
+"""
+
+
+def cuda_census(timeout: float = CUDA_CENSUS_TIMEOUT_S) -> dict[str, Any]:
+    """The GPUs CUDA can open, asked in a child process (a driver that hangs or crashes on
+    ``cuInit`` takes the child with it, not this process):
+    ``{"devices": [{"bus_id", "name"}], "error": str | None}``; ``bus_id`` is None with a torch
+    that does not report PCI addresses. The child sees this process's ``CUDA_VISIBLE_DEVICES``."""
+    env = {**os.environ, "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+    try:
+        run = subprocess.run(
+            [sys.executable, "-c", _CENSUS],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+        )
+    except subprocess.TimeoutExpired:
+        return {"devices": [], "error": f"CUDA did not initialise within {timeout:g} s"}
+    except OSError as exc:
+        return {"devices": [], "error": f"cannot start the CUDA check: {exc}"}
+    try:
+        out = json.loads(run.stdout.strip().splitlines()[-1])
+        if isinstance(out, dict) and isinstance(out.get("devices"), list):
+            return out
+    except (IndexError, json.JSONDecodeError):
+        pass
+    tail = run.stderr.strip().splitlines()[-1:] or [""]
+    return {"devices": [], "error": f"the CUDA check exited {run.returncode}: {tail[0][:300]}"}
+
+
+# ------------------------------------------------------------------------------ inventory
 
 
 def _bool(v: Any) -> bool | None:
@@ -301,24 +509,36 @@ def _bool(v: Any) -> bool | None:
 
 def inventory(layer: DeviceLayer) -> dict[str, Any]:
     """``{"available": bool, "error": str|None, "driver": {...}, "gpus": [snapshot, ...],
-    "pci_gpus": int|None, "pci_gpus_how": str}``."""
+    "pci": {"gpus": [...] | None, "how": str, "subset": [...] | None}}``. ``pci.subset``: the
+    container's ``NVIDIA_VISIBLE_DEVICES`` entries (:func:`visible_subset`). The CUDA view
+    (``"cuda"``) is added by the caller when the profile needs GPUs."""
     why = layer.open()
-    counter = getattr(layer, "pci_gpu_count", pci_gpu_count)
-    pci, pci_how = counter()
-    if why is not None:
-        return {
-            "available": False,
-            "error": why,
-            "driver": {},
-            "gpus": [],
-            "pci_gpus": pci,
-            "pci_gpus_how": pci_how,
-        }
-    return {
-        "available": True,
-        "error": None,
-        "driver": layer.driver(),
-        "gpus": [layer.snapshot(i) for i in range(layer.count())],
-        "pci_gpus": pci,
-        "pci_gpus_how": pci_how,
-    }
+    pci = {**layer.pci_scan(), "subset": visible_subset()}
+    inv: dict[str, Any] = {"available": why is None, "error": why, "driver": {}, "gpus": []}
+    if why is None:
+        inv["driver"] = layer.driver()
+        inv["gpus"] = [layer.snapshot(i) for i in range(layer.count())]
+    inv["pci"] = pci
+    return inv
+
+
+def pci_bus_ids(inv: dict[str, Any]) -> list[str] | None:
+    """Bus ids of the NVIDIA GPUs on the PCI bus (None: the bus could not be read)."""
+    gpus = (inv.get("pci") or {}).get("gpus")
+    return None if gpus is None else [g["bus_id"] for g in gpus if g.get("bus_id")]
+
+
+def cuda_reachable(inv: dict[str, Any], snapshots: list[dict[str, Any]]) -> set[int]:
+    """NVML indices of ``snapshots`` that CUDA can open (all of them when CUDA was not asked).
+    Without PCI addresses from CUDA, all of them as soon as CUDA sees any GPU: the count check
+    judges a shortfall, and a probe pinned to a GPU that CUDA lacks errors on its own."""
+    cuda = inv.get("cuda")
+    every = {s["index"] for s in snapshots}
+    if cuda is None:
+        return every
+    buses = [norm_bus_id(d.get("bus_id")) for d in cuda.get("devices", [])]
+    if cuda.get("error") or not buses:
+        return set()
+    if all(buses):
+        return {s["index"] for s in snapshots if norm_bus_id(s.get("pci_bus_id")) in buses}
+    return every

@@ -5,6 +5,8 @@ preflight, evaluation, certificate and report code as a real run.
     node.set(3, gemm_bf16_tflops=650.0)          # a probe measurement on GPU 3
     node.snapshot(1)["pcie_gen_max"] = 4         # an NVML reading on GPU 1
     node.crash("gemm", 2); node.hang("hbm", 4)   # real processes that crash / hang
+    node.fall_off(3, during="gemm")              # GPU 3 drops off the bus in its gemm probe
+    node.nvml_error = "..."; node.pci_gpus = 8   # driver down, 8 GPUs still on the PCI bus
     cfg = NodeConfig(out=..., profile="h100-sxm", layer=node.layer(), runner=node.runner())
 
 Crashes and hangs run real probe processes (``selftest_crash`` / ``selftest_hang``) through
@@ -15,11 +17,13 @@ handling under test is the real one.
 from __future__ import annotations
 
 import copy
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from millkernels.certify import verdict as V
 from millkernels.certify.probes.registry import ProbeSpec, get
 from millkernels.certify.probes.runner import SubprocessRunner, base_record, now_iso
 
@@ -155,19 +159,43 @@ def healthy_snapshot(index: int) -> dict[str, Any]:
     }
 
 
+def sim_bus_id(gpu: int) -> str:
+    """The PCI address of simulated GPU ``gpu`` (sysfs form; NVML's form is in the snapshot)."""
+    return f"0000:{0x18 + 0x10 * gpu:02x}:00.0"
+
+
 class SimLayer:
     """A :class:`~millkernels.certify.preflight.DeviceLayer` over a :class:`SimNode`."""
 
     def __init__(self, node: SimNode) -> None:
         self.node = node
-        self.fallback_gpus = len(node.snapshots)  # GPUs "torch" sees when NVML is missing
 
     def open(self) -> str | None:
+        if self.node.nvml_hang_s:
+            self.node.release.wait(self.node.nvml_hang_s)  # a hung nvmlInit
         return self.node.nvml_error
 
-    def pci_gpu_count(self) -> tuple[int | None, str]:
+    def pci_scan(self) -> dict[str, Any]:
         n = self.node.pci_gpus
-        return (len(self.node.snapshots) if n == -1 else n), "simulated PCI bus"
+        if n is None:
+            return {"gpus": None, "how": "simulated PCI bus: not readable"}
+        count = len(self.node.snapshots) if n == -1 else n
+        gpus = [
+            {"bus_id": sim_bus_id(i), "device_id": "0x2330", "driver": self.node.pci_driver}
+            for i in range(count)
+        ]
+        return {"gpus": gpus, "how": "simulated PCI bus"}
+
+    def cuda_devices(self) -> dict[str, Any]:
+        if self.node.cuda_error is not None:
+            return {"devices": [], "error": self.node.cuda_error}
+        alive = [s for s in self.node.snapshots if s["index"] not in self.node.lost]
+        if self.node.cuda_gpus != -1:
+            alive = alive[: self.node.cuda_gpus]
+        return {
+            "devices": [{"bus_id": s["pci_bus_id"], "name": s["name"]} for s in alive],
+            "error": None,
+        }
 
     def driver(self) -> dict[str, Any]:
         return {
@@ -177,10 +205,15 @@ class SimLayer:
         }
 
     def count(self) -> int:
+        if self.node.nvml_raises:
+            raise RuntimeError(self.node.nvml_raises)
         return len(self.node.snapshots)
 
     def snapshot(self, index: int) -> dict[str, Any]:
-        return copy.deepcopy(self.node.snapshots[index])
+        s = self.node.snapshots[index]
+        if s["index"] in self.node.lost:
+            return {"index": s["index"], "lost": f"NVML cannot reach GPU {index}: GPU is lost"}
+        return {"lost": None, **copy.deepcopy(s)}
 
     def sample(self, index: int) -> dict[str, Any]:
         s = self.node.snapshots[index]
@@ -206,7 +239,13 @@ class SimLayer:
 @dataclass
 class SimNode:
     """Injected readings (``snapshots``), measurements (``values[gpu][metric]``), SDC digests,
-    XID events, NVML availability, and probes that crash or hang."""
+    XID events, NVML, PCI and CUDA views, and probes that crash or hang.
+
+    ``pci_gpus``: NVIDIA GPUs on the PCI bus (-1: one per snapshot; None: bus not readable).
+    ``cuda_gpus``: how many of the reachable GPUs CUDA opens (-1: all). ``lost``: GPUs that
+    fell off the bus (NVML cannot reach them, CUDA does not see them, their probes fail).
+    ``nvml_hang_s`` / ``nvml_raises``: NVML init hangs that long / ``count()`` raises.
+    """
 
     snapshots: list[dict[str, Any]]
     values: list[dict[str, float]]
@@ -214,7 +253,15 @@ class SimNode:
     digests: dict[int, str] = field(default_factory=dict)
     xids: list[dict[str, Any]] | None = field(default_factory=list)
     nvml_error: str | None = None
-    pci_gpus: int | None = -1  # GPUs on the PCI bus; -1: as many as NVML sees
+    pci_gpus: int | None = -1
+    pci_driver: str = "nvidia"  # the kernel driver bound to the GPUs ("" none, "nouveau")
+    cuda_error: str | None = None
+    cuda_gpus: int = -1
+    lost: set[int] = field(default_factory=set)
+    falls: dict[tuple[str, int], str] = field(default_factory=dict)
+    nvml_hang_s: float = 0.0
+    nvml_raises: str | None = None
+    release: threading.Event = field(default_factory=threading.Event)
     crashes: set[tuple[str, int | None]] = field(default_factory=set)
     hangs: set[tuple[str, int | None]] = field(default_factory=set)
     errors: dict[tuple[str, int | None], str] = field(default_factory=dict)
@@ -257,6 +304,10 @@ class SimNode:
 
     def fail_probe(self, probe: str, gpu: int | None, message: str) -> None:
         self.errors[(probe, gpu)] = message
+
+    def fall_off(self, gpu: int, during: str) -> None:
+        """GPU ``gpu`` falls off the bus while probe ``during`` runs on it (XID 79)."""
+        self.falls[(during, gpu)] = "CUDA error: unspecified launch failure"
 
     def layer(self) -> SimLayer:
         return SimLayer(self)
@@ -309,6 +360,14 @@ class SimRunner:
             )
         rec = base_record(spec.name, gpu)
         rec["started_at"] = now_iso()
+        if key in self.node.falls and gpu is not None:
+            self.node.lost.add(gpu)
+            if self.node.xids is not None:
+                self.node.xids.append({"gpu": gpu, "xid": 79, "t": time.time()})
+            return _errored(rec, self.node.falls[key])
+        gone = sorted(self.node.lost & set([gpu] if gpu is not None else gpus))
+        if gone:
+            return _errored(rec, f"CUDA error: GPU {gone[0]} has fallen off the bus")
         nvml_missing = self.node.nvml_error is not None
         targets = [gpu] if spec.scope == "gpu" else list(gpus)
         for metric in spec.metrics:
@@ -359,6 +418,18 @@ class SimRunner:
             }
         rec.update(status="ok", ended_at=now_iso(), duration_s=0.0, stderr_tail="")
         return rec
+
+
+def _errored(rec: dict[str, Any], message: str) -> dict[str, Any]:
+    rec.update(
+        status="error",
+        reason=V.error_reason_for(message),
+        message=message,
+        ended_at=now_iso(),
+        duration_s=0.0,
+        stderr_tail="",
+    )
+    return rec
 
 
 def certify_sim(node: SimNode, out: Any, **kw: Any) -> Any:

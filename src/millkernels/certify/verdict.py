@@ -23,6 +23,8 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from millkernels.certify.readings import number
+
 PASS, FAIL, ERROR, SKIPPED = "pass", "fail", "error", "skipped"
 STATUSES = (PASS, FAIL, ERROR, SKIPPED)
 
@@ -53,6 +55,11 @@ FR_CANNOT_GET_STAT = "DCGM_FR_CANNOT_GET_STAT"
 FR_MEMORY_ALLOC = "DCGM_FR_MEMORY_ALLOC"
 FR_CUDA_API = "DCGM_FR_CUDA_API"
 FR_DEVICE_COUNT = "DCGM_FR_DEVICE_COUNT_MISMATCH"
+FR_FALLEN_OFF_BUS = "DCGM_FR_FALLEN_OFF_BUS"  # XID 79: the GPU stopped answering on the bus
+FR_CUDA_DEVICE = "DCGM_FR_CUDA_DEVICE"  # no CUDA device for a GPU NVML or the PCI bus shows
+FR_DENYLISTED_DRIVER = "DCGM_FR_DENYLISTED_DRIVER"  # e.g. nouveau bound instead of nvidia
+FR_API_FAIL = "DCGM_FR_API_FAIL"  # an NVML call raised
+FR_POWER_UNREADABLE = "DCGM_FR_POWER_UNREADABLE"  # e.g. an energy counter that never advances
 # millkernels' own.
 MK_SPREAD = "MK_SPREAD_BELOW_MEDIAN"
 MK_SDC = "MK_SDC_MISMATCH"
@@ -68,6 +75,14 @@ MK_ABOVE_LIMIT = "MK_ABOVE_LIMIT"
 MK_BELOW_FLOOR = "MK_BELOW_FLOOR"
 MK_GPU_COUNT = "MK_GPU_COUNT"
 MK_WRONG_RESULT = "MK_WRONG_RESULT"  # an op probe's output failed its check against PyTorch
+MK_INVALID_READING = "MK_INVALID_READING"  # NaN, infinite, negative, non-numeric, out of range
+MK_DUPLICATE_GPU_ID = "MK_DUPLICATE_GPU_ID"  # two GPUs report the same UUID or serial
+MK_PREFLIGHT_TIMEOUT = "MK_PREFLIGHT_TIMEOUT"  # NVML or CUDA did not answer in time
+MK_NO_GPU = "MK_NO_GPU"  # a GPU profile on a machine with no NVIDIA GPU anywhere
+MK_NOT_APPLICABLE = "MK_NOT_APPLICABLE"  # a node probe that needs more GPUs than the node has
+MK_NOT_RUN = "MK_NOT_RUN"  # a probe the profile skips (skip_probes) or the run did not select
+MK_GPUS_NOT_CERTIFIED = "MK_GPUS_NOT_CERTIFIED"  # cpu profile on a machine with NVIDIA GPUs
+MK_NO_CHECKS = "MK_NO_CHECKS"  # nothing passed: a verdict cannot rest on no evidence
 
 # The reason a metric below its floor fails with (DCGM's code for that kind of metric).
 FLOOR_REASON = {
@@ -171,9 +186,16 @@ def error_reason_for(message: str) -> str:
 def limit_check(
     name: str, gpu: int | None, value: float | None, unit: str, limit: dict[str, Any] | None
 ) -> Check:
-    """A check of ``value`` against ``limit`` ({"min": x} and/or {"max": y}, with sources)."""
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return Check(name, gpu, None, unit, ERROR, MK_NO_MEASUREMENT, "no finite value")
+    """A check of ``value`` against ``limit`` ({"min": x} and/or {"max": y}, with sources).
+
+    A missing value errors with ``MK_NO_MEASUREMENT``; one that is no usable number (NaN,
+    infinite, a string, a boolean: see :func:`readings.number`) with ``MK_INVALID_READING``."""
+    if value is None:
+        return Check(name, gpu, None, unit, ERROR, MK_NO_MEASUREMENT, "no value")
+    checked, why = number(value)
+    if checked is None:
+        return Check(name, gpu, None, unit, ERROR, MK_INVALID_READING, f"invalid reading: {why}")
+    value = checked if isinstance(value, float) else value
     if not limit or ("min" not in limit and "max" not in limit):
         return Check(name, gpu, value, unit, PASS, MK_NO_LIMIT, "recorded; no limit set")
     shown = {k: limit[k] for k in ("min", "max", "source", "date") if k in limit}
@@ -230,19 +252,20 @@ class Verdict:
 
     @property
     def exit_code(self) -> int:
-        """0 pass, 1 a check failed, 3 nothing failed but something could not run."""
-        if self.counts.get(FAIL):
-            return 1
-        if self.counts.get(ERROR):
-            return 3
-        return 0
+        """0 pass, 1 a check failed, 3 nothing failed but something could not run (or nothing
+        was checked at all)."""
+        if self.verdict == PASS:
+            return 0
+        return 1 if self.counts.get(FAIL) else 3
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def node_verdict(checks: Iterable[Check], gpu_indices: Iterable[int]) -> Verdict:
-    """Pass only when no check failed or errored (skipped checks don't count)."""
+    """Pass only when no check failed or errored and at least one check passed (skipped checks
+    don't count: a run whose every check was skipped, or that has no checks, measured nothing
+    and fails with ``MK_NO_CHECKS``)."""
     checks = list(checks)
     counts = {s: 0 for s in STATUSES}
     for c in checks:
@@ -259,4 +282,6 @@ def node_verdict(checks: Iterable[Check], gpu_indices: Iterable[int]) -> Verdict
             }
         )
     reasons = sorted({c.reason for c in bad})
+    if not bad and not counts[PASS]:
+        return Verdict(FAIL, counts, gpus, [MK_NO_CHECKS])
     return Verdict(FAIL if bad else PASS, counts, gpus, reasons)
