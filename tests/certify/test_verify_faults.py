@@ -60,6 +60,7 @@ def cpu_doc(tmp_path_factory, keys) -> dict[str, Any]:
 
     node = SimNode.healthy(gpus=1)
     node.nvml_error = "NVML Shared Library Not Found"
+    node.pci_gpus = 0  # a machine without NVIDIA GPUs
     out = tmp_path_factory.mktemp("cpu-cert")
     cfg = NodeConfig(
         out=out,
