@@ -196,7 +196,7 @@ def certify_node(cfg: NodeConfig) -> NodeResult:
         try:
             lines = log.resume()
         except ResumeError as exc:
-            raise UsageError(f"--resume: {exc}; start a fresh run without --resume") from None
+            raise _cannot_resume(exc) from None
     previous = [ln.record for ln in lines]
     header = previous[0] if previous else None
     layer = cfg.layer if cfg.layer is not None else NvmlLayer()
@@ -233,7 +233,7 @@ def certify_node(cfg: NodeConfig) -> NodeResult:
                 tasks={(s.name, g) for s, g in tasks},
             )
         except ResumeError as exc:
-            raise UsageError(f"--resume: {exc}; start a fresh run without --resume") from None
+            raise _cannot_resume(exc) from None
     created = outdir.make_out(out)
     try:
         outdir.remove_stale(out)
@@ -368,6 +368,10 @@ def certify_node(cfg: NodeConfig) -> NodeResult:
     return NodeResult(
         cert, checks, verdict, records, paths, doc.get("signature") is not None, notes
     )
+
+
+def _cannot_resume(exc: ResumeError) -> UsageError:
+    return UsageError(f"--resume: {exc}; start a fresh run without --resume")
 
 
 def _check_out(cfg: NodeConfig, out: Path) -> None:

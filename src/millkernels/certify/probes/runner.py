@@ -210,6 +210,9 @@ def _launch_exec(
     # The probe is not reaped yet (a zombie at worst), so its process group id is still its
     # own: this kill reaches only the probe and the workers it left behind.
     _kill_group(proc.pid)
+    if timed_out:  # should the group kill have been refused
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
     return proc.wait(), timed_out
 
 
