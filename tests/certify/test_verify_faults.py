@@ -186,7 +186,10 @@ def _too_long(days: int, mode: str) -> Callable[[dict[str, Any]], None]:
 
 
 def _expired(cert: dict[str, Any]) -> None:
-    cert["valid_until"] = _iso(_at(cert, "ended_at") + timedelta(seconds=1))
+    """A run two days ago that was valid for one second."""
+    for key in ("started_at", "ended_at", "issued_at"):
+        cert[key] = _iso(_at(cert, key) - timedelta(days=2))
+    cert["valid_until"] = _iso(_at(cert, "issued_at") + timedelta(seconds=1))
 
 
 def _no_gpus(cert: dict[str, Any]) -> None:

@@ -122,8 +122,8 @@ def build_certificate(
     days = validity_days(profile.data, mode)
     valid_until = _iso(_parse_time(ended_at) + timedelta(days=days))
     label = (
-        "CPU certificate: this machine was certified without a GPU (cpu profile); "
-        "it says nothing about any GPU"
+        f"CPU certificate ({mode} mode): this machine was certified without a GPU "
+        "(cpu profile); it says nothing about any GPU"
         if device_class == "cpu"
         else f"GPU {kind} certificate ({profile.name}, {mode} mode)"
     )
@@ -378,8 +378,10 @@ def key_notes(path: Path) -> list[str]:
 def write_public(private: Path, public: Path) -> None:
     """Write the PEM public key of the private key file ``private`` to ``public``."""
     _, ser = _crypto()
+    from millkernels.certify.outdir import write_atomic
+
     pub = load_private(private).public_key()
-    public.write_bytes(pub.public_bytes(ser.Encoding.PEM, ser.PublicFormat.SubjectPublicKeyInfo))
+    write_atomic(public, pub.public_bytes(ser.Encoding.PEM, ser.PublicFormat.SubjectPublicKeyInfo))
 
 
 def _raw_public(pub: Any) -> bytes:
@@ -468,15 +470,12 @@ def sign_document(cert: dict[str, Any], key: Path | None) -> tuple[dict[str, Any
 
 
 def write_json(path: Path, doc: dict[str, Any]) -> None:
-    """Write atomically (temp file, fsync, rename)."""
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(doc, f, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write ``doc`` as indented JSON, atomically (``outdir.write_atomic``: never through a
+    link, never half-written). Raises ``outdir.OutputError`` when the file cannot be written."""
+    from millkernels.certify.outdir import write_atomic
+
+    text = json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False)
+    write_atomic(Path(path), text + "\n")
 
 
 # ------------------------------------------------------------------------------ verify

@@ -73,7 +73,11 @@ class _Progress:
             inv = data["inventory"]
             n = len(inv["gpus"])
             where = f"{n} GPU(s) via NVML" if inv["available"] else f"NVML: {inv['error']}"
-            self.console.print(f"preflight: {where}; profile {data['profile']}")
+            self.console.print(
+                f"preflight: {where}; profile {data['profile']} ({data['mode']} mode)",
+                markup=False,
+                soft_wrap=True,
+            )
         elif event == "plan":
             self.bar.start()
             self.task = self.bar.add_task("probes", total=data["total"], completed=data["resumed"])
@@ -86,8 +90,12 @@ class _Progress:
             self.running.discard(self._name(data))
             rec = data["record"]
             if rec["status"] != "ok":
+                from rich.markup import escape
+
                 self.console.print(
-                    f"[magenta]{self._name(data)}: {rec['status']}[/] {rec.get('message', '')}"
+                    f"[magenta]{self._name(data)}: {rec['status']}[/] "
+                    + escape(rec.get("message", "")),
+                    soft_wrap=True,
                 )
             self.bar.update(
                 self.task, advance=1, description="running " + ", ".join(sorted(self.running))
@@ -115,10 +123,14 @@ def certify(
         "~/.config/millkernels/node-key.pem, made on first use)",
     ),
     resume: bool = typer.Option(False, "--resume", help="continue an interrupted run in --out"),
+    force: bool = typer.Option(
+        False, "--force", help="replace a certificate already in --out (a new run)"
+    ),
     out: Path = typer.Option(
         ...,
         "--out",
-        help="directory for certificate.json, report.html, metrics.prom, results.jsonl",
+        help="directory for certificate.json, report.html, metrics.prom, signer.pub, "
+        "results.jsonl (created; one holding a certificate needs --force or --resume)",
     ),
     fmt: CertFormat = typer.Option(CertFormat.table, "--format", help="table or json"),
 ) -> None:
@@ -127,6 +139,7 @@ def certify(
     from millkernels.certify import certificate as C
     from millkernels.certify import report
     from millkernels.certify.node import CouldNotRun, NodeConfig, UsageError, certify_node
+    from millkernels.certify.outdir import OutputError
     from millkernels.certify.pod import pod_env, run_pod
 
     if key is None:
@@ -150,6 +163,7 @@ def certify(
         targets=targets,
         key=key,
         resume=resume,
+        force=force,
         progress=progress,
     )
     if targets is not None and profile != "auto":
@@ -165,13 +179,12 @@ def certify(
             progress.bar.stop()
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(EXIT_USAGE) from None
-    except CouldNotRun as exc:
+    except (CouldNotRun, OutputError) as exc:
+        if progress:
+            progress.bar.stop()
         typer.echo(f"error: could not run: {exc}", err=True)
         raise typer.Exit(EXIT_COULD_NOT_RUN) from None
     doc = json.loads(res.paths["certificate"].read_text())
-    if doc.get("signature") and key is not None:  # the public half, for `millkernels verify`
-        res.paths["public key"] = Path(out) / "signer.pub"
-        C.write_public(key, res.paths["public key"])
     if fmt is CertFormat.json:
         sys.stdout.write(json.dumps(doc, indent=2, sort_keys=True) + "\n")
     else:

@@ -1,5 +1,9 @@
-"""Certify one node: preflight -> probes (own process each, timeout) -> verdict -> certificate
--> reports. Every step is appended to ``results.jsonl`` as it finishes.
+"""Certify one node: preflight -> probes (own process each, timeout) -> verdict -> reports ->
+certificate. Every step is appended to ``results.jsonl`` as it finishes.
+
+Output order: ``results.jsonl`` as the run goes, then ``report.html``, ``metrics.prom``,
+``signer.pub``, and ``certificate.json`` last, each written whole (temp file + rename, see
+``certify.outdir``): a ``certificate.json`` exists only when everything before it was written.
 
 :func:`certify_node` is what ``millkernels certify`` runs; tests drive it with a simulated
 device layer and probe runner (``certify.sim``).
@@ -18,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from millkernels.certify import outdir
 from millkernels.certify import targets as T
 from millkernels.certify import verdict as V
 from millkernels.certify.evaluate import evaluate
@@ -33,7 +38,13 @@ from millkernels.certify.preflight import (
 )
 from millkernels.certify.probes.registry import ProbeSpec, probes_for
 from millkernels.certify.probes.runner import ProbeRunner, SubprocessRunner, base_record, now_iso
-from millkernels.certify.results import ResultsLog, latest_probes
+from millkernels.certify.results import (
+    ResultsLog,
+    ResumeError,
+    check_resumable,
+    latest_probes,
+)
+from millkernels.certify.results import mac_key as results_mac_key
 
 Progress = Callable[[str, dict[str, Any]], None]
 
@@ -52,6 +63,7 @@ class NodeConfig:
     targets: Path | None = None
     key: Path | None = None
     resume: bool = False
+    force: bool = False  # replace a certificate already in ``out``
     layer: DeviceLayer | None = None
     runner: ProbeRunner | None = None
     timeout_scale: float = 1.0
@@ -208,26 +220,35 @@ def plan(
 
 
 def certify_node(cfg: NodeConfig) -> NodeResult:
-    """Run the whole pipeline for this node and write the four output files."""
+    """Run the whole pipeline for this node and write its files into ``cfg.out``.
+
+    Nothing is created before the arguments, the key, the profile, the GPU set and (with
+    ``resume``) every line of the interrupted run's ``results.jsonl`` have been checked.
+    Files are written reports first and ``certificate.json`` last (see ``certify.outdir``), so
+    a certificate exists only when everything before it was written.
+
+    Raises UsageError (bad arguments, an ``--out`` that holds a certificate without ``force``,
+    a line of ``results.jsonl`` that cannot be resumed), CouldNotRun, and
+    ``outdir.OutputError`` (a file could not be written)."""
     from millkernels.certify import certificate as C
 
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    log = ResultsLog(out / "results.jsonl")
+    _check_out(cfg, out)
+    try:  # a bad key must fail now, not after a 15-minute run
+        mac_key = results_mac_key(cfg.key)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"--key: cannot use {cfg.key}: {exc}") from exc
+    log = ResultsLog(out / "results.jsonl", mac_key)
+    lines = []
+    if cfg.resume:
+        try:
+            lines = log.resume()
+        except ResumeError as exc:
+            raise _cannot_resume(exc) from None
+    previous = [ln.record for ln in lines]
+    header = previous[0] if previous else None
     layer = cfg.layer if cfg.layer is not None else NvmlLayer()
     runner = cfg.runner if cfg.runner is not None else SubprocessRunner()
-
-    if cfg.key is not None:  # a bad key must fail now, not after a 15-minute run
-        try:
-            C.load_private(cfg.key)
-        except RuntimeError:
-            pass  # cryptography missing: the certificate is written unsigned and says so
-        except (OSError, ValueError) as exc:
-            raise UsageError(f"--key: cannot use {cfg.key}: {exc}") from exc
-    previous = log.read() if cfg.resume else []
-    header = next((r for r in previous if r.get("type") == "run"), None)
-    if cfg.resume and header is None:
-        raise UsageError(f"--resume: {log.path} has no run to resume; start without --resume")
 
     # A bad --targets file or --profile name is a usage error before NVML is touched.
     explicit = cfg.targets is not None or cfg.profile != "auto"
@@ -260,38 +281,45 @@ def certify_node(cfg: NodeConfig) -> NodeResult:
             _emit(cfg, "note", message=run_notes[-1])
 
     mode = "quick" if cfg.quick else "standard"
-    if header is not None:
-        if header.get("profile") != profile.name or header.get("mode") != mode:
-            raise UsageError(
-                f"--resume: the interrupted run used profile {header.get('profile')!r} "
-                f"({header.get('mode')}); this one {profile.name!r} ({mode})"
-            )
-        if header.get("gpus") != gpus:
-            raise UsageError(
-                f"--resume: the interrupted run had GPUs {header.get('gpus')}, now {gpus}; "
-                "the node changed: start a fresh run"
-            )
-        started_at, run_id = header["started_at"], header["run_id"]
-    else:
-        log.reset()
-        started_at, run_id = now_iso(), str(uuidlib.uuid4())
-        log.append(
-            {
-                "type": "run",
-                "run_id": run_id,
-                "started_at": started_at,
-                "profile": profile.name,
-                "profile_sha256": profile.sha256,
-                "mode": mode,
-                "device_class": profile.device_class,
-                "gpus": gpus,
-            }
-        )
-    log.append({"type": "preflight", "at": now_iso(), "inventory": inv})
-    _emit(cfg, "preflight", inventory=inv, profile=profile.name)
-
     # No probe without a reachable GPU: the preflight checks say why none could be reached.
     tasks = plan(profile, probe_gpus, cfg.probes) if probe_gpus or not gpu_class else []
+    if header is not None:
+        try:
+            check_resumable(
+                log.path,
+                lines,
+                profile=profile,
+                mode=mode,
+                gpus=gpus,
+                tasks={(s.name, g) for s, g in tasks},
+            )
+        except ResumeError as exc:
+            raise _cannot_resume(exc) from None
+    created = outdir.make_out(out)
+    try:
+        outdir.remove_stale(out)
+        if header is not None:
+            started_at, run_id = header["started_at"], header["run_id"]
+        else:
+            started_at, run_id = now_iso(), str(uuidlib.uuid4())
+            log.start(
+                {
+                    "type": "run",
+                    "run_id": run_id,
+                    "started_at": started_at,
+                    "profile": profile.name,
+                    "profile_sha256": profile.sha256,
+                    "mode": mode,
+                    "device_class": profile.device_class,
+                    "gpus": gpus,
+                }
+            )
+    except BaseException:
+        outdir.remove_if_empty(created, out)
+        raise
+    log.append({"type": "preflight", "at": now_iso(), "inventory": inv})
+    _emit(cfg, "preflight", inventory=inv, profile=profile.name, mode=mode)
+
     done = latest_probes(previous)
     todo = [(s, g) for s, g in tasks if (s.name, g) not in done]
     _emit(cfg, "plan", total=len(tasks), todo=len(todo), resumed=len(tasks) - len(todo))
@@ -390,8 +418,13 @@ def certify_node(cfg: NodeConfig) -> NodeResult:
     )
     doc, sign_notes = C.sign_document(cert, cfg.key)
     notes = run_notes + sign_notes
-    paths = {"certificate": out / "certificate.json", "results": log.path}
-    C.write_json(paths["certificate"], doc)
+    if mac_key is None:
+        notes.append(
+            "results.jsonl lines carry no integrity check (no usable signing key): a resume of "
+            "this run cannot tell edited measurements; its certificate is unsigned"
+        )
+    # Reports first, certificate last: a certificate.json exists only when all else was written.
+    paths = {"results": log.path}
     if cfg.write_reports:
         from millkernels.certify import report
 
@@ -399,10 +432,35 @@ def certify_node(cfg: NodeConfig) -> NodeResult:
         paths["metrics"] = out / "metrics.prom"
         report.write_html(paths["report"], doc, latest, notes)
         report.write_prometheus(paths["metrics"], doc)
+    if doc.get("signature") is not None and cfg.key is not None:
+        paths["public key"] = out / "signer.pub"  # for `millkernels verify`
+        C.write_public(cfg.key, paths["public key"])
+    paths["certificate"] = out / "certificate.json"
+    C.write_json(paths["certificate"], doc)
     _emit(cfg, "finished", verdict=verdict.verdict)
     return NodeResult(
         cert, checks, verdict, records, paths, doc.get("signature") is not None, notes
     )
+
+
+def _cannot_resume(exc: ResumeError) -> UsageError:
+    return UsageError(f"--resume: {exc}; start a fresh run without --resume")
+
+
+def _check_out(cfg: NodeConfig, out: Path) -> None:
+    """Refuse an ``--out`` that cannot be written safely, or whose certificate would be
+    overwritten without ``--force``, before anything runs."""
+    if cfg.force and cfg.resume:
+        raise UsageError("--force starts a new run and --resume continues one: give one of them")
+    try:
+        outdir.check_out(out)
+    except outdir.UnsafeOutput as exc:
+        raise UsageError(f"--out: {exc}") from None
+    if (out / "certificate.json").exists() and not (cfg.force or cfg.resume):
+        raise UsageError(
+            f"--out: {out} already holds a certificate.json; pass --force to replace it, "
+            "choose another --out folder, or --resume to continue its run"
+        )
 
 
 def visible_gpus(gpus: list[dict[str, Any]], visible: str | None) -> list[dict[str, Any]]:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from millkernels.certify import verdict as V
+from millkernels.certify.outdir import write_atomic
 
 _STATUS_STYLE = {V.PASS: "green", V.FAIL: "bold red", V.ERROR: "bold magenta", V.SKIPPED: "yellow"}
 
@@ -43,64 +44,148 @@ def _col(gpu: Any) -> str:
     return "node" if gpu is None else f"GPU {gpu}"
 
 
+def where(cert: dict[str, Any], gpu: Any, node: str | None = None) -> str:
+    """Where a check was measured, the same words in every report: ``GPU i``, ``node`` for a
+    GPU node's node-wide checks, ``cpu`` on a CPU certificate; a pod check leads with its
+    node's name."""
+    label = "cpu" if cert["device_class"] == "cpu" and gpu is None else _col(gpu)
+    return f"{node} {label}" if node else label
+
+
+def _status_summary(cert: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    """One row's status: ``pass``, or each non-passing status with where it happened."""
+    bad: dict[str, list[str]] = {}
+    for c in rows:
+        if c["status"] != V.PASS:
+            bad.setdefault(c["status"], []).append(where(cert, c["gpu"], c.get("node")))
+    if not bad:
+        return V.PASS
+    return "; ".join(f"{st}: {', '.join(w)}" for st, w in bad.items())
+
+
 # ------------------------------------------------------------------------------ terminal
 
 
+def escape(text: str) -> str:
+    """``text`` with rich markup characters escaped (messages may hold ``[...]``)."""
+    from rich.markup import escape as _escape
+
+    return _escape(text)
+
+
 def print_summary(doc: dict[str, Any], notes: list[str], console: Any = None) -> None:
-    """Checks as a metric x GPU matrix, then every non-passing check, then the verdict."""
+    """Every check with its status and limit, then the verdict. On a terminal wide enough for
+    it: a check x GPU table and a table of the checks that did not pass (long text wraps, never
+    cut); otherwise (CI logs, pipes, narrow terminals): one full line per check."""
     from rich.console import Console
-    from rich.table import Table
 
     console = console or Console()
     cert = doc["certificate"]
+    if not (console.is_terminal and _print_tables(console, cert)):
+        _print_lines(console, cert)
+    style = "bold green" if cert["verdict"] == V.PASS else "bold red"
+    counts = ", ".join(f"{k} {v}" for k, v in cert["summary"]["counts"].items() if v)
+    until = cert["valid_until"]
+    console.print(
+        f"[{style}]verdict: {cert['verdict'].upper()}[/] ({cert['mode']} mode; {counts}); "
+        f"valid until {until}",
+        soft_wrap=True,
+    )
+    for note in notes:
+        console.print(f"[yellow]{escape(note)}[/]", soft_wrap=True)
+
+
+def _print_lines(console: Any, cert: dict[str, Any]) -> None:
+    """Plain text, nothing cut: one line per check with its limit, status and value at every
+    place, then one line per check that did not pass with its reason and message."""
+
+    def out(text: str) -> None:
+        console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+    out(f"{cert['label']} - {cert['node'].get('hostname', '')}")
+    checks = cert["checks"]
+    for name in dict.fromkeys(c["name"] for c in checks):
+        rows = [c for c in checks if c["name"] == name]
+        worst = next(
+            (s for s in (V.ERROR, V.FAIL, V.SKIPPED) if any(c["status"] == s for c in rows)), V.PASS
+        )
+        limit = next((_limit_text(c.get("limit")) for c in rows if c.get("limit")), "")
+        head = ", ".join(x for x in (rows[0]["unit"], limit and f"limit {limit}") if x)
+        values = ", ".join(
+            f"{where(cert, c['gpu'], c.get('node'))} {_fmt(c['value'])}"
+            + ("" if c["status"] == V.PASS else f" {c['status']}")
+            for c in rows
+        )
+        out(f"{worst.upper():<7} {name}" + (f" ({head})" if head else "") + f": {values}")
+    bad = [c for c in checks if c["status"] != V.PASS]
+    if bad:
+        out("not passed:")
+    for c in bad:
+        parts = [
+            f"{c['status'].upper():<7}",
+            c["name"],
+            f"[{where(cert, c['gpu'], c.get('node'))}]",
+            f"value {_fmt(c['value'])}" + (f" {c['unit']}" if c["unit"] else ""),
+        ]
+        if c.get("limit"):
+            parts.append(f"limit {_limit_text(c['limit'])}")
+        parts.append(c["reason"])
+        if c.get("message"):
+            parts.append(f"- {c['message']}")
+        out(" ".join(parts))
+
+
+def _print_tables(console: Any, cert: dict[str, Any]) -> bool:
+    """The check x GPU table and the not-passed table; False (nothing printed) when the first
+    does not fit the terminal unwrapped."""
+    from rich.measure import Measurement
+    from rich.table import Table
+
     checks = cert["checks"]
     cols = sorted(
         {c["gpu"] for c in checks}, key=lambda g: (g is not None, g if g is not None else -1)
     )
     names = list(dict.fromkeys(c["name"] for c in checks))
-    t = Table(title=f"{cert['label']} - {cert['node'].get('hostname', '')}", show_lines=False)
-    t.add_column("check", no_wrap=True, min_width=min(32, max(len(n) for n in names)))
-    t.add_column("unit", no_wrap=True)
+    t = Table(title=escape(f"{cert['label']} - {cert['node'].get('hostname', '')}"))
+    for h in ("check", "unit", "limit", "status"):
+        t.add_column(h, overflow="fold")
     for g in cols:
-        t.add_column(
-            "cpu" if cert["device_class"] == "cpu" and g is None else _col(g), justify="right"
-        )
+        t.add_column(where(cert, g), justify="right", overflow="fold")
     by = {(c["name"], c["gpu"]): c for c in checks}
     for n in names:
-        unit = next(c["unit"] for c in checks if c["name"] == n)
-        row = [n, unit]
+        rows = [c for c in checks if c["name"] == n]
+        limit = next((_limit_text(c.get("limit")) for c in rows if c.get("limit")), "")
+        row = [escape(n), escape(rows[0]["unit"]), limit, escape(_status_summary(cert, rows))]
         for g in cols:
             c = by.get((n, g))
             if c is None:
                 row.append("")
-            else:
-                v = _fmt(c["value"])
-                v = v[:8] if c["unit"] == "sha256" else v
-                row.append(f"[{_STATUS_STYLE[c['status']]}]{v}[/]")
+                continue
+            v = _fmt(c["value"])
+            v = v[:8] if c["unit"] == "sha256" else v
+            mark = "" if c["status"] == V.PASS else f" {c['status']}"
+            row.append(f"[{_STATUS_STYLE[c['status']]}]{escape(v)}{mark}[/]")
         t.add_row(*row)
+    if Measurement.get(console, console.options.update_width(1 << 16), t).maximum > console.width:
+        return False
     console.print(t)
     bad = [c for c in checks if c["status"] != V.PASS]
     if bad:
         p = Table(title="not passed")
         for h in ("check", "where", "status", "reason", "value", "limit", "message"):
-            p.add_column(h)
+            p.add_column(h, overflow="fold")
         for c in bad:
             p.add_row(
-                c["name"],
-                _col(c["gpu"]),
+                escape(c["name"]),
+                escape(where(cert, c["gpu"], c.get("node"))),
                 f"[{_STATUS_STYLE[c['status']]}]{c['status']}[/]",
-                c["reason"],
-                _fmt(c["value"]),
+                escape(c["reason"]),
+                escape(_fmt(c["value"])),
                 _limit_text(c.get("limit")),
-                c.get("message", ""),
+                escape(c.get("message", "")),
             )
         console.print(p)
-    style = "bold green" if cert["verdict"] == V.PASS else "bold red"
-    counts = ", ".join(f"{k} {v}" for k, v in cert["summary"]["counts"].items() if v)
-    until = cert["valid_until"]
-    console.print(f"[{style}]verdict: {cert['verdict'].upper()}[/] ({counts}); valid until {until}")
-    for note in notes:
-        console.print(f"[yellow]{note}[/]")
+    return True
 
 
 # ------------------------------------------------------------------------------ charts
@@ -135,7 +220,7 @@ def _charts(
             continue
         if all(c["value"] == 0 for c in rows) and floors[metric].get("max") == 0:
             continue  # error counts that are all zero: the table says it; a chart adds nothing
-        labels = [_col(c["gpu"]) if cert["device_class"] == "gpu" else "cpu" for c in rows]
+        labels = [where(cert, c["gpu"], c.get("node")) for c in rows]
         spread_bad = {
             c["gpu"] for c in checks if c["name"] == f"spread.{metric}" and c["status"] == V.FAIL
         }
@@ -148,8 +233,11 @@ def _charts(
             for c in rows
         ]
         fig, ax = plt.subplots(figsize=(max(3.5, 0.6 * len(rows) + 2), 2.6))
-        ax.bar(labels, [c["value"] for c in rows], color=colors)
+        values = [c["value"] for c in rows]
+        bars = ax.bar(labels, values, color=colors, width=0.6)
+        ax.bar_label(bars, labels=[_fmt(v) for v in values], fontsize=7)
         lim = floors[metric]
+        _value_axis(ax, values, lim)
         if lim.get("min") is not None:
             ax.axhline(
                 lim["min"], color="#c62828", linestyle="--", label=f"floor {_fmt(lim['min'])}"
@@ -159,11 +247,13 @@ def _charts(
                 lim["max"], color="#ef6c00", linestyle="--", label=f"limit {_fmt(lim['max'])}"
             )
         title = f"{metric} ({lim.get('unit', rows[0]['unit'])})"
+        if ax.get_yscale() == "log":
+            title += ", log scale"
         if spread_bad:
             title += "; orange: >limit below node median"
         ax.set_title(title, fontsize=9)
         ax.tick_params(labelsize=7)
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="upper right")
         charts.append({"title": metric, "png": _png(fig)})
     spread = [c for c in checks if c["name"].startswith("spread.")]
     if spread:
@@ -198,6 +288,59 @@ def _charts(
         ax.legend(fontsize=6, ncol=4)
         charts.append({"title": "power over time", "png": _png(fig)})
     return charts, None
+
+
+def _value_axis(ax: Any, values: list[float], limit: dict[str, Any]) -> None:
+    """Y axis of a per-metric bar chart: log (plain-number ticks) when :func:`value_scale` says
+    so, always spanning the floor/limit line, with headroom for the bar labels and legend."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    nums = [*values, *(limit.get(k) for k in ("min", "max") if limit.get(k) is not None)]
+    top = max(nums)
+    if value_scale(values, limit) == "log":
+        ax.set_yscale("log")
+        ax.set_ylim(min(nums) / 3, top * 4)
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: _fmt(float(v))))
+        ax.yaxis.set_minor_formatter(NullFormatter())
+    elif top > 0:
+        ax.set_ylim(top=top * 1.35)
+
+
+def value_scale(values: list[float], limit: dict[str, Any]) -> str:
+    """``"log"`` when a chart's bars and its floor/limit line are more than 10x apart (a
+    0.4 GB/s floor under 70 GB/s bars would sit on the axis), else ``"linear"``; log needs
+    every number positive."""
+    nums = [*values, *(limit.get(k) for k in ("min", "max") if limit.get(k) is not None)]
+    if not nums or min(nums) <= 0:
+        return "linear"
+    return "log" if max(nums) / min(nums) > 10 else "linear"
+
+
+def energy_source(cert: dict[str, Any], records: dict[Any, dict[str, Any]]) -> str:
+    """Where the report's power and energy figures come from, as its footer says it: RAPL
+    package counters on a CPU certificate (the domains the probe read, or why none), NVML
+    board readings on a GPU certificate. Never wall power."""
+    if cert["device_class"] != "cpu":
+        return "Board power and energy come from NVML (GPU board only), not wall power."
+    for r in records.values():
+        domains = r.get("info", {}).get("rapl_domains")
+        if domains:
+            return (
+                f"CPU power and energy come from RAPL ({', '.join(domains)}: CPU package "
+                "counters), not wall power."
+            )
+    why = next(
+        (
+            u.get("reason")
+            for r in records.values()
+            for u in r.get("unavailable", [])
+            if u.get("metric") == "cpu_energy_j"
+        ),
+        None,
+    )
+    if why:
+        return f"No energy was measured ({why})."
+    return "CPU energy, where measured, comes from RAPL package counters, not wall power."
 
 
 # ------------------------------------------------------------------------------ HTML
@@ -240,7 +383,8 @@ def render_html(doc: dict[str, Any], records: dict[Any, dict[str, Any]], notes: 
         unsigned_reason=doc.get("unsigned_reason"),
         fmt=_fmt,
         limit_text=_limit_text,
-        col=_col,
+        where=where,
+        energy=energy_source(cert, records),
         generated=datetime.now().astimezone().isoformat(timespec="seconds"),
         profile_json=json.dumps(cert["profile"]["targets"], indent=2),
     )
@@ -249,7 +393,7 @@ def render_html(doc: dict[str, Any], records: dict[Any, dict[str, Any]], notes: 
 def write_html(
     path: Path, doc: dict[str, Any], records: dict[Any, dict[str, Any]], notes: list[str]
 ) -> None:
-    Path(path).write_text(render_html(doc, records, notes), encoding="utf-8")
+    write_atomic(Path(path), render_html(doc, records, notes))
 
 
 # ------------------------------------------------------------------------------ Prometheus
@@ -276,7 +420,7 @@ def prometheus_text(doc: dict[str, Any]) -> str:
 
     def gl(gpu: Any) -> dict[str, Any]:
         if gpu is None:
-            return {"gpu": "node" if cert["device_class"] == "gpu" else "cpu"}
+            return {"gpu": where(cert, None)}
         g = gpu_info.get(gpu, {})
         return {"gpu": gpu, "UUID": g.get("uuid"), "modelName": g.get("name")}
 
@@ -322,4 +466,4 @@ def prometheus_text(doc: dict[str, Any]) -> str:
 
 
 def write_prometheus(path: Path, doc: dict[str, Any]) -> None:
-    Path(path).write_text(prometheus_text(doc))
+    write_atomic(Path(path), prometheus_text(doc))

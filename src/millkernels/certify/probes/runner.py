@@ -1,5 +1,12 @@
 """Run one probe in its own process, with a timeout; a crash or a hang becomes a record.
 
+Process handling: each probe leads its own session (so its process group holds it and every
+worker it starts). The group is SIGKILLed when the probe outlives its timeout and again once
+the probe has exited, so no stray worker outlives its record. On Linux a probe also gets
+``PR_SET_PDEATHSIG`` = SIGKILL and then checks that certify is still alive (closing the race
+with a parent that died first), so ``kill -9`` of certify does not leave probes running.
+Stderr goes to a temp file and only its tail is read back.
+
 A record (one line of ``results.jsonl``)::
 
     {"type": "probe", "probe": NAME, "gpu": I|None, "status": "ok"|"error"|"crashed"|"timeout"
@@ -11,6 +18,7 @@ A record (one line of ``results.jsonl``)::
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import signal
@@ -27,7 +35,22 @@ from typing import Any, Protocol
 from millkernels.certify import verdict as V
 from millkernels.certify.probes.registry import ProbeSpec
 
-STDERR_TAIL = 3000
+STDERR_TAIL = 3000  # characters of a probe's stderr kept in its record (read from the end)
+MESSAGE_MAX = 2000  # characters of a probe's error message kept in its record
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _load_prctl() -> Any:
+    """libc's ``prctl``, resolved once in the parent so a child only calls it."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _load_prctl()
 
 
 def now_iso() -> str:
@@ -133,8 +156,7 @@ class SubprocessRunner:
                 rc, timed_out = _launch_forked(argv[3:], full_env, err_path, timeout)
             else:
                 rc, timed_out = _launch_exec(argv, full_env, err_path, timeout)
-            raw = err_path.read_bytes() if err_path.exists() else b""
-            tail = raw[-STDERR_TAIL:].decode(errors="replace")
+            tail = stderr_tail(err_path)
             payload = None
             if out.exists():
                 try:
@@ -161,7 +183,7 @@ class SubprocessRunner:
             rec.update(
                 status="error",
                 reason=payload.get("reason") or V.MK_PROBE_ERROR,
-                message=payload.get("error", ""),
+                message=cap(str(payload.get("error", ""))),
             )
         else:
             rec.update(status="ok", reason=None)
@@ -174,13 +196,67 @@ class SubprocessRunner:
 def _launch_exec(
     argv: list[str], env: dict[str, str], err_path: Path, timeout: float
 ) -> tuple[int, bool]:
+    parent = os.getpid()
     with open(err_path, "wb") as err:
-        proc = subprocess.Popen(argv, stdout=err, stderr=err, env=env, start_new_session=True)
+        proc = subprocess.Popen(
+            argv,
+            stdout=err,
+            stderr=err,
+            env=env,
+            start_new_session=True,
+            preexec_fn=lambda: _die_with_parent(parent),
+        )
+    timed_out = not _wait_unreaped(proc.pid, timeout)
+    # The probe is not reaped yet (a zombie at worst), so its process group id is still its
+    # own: this kill reaches only the probe and the workers it left behind.
+    _kill_group(proc.pid)
+    if timed_out:  # should the group kill have been refused
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+    return proc.wait(), timed_out
+
+
+def _wait_unreaped(pid: int, timeout: float) -> bool:
+    """Wait up to ``timeout`` s for child ``pid`` to exit without reaping it; True if it did."""
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        time.sleep(min(delay, left))
+        delay = min(2 * delay, 0.05)
+    return True
+
+
+def _die_with_parent(parent: int) -> None:
+    """In a probe process: be SIGKILLed when the process that started it exits (Linux
+    ``PR_SET_PDEATHSIG``), and exit at once when certify (``parent``) is already gone, since it
+    may have died before the request took effect."""
+    if _PRCTL is not None:
+        _PRCTL(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if not _alive(parent):
+        os._exit(1)
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, dead but not yet reaped, does not)."""
+    if os.getppid() == pid:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+        return state not in (b"Z", b"X")
+    except FileNotFoundError:
+        return False
+    except (OSError, IndexError):  # no /proc: ask the kernel
         try:
-            return proc.wait(timeout=timeout), False
-        except subprocess.TimeoutExpired:
-            _kill_group(proc)
-            return proc.wait(), True
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
 
 
 _FORK_CTX: Any = None
@@ -200,9 +276,12 @@ def _fork_context() -> Any:
         return _FORK_CTX
 
 
-def _forked_probe(args: list[str], env: dict[str, str], err_path: str) -> None:
-    """In the forked child: own session, stdout/stderr to the file, the probe's environment."""
+def _forked_probe(args: list[str], env: dict[str, str], err_path: str, parent: int) -> None:
+    """In the forked child: own session, dies with the fork server (which exits when certify
+    does) or at once if certify is gone, stdout/stderr to the file, the probe's environment."""
     os.setsid()
+    _drop_fork_server_link()
+    _die_with_parent(parent)
     fd = os.open(err_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     os.dup2(fd, 1)
     os.dup2(fd, 2)
@@ -219,10 +298,26 @@ def _forked_probe(args: list[str], env: dict[str, str], err_path: str) -> None:
         os._exit(code)
 
 
+def _drop_fork_server_link() -> None:
+    """Close, in a forked probe, its copy of certify's end of the fork server's liveness pipe.
+    The fork server exits when that pipe closes, i.e. when certify dies, and the probe's
+    death signal follows the fork server; a probe holding a copy would keep both alive."""
+    from multiprocessing import forkserver
+
+    server = getattr(forkserver, "_forkserver", None)
+    fd = getattr(server, "_forkserver_alive_fd", None)
+    if fd is not None:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        server._forkserver_alive_fd = None
+
+
 def _launch_forked(
     args: list[str], env: dict[str, str], err_path: Path, timeout: float
 ) -> tuple[int, bool]:
-    proc = _fork_context().Process(target=_forked_probe, args=(args, env, str(err_path)))
+    proc = _fork_context().Process(
+        target=_forked_probe, args=(args, env, str(err_path), os.getpid())
+    )
     # multiprocessing re-imports the parent's __main__ in the child (by name or by path). A
     # probe needs nothing from it, and re-running a caller's unguarded script (or a main read
     # from stdin, which cannot be re-read) would be wrong: hide it while the child starts.
@@ -237,10 +332,11 @@ def _launch_forked(
             if main is not None:
                 main.__dict__.update(hidden)
     proc.join(timeout)
-    if proc.is_alive():
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
+    timed_out = proc.is_alive()
+    # The probe leads its own group; kill it (at the timeout) and any worker it left behind.
+    _kill_group(proc.pid)
+    if timed_out:
+        with contextlib.suppress(ProcessLookupError):
             proc.kill()
         proc.join()
         return proc.exitcode if proc.exitcode is not None else -9, True
@@ -254,10 +350,27 @@ def _signame(sig: int) -> str:
         return "unknown"
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
-    """SIGKILL the probe's process group (it and any workers it started)."""
+def _kill_group(pgid: int) -> None:
+    """SIGKILL process group ``pgid`` (a probe and any workers it started); gone is fine."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+def stderr_tail(path: Path, limit: int = STDERR_TAIL) -> str:
+    """The last ``limit`` characters of ``path``, reading at most ``4 * limit`` bytes from its
+    end (a probe may write gigabytes; none of it is loaded)."""
     try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
+        with open(path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - 4 * limit))
+            raw = f.read()
+    except FileNotFoundError:
+        return ""
+    return raw.decode(errors="replace")[-limit:]
+
+
+def cap(text: str, limit: int = MESSAGE_MAX) -> str:
+    """``text`` cut to ``limit`` characters, saying how much was cut."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]} ... ({len(text) - limit} more characters cut)"
