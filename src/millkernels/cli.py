@@ -25,6 +25,27 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from millkernels import __version__
+
+        typer.echo(f"millkernels {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False,
+        "--version",
+        help="Print the version and exit.",
+        is_eager=True,
+        callback=_print_version,
+    ),
+) -> None:
+    """GPU kernels and GPU acceptance benchmarks."""
+
+
 class Format(str, Enum):
     table = "table"
     json = "json"
