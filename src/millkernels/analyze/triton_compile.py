@@ -372,7 +372,13 @@ def worker_main(job_file: str, out_file: str) -> int:
         triton_error = ""
     except Exception as exc:
         triton_error = f"Triton cannot be imported: {type(exc).__name__}: {exc}"
-    with open(out_file, "a") as out, tempfile.TemporaryDirectory(prefix="mk-tc-") as tmp:
+    # Inside the parent's folder (the job file's), which the parent removes even when it
+    # kills this worker (a crash or a time-out) before the worker can remove its own.
+    scratch = Path(job_file).parent
+    with (
+        open(out_file, "a") as out,
+        tempfile.TemporaryDirectory(prefix="mk-tc-", dir=scratch) as tmp,
+    ):
 
         def emit(msg: dict[str, Any]) -> None:
             out.write(json.dumps(msg) + "\n")
