@@ -58,6 +58,7 @@ def info(fmt: Format = typer.Option(Format.table, "--format", help="table or jso
     from millkernels.dispatch import tables
 
     summary = runtime.summary()
+    # Each backend's ``available()``: the same answer, and reason, a call that names it gets.
     summary["families"] = {
         family: {spec.name: spec.available() for spec in table.backends}
         for family, table in sorted(tables().items())

@@ -87,10 +87,6 @@ def _cuda_serves(call: dict[str, Any]) -> str | None:
     return None
 
 
-def _triton_available() -> str | None:
-    return None if runtime.triton_version() else "Triton is not installed"
-
-
 def _triton_serves(call: dict[str, Any]) -> str | None:
     if not call.get("quant"):
         return "the Triton kernels only serve the quantised all-reduce (quant='int8'/'fp8')"
@@ -128,7 +124,7 @@ TABLE = CapabilityTable(
             archs="any CUDA GPU (fp8: sm_89+); CPU under TRITON_INTERPRET=1",
             dtypes=QUANT_DTYPES,
             notes="quantised all-reduce: int8/fp8 e4m3 shards with per-128 absmax scales",
-            available=_triton_available,
+            available=runtime.triton_unavailable_reason,
             serves=_triton_serves,
         ),
         BackendSpec(
