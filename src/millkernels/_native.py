@@ -106,8 +106,7 @@ def _explain_no_gpu(message: str) -> str:
         return message
     return message.replace(
         _INSUFFICIENT_DRIVER,
-        f"no NVIDIA driver / no CUDA GPU (no {_DRIVER_VERSION_FILE}, and {_LIBCUDA} does "
-        "not load)",
+        f"no NVIDIA driver / no CUDA GPU (no {_DRIVER_VERSION_FILE}, and {_LIBCUDA} does not load)",
     )
 
 
