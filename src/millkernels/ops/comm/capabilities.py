@@ -58,9 +58,15 @@ def auto_algo(call: dict[str, Any]) -> str:
     if call["op"] == "all_reduce" and call["device"] == "cuda" and call.get("custom"):
         trial = dict(call, algo="one_shot")
         if _cuda_serves(trial) is None and cuda_unavailable_reason() is None:
-            limit = one_shot_limit(call["world"])
-            return "one_shot" if limit is None or call["nbytes"] <= limit else "two_shot"
+            return ipc_algo(call)
     return "nccl"
+
+
+def ipc_algo(call: dict[str, Any]) -> str:
+    """The IPC algorithm for the message: one-shot up to :func:`one_shot_limit`, then two-shot
+    (what ``auto`` picks on the cuda backend)."""
+    limit = one_shot_limit(call["world"])
+    return "one_shot" if limit is None or call["nbytes"] <= limit else "two_shot"
 
 
 def _cuda_serves(call: dict[str, Any]) -> str | None:
