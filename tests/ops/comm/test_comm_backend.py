@@ -111,10 +111,18 @@ def test_other_collectives_follow_the_environment(group, x, monkeypatch):
     assert torch.equal(comm.broadcast(x.clone(), backend="reference"), x)
 
 
-def test_cuda_backend_picks_the_ipc_algorithm_by_size():
-    call = {"world": 8, "nbytes": 1024}
-    assert api._exact_algo("auto", "cuda", call) == "one_shot"
+def test_cuda_backend_picks_the_ipc_algorithm_by_size(monkeypatch):
+    monkeypatch.delenv("MILLKERNELS_BACKEND", raising=False)
+    call = {"world": 8, "nbytes": 1024, "device": "cuda", "op": "all_reduce"}
+    assert api._resolve_exact("auto", "cuda", call) == ("one_shot", "cuda")
     call["nbytes"] = one_shot_limit(8) + 16
-    assert api._exact_algo("auto", "cuda", call) == "two_shot"
-    assert api._exact_algo("auto", "reference", call) == "nccl"
-    assert api._exact_algo("one_shot", "reference", call) == "one_shot"
+    assert api._resolve_exact("auto", "cuda", call) == ("two_shot", "cuda")
+    assert call["algo"] == "two_shot"
+    assert api._resolve_exact("auto", "reference", call) == ("nccl", "reference")
+    assert api._resolve_exact("one_shot", "auto", call) == ("one_shot", "cuda")
+    assert api._resolve_exact("one_shot", "auto", dict(call, device="cpu")) == (
+        "one_shot",
+        "reference",
+    )
+    monkeypatch.setenv("MILLKERNELS_BACKEND", "comm=cuda")
+    assert api._resolve_exact("auto", "auto", call) == ("two_shot", "auto")

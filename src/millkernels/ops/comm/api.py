@@ -367,11 +367,10 @@ def all_reduce(
                 from millkernels.ops.comm.custom_allreduce import registered
 
                 call["custom"] = registered(g)
-            chosen = _exact_algo(algo, backend, call)
-            call["algo"] = chosen
+            chosen, wanted = _resolve_exact(algo, backend, call)
             if chosen in ("one_shot", "two_shot") and op != "sum":
                 raise ValueError(f"op: algo {chosen!r} only sums, got {op!r}")
-            resolved = (chosen, TABLE.select(backend, call, "all_reduce"))
+            resolved = (chosen, TABLE.select(wanted, call, "all_reduce"))
         options = (op, algo, backend, quant, quant_group if quant else 0)
         return _Sig("all_reduce", tuple(t.shape), t.dtype, options), (t, o, call, resolved)
 
@@ -392,21 +391,32 @@ def all_reduce(
     return reference.all_reduce(t, o, g, op)
 
 
-def _exact_algo(algo: str, backend: str, call: dict[str, Any]) -> str:
-    """The algorithm of a non-quantised all-reduce: ``algo`` unless "auto"; then the one the
-    named (or ``MILLKERNELS_BACKEND``-forced) backend runs: IPC by size on cuda, NCCL / gloo
-    on the others (triton then refuses the call with its reason); else the ``auto`` rule."""
-    if algo != "auto":
-        return algo
+def _resolve_exact(algo: str, backend: str, call: dict[str, Any]) -> tuple[str, str]:
+    """(algorithm, backend to ask the table for) of a non-quantised all-reduce; sets
+    ``call["algo"]``. A named (or ``MILLKERNELS_BACKEND``-forced) backend decides an "auto"
+    algo: IPC by size on cuda, NCCL / gloo on the others (triton then refuses the call with
+    its reason). Otherwise the ``auto`` rule picks the algo, and the algo its backend: the
+    IPC kernels on CUDA tensors are cuda, the rest reference (no walk down the table on
+    every call: small all-reduces are latency-bound)."""
     forced = backend if backend != "auto" else env_override(TABLE.family)
-    if forced is None:
-        return caps.auto_algo(call)
-    return caps.ipc_algo(call) if forced == "cuda" else "nccl"
+    if algo != "auto":
+        chosen = algo
+    elif forced is None:
+        chosen = caps.auto_algo(call)
+    else:
+        chosen = caps.ipc_algo(call) if forced == "cuda" else "nccl"
+    call["algo"] = chosen
+    if forced is not None:
+        return chosen, backend  # "auto" here: the table applies the override and says so
+    ipc = chosen in ("one_shot", "two_shot") and call["device"] == "cuda"
+    return chosen, "cuda" if ipc else "reference"
 
 
 def _check_plain_backend(op: str, t: torch.Tensor, group: Any, backend: str) -> None:
     """A collective other than all-reduce runs on torch.distributed (``reference``): raise
     BackendUnavailable when ``backend``, or the one ``MILLKERNELS_BACKEND`` forces, is another."""
+    if backend == "auto" and env_override(TABLE.family) is None:
+        return
     call = {
         "op": op,
         "device": t.device.type,
