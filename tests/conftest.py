@@ -1,4 +1,5 @@
-"""Test-suite wiring: skip marked tests on facts, and run Triton on the CPU without a GPU.
+"""Test-suite wiring: skip marked tests on facts, run Triton on the CPU without a GPU, and
+keep every temporary file of the run in one scratch folder that is removed at the end.
 
 Triton decides whether a kernel is interpreted when the kernel is decorated, so the
 interpreter switch must be set here, before any test imports millkernels' kernel modules.
@@ -7,6 +8,7 @@ interpreter switch must be set here, before any test imports millkernels' kernel
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import zlib
 
@@ -16,10 +18,37 @@ import torch
 _HAS_GPU = torch.cuda.is_available()
 if not _HAS_GPU:
     os.environ.setdefault("TRITON_INTERPRET", "1")
-# `millkernels certify` without --key makes a node key on first use: never in the user's home.
-os.environ.setdefault("MILLKERNELS_KEY", os.path.join(tempfile.mkdtemp(), "node-key.pem"))
 
 from millkernels import runtime  # noqa: E402  (after the interpreter switch)
+
+_SCRATCH: str | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One scratch folder per run: ``TMPDIR`` of every process the tests start (a probe or a
+    compile worker that is killed cannot clean up after itself) and the node key that
+    `millkernels certify` without --key makes on first use (never in the user's home).
+
+    Set here, before test modules are imported: some copy ``os.environ`` at import. This
+    process keeps its own temporary folder (``tempfile.tempdir`` pinned first): its files are
+    removed by the code that made them, and multiprocessing removes its own folder at exit,
+    after this scratch is gone.
+    """
+    global _SCRATCH
+    if _SCRATCH is not None:
+        return
+    tempfile.tempdir = tempfile.gettempdir()
+    _SCRATCH = tempfile.mkdtemp(prefix="millkernels-tests-")
+    os.environ["TMPDIR"] = _SCRATCH
+    os.environ.setdefault("MILLKERNELS_KEY", os.path.join(_SCRATCH, "node-key.pem"))
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Remove the run's scratch folder: a test run leaves the temporary folder as it found it."""
+    global _SCRATCH
+    if _SCRATCH is not None:
+        shutil.rmtree(_SCRATCH, ignore_errors=True)
+        _SCRATCH = None
 
 
 def _skip_reasons() -> dict[str, str | None]:

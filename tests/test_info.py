@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from millkernels import runtime
@@ -87,3 +88,39 @@ def test_python_dash_m_runs_the_command():
     assert json.loads(out.stdout)["version"]
     bad = subprocess.run([sys.executable, "-m", "millkernels", "nope"], capture_output=True)
     assert bad.returncode == 2
+
+
+def test_triton_without_gpu_or_interpreter_is_unusable_with_the_calls_reason(monkeypatch):
+    """On a CPU without TRITON_INTERPRET=1 every Triton call refuses: info says so, with the
+    very reason a call that names the backend raises."""
+    from rich.console import Console
+
+    from millkernels.dispatch import BackendUnavailable
+    from millkernels.info_table import print_info
+    from millkernels.ops import probes
+
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.setattr(runtime, "gpus", lambda: ())
+    why = runtime.triton_unavailable_reason()
+    assert why and "TRITON_INTERPRET" in why and "no CUDA GPU" in why
+
+    result = CliRunner().invoke(app, ["info", "--format", "json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    triton = {fam: b["triton"] for fam, b in summary["families"].items() if "triton" in b}
+    assert set(triton) >= {"attention", "comm", "probes", "quant"}
+    assert set(triton.values()) == {why}
+
+    console = Console(width=1000, record=True)
+    print_info(summary, console)
+    cells = [[c.strip() for c in line.split("│")] for line in console.export_text().splitlines()]
+    usable = [row[3] for row in cells if len(row) > 4 and row[2] == "triton"]
+    assert len(usable) == len(triton), cells
+    assert all(u.startswith("no: no CUDA GPU is visible") for u in usable), usable
+
+    src = torch.randint(-(2**31), 2**31 - 1, (37,), dtype=torch.int32)
+    with pytest.raises(BackendUnavailable, match="cannot serve probes.mem_copy") as err:
+        probes.mem_copy(torch.empty_like(src), src, backend="triton")
+    assert why in str(err.value)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert runtime.triton_unavailable_reason() is None  # the interpreter runs it on the CPU

@@ -21,6 +21,7 @@ def test_wheel_builds_without_nvcc(tmp_path):
         shutil.copytree(REPO / name, src / name)
     for name in ("pyproject.toml", "CMakeLists.txt", "README.md"):
         shutil.copy(REPO / name, src / name)
+    head = _commit_all(src)  # a clone: the wheel records its commit (certificates' git sha)
     # A PATH with Python's tools but no CUDA compiler anywhere on it.
     path = os.pathsep.join([str(Path(sys.executable).parent), "/usr/bin", "/bin"])
     env = {**os.environ, "PATH": path}
@@ -35,3 +36,22 @@ def test_wheel_builds_without_nvcc(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "millkernels/__init__.py" in names
     assert not [n for n in names if "/_C" in n], "no nvcc, so no extension"
+    build_info = zipfile.ZipFile(wheel).read("millkernels/_build_info.py").decode()
+    scope: dict = {}
+    exec(build_info, scope)
+    assert scope["GIT_SHA"] == (head or "unknown")
+
+
+def _commit_all(tree: Path) -> str | None:
+    """Make ``tree`` a git checkout with one commit; its sha (None without git)."""
+    if shutil.which("git") is None:
+        return None
+
+    def git(*args: str) -> str:
+        cmd = ["git", "-C", str(tree), "-c", "user.name=t", "-c", "user.email=t@t", *args]
+        return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip()
+
+    git("init", "-q")
+    git("add", "-A")
+    git("commit", "-q", "-m", "tree")
+    return git("rev-parse", "HEAD")

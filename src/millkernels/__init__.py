@@ -1,46 +1,40 @@
 """millkernels: GPU kernels (Triton, CUDA C++) and GPU acceptance benchmarks.
 
-Importing the package is cheap and never touches a GPU; op families load on first use.
+Importing the package is cheap and never touches a GPU; op families load on first use, each
+on its own (``import millkernels.quant`` loads quant and nothing of attention, comm or
+probes). Namespaces: ``millkernels.attention`` (the function; the family is
+``millkernels.ops.attention``), :mod:`millkernels.quant`, :mod:`millkernels.comm`,
+:mod:`millkernels.probes`, :mod:`millkernels.runtime`.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
 __version__ = "0.1.0"
 
-_LAZY = {
-    "probes": "millkernels.ops.probes",
-    "comm": "millkernels.ops.comm",
-    "quant": "millkernels.quant",
-    "runtime": "millkernels.runtime",
-}
+#: Public submodules: ``import millkernels.X``, ``from millkernels.X import f`` and
+#: ``millkernels.X`` all give the same module object.
+_MODULES = ("comm", "probes", "quant", "runtime")
 
-
-#: Public functions, by the module that defines them.
-_LAZY_FUNCTIONS = {
+#: Public functions and classes, by the module that defines them.
+_NAMES = {
     "attention": "millkernels.ops.attention",
     "attention_varlen": "millkernels.ops.attention",
     "attention_decode": "millkernels.ops.attention",
+    "BackendUnavailable": "millkernels.dispatch",
 }
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return importlib.import_module(_LAZY[name])
-    if name in _LAZY_FUNCTIONS:
-        return getattr(importlib.import_module(_LAZY_FUNCTIONS[name]), name)
-    raise AttributeError(f"module 'millkernels' has no attribute {name!r}")
+__all__ = ["__version__", *sorted(_MODULES), *sorted(_NAMES)]
 
 
-__all__ = [
-    "__version__",
-    "attention",
-    "attention_decode",
-    "attention_varlen",
-    "comm",
-    "probes",
-    "quant",
-    "runtime",
-]
+def __getattr__(name: str) -> object:
+    import importlib
+
+    if name in _MODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    if name in _NAMES:
+        return getattr(importlib.import_module(_NAMES[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return list(__all__)

@@ -11,8 +11,10 @@ Nothing here touches a GPU at import time; CuPy is imported only for CuPy arrays
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import importlib
+import os
 import sys
 from types import ModuleType
 from typing import Any
@@ -29,6 +31,13 @@ _TYPESTR_DTYPES = {
 }  # fmt: skip
 
 _BUILD_HINT = "reinstall with nvcc on PATH: pip install --no-build-isolation -e ."
+
+# cudaGetErrorString(cudaErrorInsufficientDriver). The CUDA runtime says this both when the
+# driver is older than the runtime and when there is no NVIDIA driver at all.
+_INSUFFICIENT_DRIVER = "CUDA driver version is insufficient for CUDA runtime version"
+# The facts that tell the two apart: the loaded kernel driver, and its user-space library.
+_DRIVER_VERSION_FILE = "/proc/driver/nvidia/version"
+_LIBCUDA = "libcuda.so.1"
 
 
 def require_native() -> ModuleType:
@@ -64,7 +73,10 @@ def require_gpu() -> None:
     except ImportError:
         native = None
     if native is not None:
-        native.require_gpu()
+        try:
+            native.require_gpu()
+        except RuntimeError as exc:
+            raise RuntimeError(_explain_no_gpu(str(exc))) from None
         return
     import torch
 
@@ -73,6 +85,29 @@ def require_gpu() -> None:
         if torch.version.cuda is None:
             why += f" (torch {torch.__version__} is a CPU-only build)"
         raise RuntimeError(f"no CUDA GPU is visible: {why}")
+
+
+def nvidia_driver_present() -> bool:
+    """True when an NVIDIA driver is installed: its kernel module is loaded (it writes
+    ``/proc/driver/nvidia/version``) or its user-space library ``libcuda.so.1`` loads."""
+    if os.path.exists(_DRIVER_VERSION_FILE):
+        return True
+    try:
+        ctypes.CDLL(_LIBCUDA)
+    except OSError:
+        return False
+    return True
+
+
+def _explain_no_gpu(message: str) -> str:
+    """``message`` from the CUDA runtime, with "driver version is insufficient" replaced by
+    what it means when no NVIDIA driver is installed at all (kept for a driver too old)."""
+    if _INSUFFICIENT_DRIVER not in message or nvidia_driver_present():
+        return message
+    return message.replace(
+        _INSUFFICIENT_DRIVER,
+        f"no NVIDIA driver / no CUDA GPU (no {_DRIVER_VERSION_FILE}, and {_LIBCUDA} does not load)",
+    )
 
 
 def cuda_unavailable_reason() -> str | None:

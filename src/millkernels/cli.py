@@ -25,6 +25,27 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from millkernels import __version__
+
+        typer.echo(f"millkernels {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False,
+        "--version",
+        help="Print the version and exit.",
+        is_eager=True,
+        callback=_print_version,
+    ),
+) -> None:
+    """GPU kernels and GPU acceptance benchmarks."""
+
+
 class Format(str, Enum):
     table = "table"
     json = "json"
@@ -37,6 +58,7 @@ def info(fmt: Format = typer.Option(Format.table, "--format", help="table or jso
     from millkernels.dispatch import tables
 
     summary = runtime.summary()
+    # Each backend's ``available()``: the same answer, and reason, a call that names it gets.
     summary["families"] = {
         family: {spec.name: spec.available() for spec in table.backends}
         for family, table in sorted(tables().items())

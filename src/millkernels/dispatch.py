@@ -11,6 +11,7 @@ silent fallback. ``MILLKERNELS_BACKEND`` overrides ``auto``: either one name for
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -121,8 +122,26 @@ def env_override(family: str) -> str | None:
     return None if chosen == "auto" else chosen
 
 
+def constant_under_compile(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``torch.compiler.assume_constant_result(fn)`` without importing ``torch._dynamo``.
+
+    Backend choices are plain facts that ``torch.compile`` should run once at trace time and
+    bake into the graph. The torch decorator only marks ``fn`` (the attribute below) but
+    imports ``torch._dynamo`` first, about a second at import time; this sets the same mark
+    and leaves the import to ``torch.compile``. When dynamo is already loaded it defers to
+    the torch decorator itself.
+    """
+    if "torch._dynamo" in sys.modules:
+        import torch
+
+        return torch.compiler.assume_constant_result(fn)
+    fn._dynamo_marked_constant = True  # type: ignore[attr-defined]
+    return fn
+
+
 def tables() -> dict[str, CapabilityTable]:
     """Every family's table (importing the op families registers them)."""
-    import millkernels.ops  # noqa: F401  (registers the tables)
+    from millkernels.ops import load_all
 
+    load_all()
     return dict(TABLES)

@@ -9,7 +9,8 @@ from rich.table import Table
 
 
 def print_info(summary: dict[str, Any], console: Console | None = None) -> None:
-    """Print the runtime summary and every capability table."""
+    """Print the runtime summary and every capability table; ``summary["families"]`` holds
+    each backend's ``available()`` answer (what ``info --format json`` prints)."""
     from millkernels.dispatch import tables
 
     console = console or Console()
@@ -38,8 +39,9 @@ def print_info(summary: dict[str, Any], console: Console | None = None) -> None:
     for col in ("family", "backend", "usable here", "archs", "dtypes", "notes"):
         ops.add_column(col)
     for family, table in sorted(tables().items()):
+        usable = summary["families"][family]
         for spec in table.backends:
-            why = spec.available()
+            why = usable[spec.name]
             ops.add_row(
                 family,
                 spec.name,

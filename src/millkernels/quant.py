@@ -1,27 +1,6 @@
-"""``millkernels.quant``: quantised weights and matmuls (see :mod:`millkernels.ops.quant`)."""
+"""``millkernels.quant``: quantised weights and matmuls (:mod:`millkernels.ops.quant`).
 
-from millkernels.ops.quant import (
-    FP8_SCHEMES,
-    SCHEMES,
-    TABLE,
-    QuantizedWeight,
-    QuantLinear,
-    from_awq,
-    from_gptq,
-    matmul,
-    quantize,
-    quantize_model,
-)
+The public names of the family, re-exported: ``from millkernels.quant import ...``."""
 
-__all__ = [
-    "FP8_SCHEMES",
-    "SCHEMES",
-    "TABLE",
-    "QuantLinear",
-    "QuantizedWeight",
-    "from_awq",
-    "from_gptq",
-    "matmul",
-    "quantize",
-    "quantize_model",
-]
+from millkernels.ops.quant import *  # noqa: F403
+from millkernels.ops.quant import __all__  # noqa: F401  (the same public names)

@@ -104,6 +104,23 @@ def triton_interpret() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
 
 
+def triton_unavailable_reason() -> str | None:
+    """Why Triton kernels cannot run on this machine at all (None: they can).
+
+    The one answer for every family's ``triton`` backend: ``millkernels info`` shows it and a
+    call that names the backend raises with it. Triton launches on a CUDA GPU, or on the CPU
+    under ``TRITON_INTERPRET=1``; with neither, every call would refuse.
+    """
+    if triton_version() is None:
+        return "Triton is not installed"
+    if not triton_interpret() and not has_gpu():
+        return (
+            "no CUDA GPU is visible and TRITON_INTERPRET is not set (Triton runs on a CUDA "
+            "GPU, or on the CPU under TRITON_INTERPRET=1)"
+        )
+    return None
+
+
 def summary() -> dict[str, Any]:
     """Everything above as a JSON-ready dict (``millkernels info --format json``)."""
     import platform

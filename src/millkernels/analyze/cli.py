@@ -1,11 +1,20 @@
 """``millkernels analyze``: offline compile report of every kernel (no GPU needed).
 
 The lead's ``millkernels/cli.py`` mounts :func:`analyze` with ``app.command()(analyze)``.
+
+A run takes tens of seconds, so it shows its progress: on a terminal a live status line on
+stderr, then the table; piped, one line per kernel variant as it finishes (:func:`report_line`)
+instead of a table wrapped to 80 columns. With ``--format json`` stdout holds only the JSON and
+the progress goes to stderr.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import typer
 
@@ -42,9 +51,15 @@ def analyze(
             f"{fmt!r} is not one of {', '.join(FORMATS)}", param_hint="--format"
         )
 
-    result = analyze_kernels(target, hot_only=hot_only)
+    lines = fmt == "table" and not sys.stdout.isatty()
+    if lines:
+        typer.echo(_title(target))
+    with _progress(to_stdout=lines) as on_report:
+        result = analyze_kernels(target, hot_only=hot_only, on_report=on_report)
     if fmt == "json":
         typer.echo(json.dumps([r.to_json() for r in result.reports], indent=2))
+    elif lines:
+        print_summary(result, check=check)
     else:
         print_table(result, check=check)
     code = result.exit_code(check)
@@ -54,6 +69,65 @@ def analyze(
             err=True,
         )
     raise typer.Exit(code)
+
+
+@contextlib.contextmanager
+def _progress(*, to_stdout: bool) -> Iterator[Callable[[Any], None]]:
+    """The ``on_report`` callback that shows each finished report: its line on stdout
+    (``to_stdout``), else on stderr: a live status line on a terminal, its line when piped."""
+    if to_stdout or not sys.stderr.isatty():
+        yield lambda report: typer.echo(report_line(report), err=not to_stdout)
+        return
+    from rich.console import Console
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    done = 0
+    columns = (SpinnerColumn(), TimeElapsedColumn(), TextColumn("{task.description}"))
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("compiling kernels offline", total=None)
+
+        def show(report: Any) -> None:
+            nonlocal done
+            done += 1
+            bar.update(task, description=f"{done} kernel variants done; last: {_name(report)}")
+
+        yield show
+
+
+def _name(report: Any) -> str:
+    return f"{report.kernel} [{report.variant}]" if report.variant else report.kernel
+
+
+def report_line(report: Any) -> str:
+    """One finished report as one plain line: status, backend, kernel [variant], registers,
+    spill bytes, shared KiB, tensor-core instructions, "hot", and the reason's first line."""
+    regs = "-" if report.registers is None else report.registers
+    spill = "-" if report.spill_bytes is None else report.spill_bytes
+    line = (
+        f"{report.status:<13} {report.backend:<6} {_name(report)} regs={regs} "
+        f"spill_B={spill} smem_KiB={_kib(report.shared_bytes)} tc={_tensor_cores(report)}"
+    )
+    if report.hot:
+        line += " hot"
+    if report.reason and report.status != "ok":
+        first = report.reason.strip().splitlines()[0] if report.reason.strip() else ""
+        line += f" -- {first[:200]}"
+    return line
+
+
+def _tensor_cores(report: Any) -> str:
+    """``wgmmax12 TMA``-style instruction counts; "none" when compiled without any."""
+    ops = " ".join(f"{op}x{n}" for op, n in report.tensor_core_counts.items())
+    if report.tma:
+        ops = f"{ops} TMA".strip()
+    return ops or ("-" if report.registers is None else "none")
+
+
+def _title(arch: Any) -> str:
+    return (
+        f"millkernels analyze {arch.name} (code for {arch.gpu_name}, at most "
+        f"{arch.max_shared_per_block // 1024} KiB shared memory per block)"
+    )
 
 
 def _kib(n: int | None) -> str:
@@ -70,12 +144,7 @@ def print_table(result: object, *, check: bool = False) -> None:
     from millkernels.analyze.core import Analysis
 
     assert isinstance(result, Analysis)
-    arch = result.arch
-    table = Table(
-        title=f"millkernels analyze {arch.name} (code for {arch.gpu_name}, at most "
-        f"{arch.max_shared_per_block // 1024} KiB shared memory per block)",
-        title_justify="left",
-    )
+    table = Table(title=_title(result.arch), title_justify="left")
     table.add_column("kernel", no_wrap=True)
     table.add_column("backend")
     table.add_column("variant", overflow="fold")
@@ -85,15 +154,7 @@ def print_table(result: object, *, check: bool = False) -> None:
     table.add_column("tensor cores")
     table.add_column("hot")
     table.add_column("status", no_wrap=True)
-    style = {"ok": "green", "spills": "yellow", "smem_overflow": "red", "error": "red"}
-    problems = []
     for r in result.reports:
-        color = "bold red" if r.failed else style.get(r.status, "dim")
-        ops = " ".join(f"{op}x{n}" for op, n in r.tensor_core_counts.items())
-        if r.tma:
-            ops = f"{ops} TMA".strip()
-        if not ops:
-            ops = "-" if r.registers is None else "none"
         table.add_row(
             _escape(r.kernel),
             r.backend,
@@ -101,15 +162,29 @@ def print_table(result: object, *, check: bool = False) -> None:
             "-" if r.registers is None else str(r.registers),
             "-" if r.spill_bytes is None else str(r.spill_bytes),
             _kib(r.shared_bytes),
-            ops,
+            _tensor_cores(r),
             "hot" if r.hot else "",
-            f"[{color}]{r.status}[/]",
+            f"[{_color(r)}]{r.status}[/]",
         )
-        if r.reason and r.status != "ok":
-            where = f"{r.kernel} [{r.variant}]" if r.variant else r.kernel
-            problems.append(f"[{color}]{_escape(where)}[/]: {_escape(r.reason[:600])}")
-    console = Console()
-    console.print(table)
+    Console().print(table)
+    print_summary(result, check=check)
+
+
+def _color(report: Any) -> str:
+    style = {"ok": "green", "spills": "yellow", "smem_overflow": "red", "error": "red"}
+    return "bold red" if report.failed else style.get(report.status, "dim")
+
+
+def print_summary(result: Any, *, check: bool = False) -> None:
+    """The reason of every problem, then the counts by status (and --check's verdict)."""
+    from rich.console import Console
+
+    console = Console(soft_wrap=True)  # piped: long reasons stay whole lines
+    problems = [
+        f"[{_color(r)}]{_escape(_name(r))}[/]: {_escape(r.reason[:600])}"
+        for r in result.reports
+        if r.reason and r.status != "ok"
+    ]
     for p in problems:
         console.print(p)
     counts: dict[str, int] = {}

@@ -5,14 +5,19 @@ from __future__ import annotations
 
 import importlib.util
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from millkernels.analyze import tools
 from millkernels.analyze.registry import Registry, TritonVariant, triton_kernels
 from millkernels.analyze.report import Arch, KernelReport, measured, parse_arch
 
 EXIT_OK, EXIT_FAILED, EXIT_COULD_NOT_RUN = 0, 1, 3
+
+#: ``on_report(report)``: one finished report (compiled, failed or skipped), as it is known.
+OnReport = Callable[[KernelReport], None]
 
 
 @dataclass
@@ -52,9 +57,14 @@ def triton_toolchain_missing() -> str | None:
 
 
 def analyze_triton(
-    registry: Registry, arch: Arch, *, hot_only: bool = False
+    registry: Registry,
+    arch: Arch,
+    *,
+    hot_only: bool = False,
+    on_report: OnReport | None = None,
 ) -> tuple[list[KernelReport], str | None]:
-    """Compile every variant of every registered Triton kernel for ``arch`` (in workers)."""
+    """Compile every variant of every registered Triton kernel for ``arch`` (in workers);
+    ``on_report`` gets each report as soon as it is final (from the workers' threads)."""
     from millkernels.analyze import triton_compile
 
     missing = triton_toolchain_missing()
@@ -86,40 +96,67 @@ def analyze_triton(
             else:
                 job = triton_compile.make_job(len(pending), kernel.fn, variant)
                 pending.append((len(reports) - 1, job, variant))
+    compiling = {i for i, _, _ in pending}
+    for i, row in enumerate(reports):
+        if on_report and i not in compiling:
+            on_report(row)  # known without compiling: skipped, or a bad registration
     if not pending:
         return reports, missing
+    by_job = {job.index: (i, variant) for i, job, variant in pending}
+    finished: set[int] = set()
+    lock = threading.Lock()
+
+    def finish(index: int, res: dict[str, Any]) -> None:
+        with lock:
+            if index in finished:
+                return
+            finished.add(index)
+            i, variant = by_job[index]
+            reports[i] = _triton_report(reports[i], variant, arch, res)
+        if on_report:
+            on_report(reports[i])
+
     try:
-        results = triton_compile.run_jobs([j for _, j, _ in pending], arch.capability)
+        results = triton_compile.run_jobs(
+            [j for _, j, _ in pending], arch.capability, on_result=finish
+        )
     except Exception as exc:  # the worker could not even be started
         results = {j.index: {"error": f"{type(exc).__name__}: {exc}"} for _, j, _ in pending}
-    for i, job, variant in pending:
-        row = reports[i]
-        res = results.get(job.index) or {"error": "the compile worker returned no result"}
-        if "error" in res:
-            row.status, row.reason = "error", res["error"]
-            continue
-        reports[i] = measured(
-            kernel=row.kernel,
-            backend="triton",
-            arch=arch,
-            variant=row.variant,
-            hot=row.hot,
-            source=row.source,
-            registers=res["registers"],
-            spill_stores=res["spill_stores"],
-            spill_loads=res["spill_loads"],
-            shared_bytes=res["shared_bytes"],
-            tensor_core=res["tensor_core"],
-            tma=res["tma"],
-            note=f"no SASS: {res['sass_error']}" if res.get("sass_error") else "",
-            symbol=res.get("symbol", ""),
+    for _, job, _ in pending:
+        finish(
+            job.index, results.get(job.index) or {"error": "the compile worker returned no result"}
         )
-        rep = reports[i]
-        allowed = variant.spill_allowance.get(arch.capability, 0)
-        if rep.status == "spills" and (rep.spill_bytes or 0) <= allowed:
-            rep.status = "waived"
-            rep.reason += f"; within its allowance of {allowed} B: {variant.allowance_reason}"
     return reports, missing
+
+
+def _triton_report(
+    row: KernelReport, variant: TritonVariant, arch: Arch, res: dict[str, Any]
+) -> KernelReport:
+    """The report of one compiled variant from the worker's result ``res``."""
+    if "error" in res:
+        row.status, row.reason = "error", res["error"]
+        return row
+    rep = measured(
+        kernel=row.kernel,
+        backend="triton",
+        arch=arch,
+        variant=row.variant,
+        hot=row.hot,
+        source=row.source,
+        registers=res["registers"],
+        spill_stores=res["spill_stores"],
+        spill_loads=res["spill_loads"],
+        shared_bytes=res["shared_bytes"],
+        tensor_core=res["tensor_core"],
+        tma=res["tma"],
+        note=f"no SASS: {res['sass_error']}" if res.get("sass_error") else "",
+        symbol=res.get("symbol", ""),
+    )
+    allowed = variant.spill_allowance.get(arch.capability, 0)
+    if rep.status == "spills" and (rep.spill_bytes or 0) <= allowed:
+        rep.status = "waived"
+        rep.reason += f"; within its allowance of {allowed} B: {variant.allowance_reason}"
+    return rep
 
 
 def analyze_kernels(
@@ -129,6 +166,7 @@ def analyze_kernels(
     hot_only: bool = False,
     csrc: Path | None = None,
     include_cuda: bool = True,
+    on_report: OnReport | None = None,
 ) -> Analysis:
     """Compile and report every kernel for ``arch``; no GPU is needed.
 
@@ -146,12 +184,22 @@ def analyze_kernels(
         Where the CUDA sources are (default: found from the package).
     include_cuda
         False: Triton kernels only.
+    on_report
+        Called with each report as soon as it is final (progress; one call at a time, from
+        any thread). ``Analysis.reports`` keeps the registry's order regardless.
 
     Compile failures, missing tools and bad registrations become reports with status
     ``error`` or ``skipped``; this raises only ``ValueError`` for an unknown ``arch``.
     """
     arch = parse_arch(arch) if isinstance(arch, str) else arch
     analysis = Analysis(arch)
+    lock = threading.Lock()
+
+    def emit(report: KernelReport) -> None:
+        if on_report is not None:
+            with lock:
+                on_report(report)
+
     if registry is None:
         registry = triton_kernels()
     for module, error in sorted(registry.import_errors.items()):
@@ -167,41 +215,40 @@ def analyze_kernels(
                 source=module,
             )
         )
+        emit(analysis.reports[-1])
 
-    cuda_out: dict[str, object] = {}
+    cuda_out: dict[str, tuple[list[KernelReport], str | None]] = {}
 
     def run_cuda() -> None:
         from millkernels.analyze.cuda_compile import analyze_cuda
 
         try:
-            cuda_out["result"] = analyze_cuda(
-                arch, set(registry.cuda_hot), csrc=csrc, hot_only=hot_only
-            )
+            found = analyze_cuda(arch, set(registry.cuda_hot), csrc=csrc, hot_only=hot_only)
         except Exception as exc:  # never let the CUDA side take the Triton results down
-            cuda_out["error"] = exc
+            failed = KernelReport(
+                kernel="csrc",
+                backend="cuda",
+                arch=arch.name,
+                hot=bool(registry.cuda_hot),
+                status="error",
+                reason=f"CUDA analysis failed: {type(exc).__name__}: {exc}",
+            )
+            found = ([failed], None)
+        cuda_out["result"] = found
+        for report in found[0]:
+            emit(report)
 
     thread = threading.Thread(target=run_cuda, daemon=True) if include_cuda else None
     if thread:
         thread.start()  # nvcc runs while the Triton worker compiles
-    triton_reports, analysis.triton_missing = analyze_triton(registry, arch, hot_only=hot_only)
+    triton_reports, analysis.triton_missing = analyze_triton(
+        registry, arch, hot_only=hot_only, on_report=emit
+    )
     analysis.reports.extend(triton_reports)
     if thread:
         thread.join()
-        if "error" in cuda_out:
-            exc = cuda_out["error"]
-            analysis.reports.append(
-                KernelReport(
-                    kernel="csrc",
-                    backend="cuda",
-                    arch=arch.name,
-                    hot=bool(registry.cuda_hot),
-                    status="error",
-                    reason=f"CUDA analysis failed: {type(exc).__name__}: {exc}",
-                )
-            )
-        else:
-            cuda_reports, analysis.cuda_missing = cuda_out["result"]  # type: ignore[misc]
-            analysis.reports.extend(cuda_reports)
+        cuda_reports, analysis.cuda_missing = cuda_out["result"]
+        analysis.reports.extend(cuda_reports)
     cuda_unusable = analysis.cuda_missing is not None or not include_cuda
     analysis.toolchain_missing = analysis.triton_missing is not None and cuda_unusable
     return analysis

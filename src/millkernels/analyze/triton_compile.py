@@ -37,6 +37,7 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,9 @@ TIMEOUT_ENV = "MILLKERNELS_ANALYZE_TIMEOUT"
 JOBS_ENV = "MILLKERNELS_ANALYZE_JOBS"
 DEFAULT_TIMEOUT_S = 300.0
 _WORKER_MODULE = "millkernels.analyze.triton_compile"
+
+#: ``on_result(job index, result)``: one job's result, as it arrives.
+OnResult = Callable[[int, dict[str, Any]], None]
 
 
 @dataclass(frozen=True)
@@ -89,12 +93,16 @@ def worker_count(n_jobs: int) -> int:
     return max(1, min(wanted, n_jobs))
 
 
-def run_jobs(jobs: list[TritonJob], capability: int) -> dict[int, dict[str, Any]]:
+def run_jobs(
+    jobs: list[TritonJob], capability: int, on_result: OnResult | None = None
+) -> dict[int, dict[str, Any]]:
     """Compile ``jobs`` for ``sm_<capability>`` in worker processes; results by job index.
 
     Each result is a dict with either the measurements (``registers``, ``spill_stores``,
     ``spill_loads``, ``shared_bytes``, ``tensor_core``, ``tma``) or ``error``. The jobs are
     dealt round-robin to :func:`worker_count` workers that run side by side.
+    ``on_result(index, result)`` is called for each job as its result arrives (from the
+    workers' threads, so it must be thread-safe).
     """
     if os.environ.get(WORKER_ENV):
         raise RuntimeError("millkernels analyze was started inside its own compile worker")
@@ -106,27 +114,42 @@ def run_jobs(jobs: list[TritonJob], capability: int) -> dict[int, dict[str, Any]
         for d in dirs:
             d.mkdir()
         if n == 1:
-            return _run_share(shares[0], capability, dirs[0], timeout)
+            return _run_share(shares[0], capability, dirs[0], timeout, on_result)
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(n) as pool:
             parts = pool.map(
-                lambda i: _run_share(shares[i], capability, dirs[i], timeout), range(n)
+                lambda i: _run_share(shares[i], capability, dirs[i], timeout, on_result),
+                range(n),
             )
             return {k: v for part in parts for k, v in part.items()}
 
 
 def _run_share(
-    jobs: list[TritonJob], capability: int, tmp: Path, timeout: float
+    jobs: list[TritonJob],
+    capability: int,
+    tmp: Path,
+    timeout: float,
+    on_result: OnResult | None = None,
 ) -> dict[int, dict[str, Any]]:
     """One worker's jobs; the worker is restarted after a crash or a time-out."""
     results: dict[int, dict[str, Any]] = {}
+    told: set[int] = set()
+
+    def tell() -> None:
+        """Pass on the results that arrived since the last call."""
+        for index in [i for i in results if i not in told]:
+            told.add(index)
+            if on_result is not None:
+                on_result(index, results[index])
+
     remaining = list(jobs)
     attempt = 0
     while remaining:
         attempt += 1
         done_before = len(results)
-        _run_worker(remaining, capability, tmp, attempt, timeout, results)
+        _run_worker(remaining, capability, tmp, attempt, timeout, results, tell)
+        tell()
         remaining = [j for j in remaining if j.index not in results]
         if len(results) == done_before:  # no progress: the worker cannot start at all
             break
@@ -153,6 +176,7 @@ def _run_worker(
     attempt: int,
     timeout: float,
     results: dict[int, dict[str, Any]],
+    tell: Callable[[], None] = lambda: None,
 ) -> None:
     job_file = tmp / f"jobs{attempt}.pkl"
     out_file = tmp / f"results{attempt}.jsonl"
@@ -188,6 +212,7 @@ def _run_worker(
                     elif "index" in msg:
                         results[msg["index"]] = msg["result"]
                         current = None
+                        tell()
                 if rc is not None:
                     break
                 if current is not None and time.monotonic() - started > timeout:
@@ -372,7 +397,13 @@ def worker_main(job_file: str, out_file: str) -> int:
         triton_error = ""
     except Exception as exc:
         triton_error = f"Triton cannot be imported: {type(exc).__name__}: {exc}"
-    with open(out_file, "a") as out, tempfile.TemporaryDirectory(prefix="mk-tc-") as tmp:
+    # Inside the parent's folder (the job file's), which the parent removes even when it
+    # kills this worker (a crash or a time-out) before the worker can remove its own.
+    scratch = Path(job_file).parent
+    with (
+        open(out_file, "a") as out,
+        tempfile.TemporaryDirectory(prefix="mk-tc-", dir=scratch) as tmp,
+    ):
 
         def emit(msg: dict[str, Any]) -> None:
             out.write(json.dumps(msg) + "\n")

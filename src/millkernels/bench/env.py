@@ -86,25 +86,26 @@ def versions() -> dict[str, Any]:
 @functools.cache
 def git_sha() -> str:
     """The source's git commit: ``$MILLKERNELS_GIT_SHA``, else ``git rev-parse HEAD`` when this
-    package is imported from a checkout (``-dirty`` if tracked files changed), else the sha
-    recorded in the installed package, else "unknown"."""
+    package is imported from a checkout (an editable install; ``-dirty`` if tracked files
+    changed), else the commit recorded when the package was built (:func:`recorded_sha`: a
+    wheel installed from a clone), else "unknown"."""
     forced = os.environ.get(GIT_SHA_ENV, "").strip()
     if forced:
         return forced
     pkg = Path(__file__).resolve().parent.parent
-    sha = _checkout_sha(pkg)
-    if sha:
-        return sha
-    try:
-        from millkernels import runtime
+    return _checkout_sha(pkg) or recorded_sha() or "unknown"
 
-        info = runtime.native()
-        recorded = getattr(info, "git_sha", None)
-        if recorded:
-            return str(recorded)
-    except Exception:
-        pass
-    return "unknown"
+
+def recorded_sha() -> str | None:
+    """The commit the build recorded in ``millkernels/_build_info.py`` (CMakeLists.txt writes
+    it from ``git rev-parse HEAD`` of the source tree), or None when there is none or the
+    build did not know it."""
+    try:
+        from millkernels._build_info import GIT_SHA
+    except ImportError:
+        return None
+    sha = str(GIT_SHA).strip()
+    return sha if sha and sha != "unknown" else None
 
 
 def _checkout_sha(pkg: Path) -> str | None:

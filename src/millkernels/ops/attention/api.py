@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from millkernels import runtime
+from millkernels.dispatch import constant_under_compile
 from millkernels.ops.attention import custom_ops, reference
 from millkernels.ops.attention.capabilities import MAX_HEAD_DIM, REFERENCE_DTYPES, TABLE
 
@@ -147,7 +148,7 @@ def _select(op: str, q: torch.Tensor, backend: str) -> str:
     return _select_constant(op, q.device.type, index, q.dtype, int(q.shape[-1]), backend)
 
 
-@torch.compiler.assume_constant_result
+@constant_under_compile
 def _select_constant(
     op: str, device: str, index: int | None, dtype: torch.dtype, head_dim: int, backend: str
 ) -> str:

@@ -31,10 +31,6 @@ def _decode_reason(backend: str, call: dict[str, Any]) -> str | None:
     return decode_reason(backend, call)
 
 
-def _triton_available() -> str | None:
-    return None if runtime.triton_version() else "Triton is not installed"
-
-
 def _triton_serves(call: dict[str, Any]) -> str | None:
     if call["op"] == "attention_decode":
         return _decode_reason("triton", call)
@@ -89,7 +85,7 @@ TABLE = CapabilityTable(
             dtypes=("float16", "bfloat16"),
             notes="FlashAttention-2 forward and deterministic backward, varlen, GQA, windows, "
             "softcap, head_dim multiple of 8 up to 256",
-            available=_triton_available,
+            available=runtime.triton_unavailable_reason,
             serves=_triton_serves,
         ),
         BackendSpec(

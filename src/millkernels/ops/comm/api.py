@@ -277,6 +277,7 @@ def all_reduce(
     group: Any = None,
     op: str = "sum",
     algo: str = "auto",
+    backend: str = "auto",
     quant: str | None = None,
     quant_group: int = 128,
     out: torch.Tensor | None = None,
@@ -297,6 +298,13 @@ def all_reduce(
         gloo on a CPU), "one_shot", "two_shot" (CUDA tensors: the IPC kernels of the group's
         :class:`CustomAllReduce`; CPU tensors: the same algorithm over torch.distributed).
         One-shot and two-shot sum in rank order: every rank gets identical bits.
+    backend
+        "auto" (the algo decides: the IPC kernels are ``cuda``, everything else
+        ``reference``; the quantised kernels ``triton`` where it can launch), or "cuda",
+        "triton", "reference" (the comm capability table; ``millkernels info``). A named
+        backend, or one ``MILLKERNELS_BACKEND`` forces over "auto", that cannot serve the call
+        raises ``BackendUnavailable`` with the reason. With ``algo="auto"``, "cuda" picks
+        one-shot or two-shot by size.
     quant
         None, "int8" or "fp8": the quantised all-reduce (quantized.py; error bound there),
         with per-group absmax scales over ``quant_group`` elements (a power of two, 16..4096).
@@ -305,8 +313,8 @@ def all_reduce(
         place. Default: a new tensor.
 
     Returns ``out`` (or the new tensor). Raises RuntimeError (no process group), TypeError /
-    ValueError (bad arguments, named), BackendUnavailable (an algo that cannot serve the
-    call, with the reason).
+    ValueError (bad arguments, named), BackendUnavailable (a backend or algo that cannot
+    serve the call, with the reason).
     """
     g = resolve_group(group)
 
@@ -353,35 +361,28 @@ def all_reduce(
                     f"got {quant_group!r}"
                 )
             call["algo"] = "two_shot"
-            backend = TABLE.select("auto", call, "all_reduce")
-            resolved = ("quant", backend)
+            resolved = ("quant", TABLE.select(backend, call, "all_reduce"))
         else:
             if t.device.type == "cuda":
                 from millkernels.ops.comm.custom_allreduce import registered
 
                 call["custom"] = registered(g)
-            chosen = algo
-            if chosen == "auto":
-                forced = env_override("comm")
-                chosen = "nccl" if forced == "reference" else caps.auto_algo(call)
-            call["algo"] = chosen
+            chosen, wanted = _resolve_exact(algo, backend, call)
             if chosen in ("one_shot", "two_shot") and op != "sum":
                 raise ValueError(f"op: algo {chosen!r} only sums, got {op!r}")
-            backend = "reference" if chosen == "nccl" else _algo_backend(call)
-            TABLE.select(backend, call, "all_reduce")
-            resolved = (chosen, backend)
-        options = (op, algo, quant, quant_group if quant else 0)
+            resolved = (chosen, TABLE.select(wanted, call, "all_reduce"))
+        options = (op, algo, backend, quant, quant_group if quant else 0)
         return _Sig("all_reduce", tuple(t.shape), t.dtype, options), (t, o, call, resolved)
 
-    t, o, call, (how, backend) = _run_checked(validate, g, "all_reduce")
+    t, o, call, (how, runs_on) = _run_checked(validate, g, "all_reduce")
     if t.numel() == 0:
         return o
     if how == "quant":
         from millkernels.ops.comm.quantized import run_quantized
 
         src = t if t.is_contiguous() else t.contiguous()
-        return run_quantized(src, o, g, quant, quant_group, backend)
-    if backend == "cuda":
+        return run_quantized(src, o, g, quant, quant_group, runs_on)
+    if runs_on == "cuda":
         return call["custom"].all_reduce(t, out=o, algo=how)
     if how == "one_shot":
         return reference.one_shot(t, o, g)
@@ -390,11 +391,48 @@ def all_reduce(
     return reference.all_reduce(t, o, g, op)
 
 
-def _algo_backend(call: dict[str, Any]) -> str:
-    return "cuda" if call["device"] == "cuda" else "reference"
+def _resolve_exact(algo: str, backend: str, call: dict[str, Any]) -> tuple[str, str]:
+    """(algorithm, backend to ask the table for) of a non-quantised all-reduce; sets
+    ``call["algo"]``. A named (or ``MILLKERNELS_BACKEND``-forced) backend decides an "auto"
+    algo: IPC by size on cuda, NCCL / gloo on the others (triton then refuses the call with
+    its reason). Otherwise the ``auto`` rule picks the algo, and the algo its backend: the
+    IPC kernels on CUDA tensors are cuda, the rest reference (no walk down the table on
+    every call: small all-reduces are latency-bound)."""
+    forced = backend if backend != "auto" else env_override(TABLE.family)
+    if algo != "auto":
+        chosen = algo
+    elif forced is None:
+        chosen = caps.auto_algo(call)
+    else:
+        chosen = caps.ipc_algo(call) if forced == "cuda" else "nccl"
+    call["algo"] = chosen
+    if forced is not None:
+        return chosen, backend  # "auto" here: the table applies the override and says so
+    ipc = chosen in ("one_shot", "two_shot") and call["device"] == "cuda"
+    return chosen, "cuda" if ipc else "reference"
 
 
-def all_gather(x: torch.Tensor, *, group: Any = None, out: torch.Tensor | None = None):
+def _check_plain_backend(op: str, t: torch.Tensor, group: Any, backend: str) -> None:
+    """A collective other than all-reduce runs on torch.distributed (``reference``): raise
+    BackendUnavailable when ``backend``, or the one ``MILLKERNELS_BACKEND`` forces, is another."""
+    if backend == "auto" and env_override(TABLE.family) is None:
+        return
+    call = {
+        "op": op,
+        "device": t.device.type,
+        "dtype": str(t.dtype).removeprefix("torch."),
+        "nbytes": t.numel() * t.element_size(),
+        "world": dist.get_world_size(group),
+        "algo": "nccl",
+        "quant": None,
+        "custom": None,
+    }
+    TABLE.select(backend, call, op)
+
+
+def all_gather(
+    x: torch.Tensor, *, group: Any = None, out: torch.Tensor | None = None, backend: str = "auto"
+):
     """Concatenate every rank's ``x`` along dim 0, in rank order.
 
     ``x``: any shape (a 0-d tensor counts as shape (1,)); every rank the same shape and
@@ -405,6 +443,7 @@ def all_gather(x: torch.Tensor, *, group: Any = None, out: torch.Tensor | None =
 
     def validate():
         t = check_tensor("x", x, g)
+        _check_plain_backend("all_gather", t, g, backend)
         world = dist.get_world_size(g)
         base = tuple(t.shape) if t.dim() else (1,)
         shape = (world * base[0], *base[1:])
@@ -421,7 +460,12 @@ def all_gather(x: torch.Tensor, *, group: Any = None, out: torch.Tensor | None =
 
 
 def reduce_scatter(
-    x: torch.Tensor, *, group: Any = None, op: str = "sum", out: torch.Tensor | None = None
+    x: torch.Tensor,
+    *,
+    group: Any = None,
+    op: str = "sum",
+    out: torch.Tensor | None = None,
+    backend: str = "auto",
 ):
     """Reduce ``x`` over ranks and give rank r the r-th of world equal slices along dim 0.
 
@@ -433,6 +477,7 @@ def reduce_scatter(
     def validate():
         _choice("op", op, REDUCE_OPS)
         t = check_tensor("x", x, g)
+        _check_plain_backend("reduce_scatter", t, g, backend)
         world = dist.get_world_size(g)
         rows = _dim0_split("x", t, world)
         o = _new_out(out, (rows, *t.shape[1:]), t, g)
@@ -444,13 +489,16 @@ def reduce_scatter(
     return reference.reduce_scatter(t, o, g, op)
 
 
-def all_to_all(x: torch.Tensor, *, group: Any = None, out: torch.Tensor | None = None):
+def all_to_all(
+    x: torch.Tensor, *, group: Any = None, out: torch.Tensor | None = None, backend: str = "auto"
+):
     """Split ``x`` into world equal chunks along dim 0; chunk j goes to rank j, and this
     rank's result holds, in rank order, the chunk every rank sent it. Same shape as ``x``."""
     g = resolve_group(group)
 
     def validate():
         t = check_tensor("x", x, g)
+        _check_plain_backend("all_to_all", t, g, backend)
         _dim0_split("x", t, dist.get_world_size(g))
         o = _new_out(out, tuple(t.shape), t, g)
         return _Sig("all_to_all", tuple(t.shape), t.dtype), (t, o)
@@ -462,7 +510,12 @@ def all_to_all(x: torch.Tensor, *, group: Any = None, out: torch.Tensor | None =
 
 
 def broadcast(
-    x: torch.Tensor, *, src: int = 0, group: Any = None, out: torch.Tensor | None = None
+    x: torch.Tensor,
+    *,
+    src: int = 0,
+    group: Any = None,
+    out: torch.Tensor | None = None,
+    backend: str = "auto",
 ) -> torch.Tensor:
     """Every rank gets rank ``src``'s ``x`` (``src``: the rank within ``group``).
 
@@ -476,6 +529,7 @@ def broadcast(
         if isinstance(src, bool) or not isinstance(src, int) or not 0 <= src < world:
             raise ValueError(f"src: expected a rank of the group in 0..{world - 1}, got {src!r}")
         t = check_tensor("x", x, g, contiguous=out is None)
+        _check_plain_backend("broadcast", t, g, backend)
         o = t if out is None else check_out(out, tuple(t.shape), t, g)
         return _Sig("broadcast", tuple(t.shape), t.dtype, (src,)), (t, o)
 

@@ -58,9 +58,15 @@ def auto_algo(call: dict[str, Any]) -> str:
     if call["op"] == "all_reduce" and call["device"] == "cuda" and call.get("custom"):
         trial = dict(call, algo="one_shot")
         if _cuda_serves(trial) is None and cuda_unavailable_reason() is None:
-            limit = one_shot_limit(call["world"])
-            return "one_shot" if limit is None or call["nbytes"] <= limit else "two_shot"
+            return ipc_algo(call)
     return "nccl"
+
+
+def ipc_algo(call: dict[str, Any]) -> str:
+    """The IPC algorithm for the message: one-shot up to :func:`one_shot_limit`, then two-shot
+    (what ``auto`` picks on the cuda backend)."""
+    limit = one_shot_limit(call["world"])
+    return "one_shot" if limit is None or call["nbytes"] <= limit else "two_shot"
 
 
 def _cuda_serves(call: dict[str, Any]) -> str | None:
@@ -85,10 +91,6 @@ def _cuda_serves(call: dict[str, Any]) -> str | None:
     if call["nbytes"] > custom.max_bytes:
         return f"{call['nbytes']} B is over the CustomAllReduce's max_bytes={custom.max_bytes}"
     return None
-
-
-def _triton_available() -> str | None:
-    return None if runtime.triton_version() else "Triton is not installed"
 
 
 def _triton_serves(call: dict[str, Any]) -> str | None:
@@ -128,7 +130,7 @@ TABLE = CapabilityTable(
             archs="any CUDA GPU (fp8: sm_89+); CPU under TRITON_INTERPRET=1",
             dtypes=QUANT_DTYPES,
             notes="quantised all-reduce: int8/fp8 e4m3 shards with per-128 absmax scales",
-            available=_triton_available,
+            available=runtime.triton_unavailable_reason,
             serves=_triton_serves,
         ),
         BackendSpec(

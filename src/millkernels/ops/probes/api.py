@@ -26,10 +26,6 @@ ALIGNMENT = 16  # bytes: the CUDA kernels use 16-byte vector accesses
 _PATTERN_OPS = ("pattern_write", "pattern_check")
 
 
-def _triton_available() -> str | None:
-    return None if runtime.triton_version() else "Triton is not installed"
-
-
 def _triton_serves(call: dict[str, Any]) -> str | None:
     if call["op"] in _PATTERN_OPS:
         return "the pattern test has no Triton kernel (use cuda or reference)"
@@ -57,7 +53,7 @@ TABLE = CapabilityTable(
             archs="any CUDA GPU; CPU under TRITON_INTERPRET=1",
             dtypes=("any (32-bit words)",),
             notes="copy, read and write only",
-            available=_triton_available,
+            available=runtime.triton_unavailable_reason,
             serves=_triton_serves,
         ),
         BackendSpec("reference", archs="any (PyTorch)", dtypes=("any (32-bit words)",)),

@@ -31,10 +31,6 @@ def fp8_reason(call: dict[str, Any]) -> str | None:
     return None
 
 
-def _triton_available() -> str | None:
-    return None if runtime.triton_version() else "Triton is not installed"
-
-
 def _triton_serves(call: dict[str, Any]) -> str | None:
     why = fp8_reason(call)
     if why:
@@ -88,7 +84,7 @@ TABLE = CapabilityTable(
                 f"schemes {', '.join(SCHEMES)}; integer group sizes: multiples of 16 or -1; "
                 "split-K for M <= 64; M-bucketed autotuning"
             ),
-            available=_triton_available,
+            available=runtime.triton_unavailable_reason,
             serves=_triton_serves,
         ),
         BackendSpec(
