@@ -31,7 +31,7 @@ ALGOS = ("auto", "nccl", "one_shot", "two_shot")
 QUANTS = (None, "int8", "fp8")
 CUSTOM_DTYPES = ("float16", "bfloat16", "float32")
 QUANT_DTYPES = ("float16", "bfloat16", "float32")
-MAX_RANKS = 8  # the IPC kernels' peer table (csrc/comm/custom_allreduce.cuh kMaxRanks)
+MAX_RANKS = 8  # the IPC kernels' peer table (csrc/comm/custom_allreduce.h kMaxRanks)
 
 # One-shot reads (n-1)*S per rank after one barrier; two-shot reads 2(n-1)/n*S after two.
 # With a = the second barrier's cost (~3 us on NVLink, vLLM's published timings) and
