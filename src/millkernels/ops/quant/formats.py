@@ -406,9 +406,12 @@ def fp8_cast(x: torch.Tensor) -> torch.Tensor:
 
 
 def fp8_scale(amax: torch.Tensor) -> torch.Tensor:
-    """The fp32 scale that maps ``amax`` to 448 (1 for all-zero data)."""
+    """The fp32 scale that maps ``amax`` to 448 (1 for all-zero data).
+
+    An IEEE division on every device, as the kernels' ``div_rn``: tensor by tensor (torch
+    divides a CUDA tensor by a Python number as a multiply by its reciprocal)."""
     amax = amax.float()
-    return torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))
+    return torch.where(amax > 0, amax / torch.full_like(amax, FP8_MAX), torch.ones_like(amax))
 
 
 def _quantize_fp8(weight: torch.Tensor, scheme: str) -> QuantizedWeight:
