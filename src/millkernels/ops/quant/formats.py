@@ -10,8 +10,8 @@ Integer schemes (``w4a16``, ``w8a16``; ``bits`` = 4 or 8, ``PER = 32 // bits``):
   order). K is padded with zero codes up to a multiple of PER.
 - ``scales`` float16 or bfloat16 (G, N), G = K // group_size groups of consecutive input
   features (G = 1 for ``group_size=-1``, stored as ``group_size = K``).
-- ``zeros`` uint8 (int16 when a zero point exceeds 255: GPTQ v1 8-bit) (G, N), or ``None`` for
-  symmetric weights, whose zero point is ``2**(bits-1)``.
+- ``zeros`` uint8 (int16 accepted) (G, N), or ``None`` for symmetric weights, whose zero
+  point is ``2**(bits-1)``.
 - ``perm`` int64 (K,) or ``None``: act-order checkpoints; canonical input feature ``j`` is
   original feature ``perm[j]``, so ``x @ W.T == x[..., perm] @ Wc.T``.
 
@@ -241,6 +241,11 @@ def validate(qw: QuantizedWeight) -> None:
 # ------------------------------------------------------------------ packing
 
 
+def _signed32(words: torch.Tensor) -> torch.Tensor:
+    """int64 words in [0, 2**32) as the int32 with the same bits."""
+    return (words - ((words >> 31) << 32)).to(torch.int32)
+
+
 def pack(q: torch.Tensor, bits: int) -> torch.Tensor:
     """Pack unsigned codes ``q`` (K, N) (values < 2**bits) into int32 (ceil(K/PER), N) along K,
     the first of each PER = 32/bits consecutive rows in the lowest bits. K is zero-padded."""
@@ -254,7 +259,7 @@ def pack(q: torch.Tensor, bits: int) -> torch.Tensor:
     q64 = q64.view(kp // per, per, n)
     shifts = (torch.arange(per, device=q.device, dtype=torch.int64) * bits).view(1, per, 1)
     words = (q64 << shifts).sum(1)  # < 2**32, exact in int64
-    return (words - ((words >> 31) << 32)).to(torch.int32)  # wrap to signed int32
+    return _signed32(words)
 
 
 def unpack(words: torch.Tensor, bits: int, k: int | None = None) -> torch.Tensor:
@@ -278,7 +283,7 @@ def pack_cols(q: torch.Tensor, bits: int, order: tuple[int, ...] | None = None) 
     q64 = (q.to(torch.int64) & ((1 << bits) - 1)).view(r, c // per, per)[..., list(order)]
     shifts = torch.arange(per, device=q.device, dtype=torch.int64) * bits
     words = (q64 << shifts).sum(-1)
-    return (words - ((words >> 31) << 32)).to(torch.int32)
+    return _signed32(words)
 
 
 def unpack_cols(words: torch.Tensor, bits: int, order: tuple[int, ...] | None = None):
@@ -461,8 +466,14 @@ def _float_scales(scales: Any, groups: int, n: int) -> torch.Tensor:
     return scales.contiguous()
 
 
-def _zero_tensor(z: torch.Tensor) -> torch.Tensor:
-    return z.to(torch.uint8) if int(z.max()) <= 255 else z.to(torch.int16)
+def _gptq_v1_to_v2(qzeros: torch.Tensor, bits: int) -> torch.Tensor:
+    """GPTQ v1 qzeros to v2 (the zero points themselves). v1 writers (GPTQModel, AutoGPTQ)
+    store ``v2 - 0x11111111`` (``0x01010101`` at 8 bits) per 32-bit word, so a zero point 0
+    borrows from the next field; adding the constant back word by word, modulo 2**32, undoes
+    that exactly (adding 1 per field would carry the borrow into the neighbour)."""
+    one_per_field = sum(1 << (bits * i) for i in range(32 // bits))
+    words = (qzeros.to(torch.int64) + one_per_field) % 2**32
+    return _signed32(words)
 
 
 def from_gptq(
@@ -493,7 +504,8 @@ def from_gptq(
     group_size
         Features per group; -1: one group (G = 1).
     checkpoint_format
-        ``"gptq"`` (v1: stored zero = zero - 1) or ``"gptq_v2"`` (the zero itself).
+        ``"gptq"`` (v1: each qzeros word is the v2 word minus 1 in every field, with borrows
+        between fields) or ``"gptq_v2"`` (the zero points themselves).
 
     Raises ValueError/TypeError naming the argument on inconsistent shapes, dtypes or bits.
     """
@@ -520,9 +532,9 @@ def from_gptq(
         )
     scales = _float_scales(scales, groups, n)
     q = unpack(qweight, bits)  # (K, N)
-    z = unpack_cols(qzeros, bits)  # (G, N)
     if checkpoint_format == "gptq":
-        z = z + 1
+        qzeros = _gptq_v1_to_v2(qzeros, bits)
+    z = unpack_cols(qzeros, bits)  # (G, N)
     perm = None
     if g_idx is not None:
         if not isinstance(g_idx, torch.Tensor) or g_idx.dtype not in (torch.int32, torch.int64):
@@ -543,7 +555,7 @@ def from_gptq(
         shape=(n, k),
         qweight=pack(q, bits),
         scales=scales,
-        zeros=_zero_tensor(z),
+        zeros=z.to(torch.uint8),
         perm=perm,
         group_size=gsz,
         symmetric=False,
@@ -578,6 +590,6 @@ def from_awq(
         shape=(n, k),
         qweight=pack(q, 4),
         scales=scales,
-        zeros=_zero_tensor(z),
+        zeros=z.to(torch.uint8),
         group_size=gsz,
     )
