@@ -231,6 +231,34 @@ def test_bad_inputs(mutate, exc, match):
         attention_decode(*args, **kwargs)
 
 
+SCALE_SOFTCAP_BAD = [
+    ({"softmax_scale": v}, ValueError) for v in (-1.0, 0.0, -0.0, math.nan, math.inf, -math.inf)
+] + [
+    ({"softmax_scale": "0.1"}, TypeError),
+    ({"softmax_scale": True}, TypeError),
+    ({"softcap": -1.0}, ValueError),
+    ({"softcap": math.nan}, ValueError),
+    ({"softcap": math.inf}, ValueError),
+    ({"softcap": None}, TypeError),
+]
+
+
+@pytest.mark.parametrize(("bad", "exc"), SCALE_SOFTCAP_BAD, ids=lambda b: repr(b))
+def test_decode_and_attention_refuse_the_same_scale_and_softcap(bad, exc):
+    """One rule for both: the same exception and message from attention and attention_decode."""
+    from millkernels.ops.attention import attention
+
+    args = make_case(2, 4, 2, 64, 16, [20, 5], F16)
+    with pytest.raises(exc) as decode_err:
+        attention_decode(*args, backend="reference", **bad)
+    q = torch.randn(2, 3, 4, 64).half()
+    k = torch.randn(2, 5, 2, 64).half()
+    with pytest.raises(exc) as attention_err:
+        attention(q, k, k, backend="reference", **bad)
+    assert str(decode_err.value) == str(attention_err.value)
+    assert str(decode_err.value).startswith(next(iter(bad)) + ": ")
+
+
 def test_bad_device():
     if not torch.cuda.is_available():
         pytest.skip("needs a second device type (a CUDA GPU)")

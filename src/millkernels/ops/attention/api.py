@@ -47,6 +47,27 @@ def _flag(name: str, x: Any) -> bool:
     return x
 
 
+def scale_and_softcap(softmax_scale: Any, softcap: Any, head_dim: int) -> tuple[float, float]:
+    """The checked ``(softmax_scale, softcap)`` of every attention op (training and decode).
+
+    ``softmax_scale``: a finite float > 0, or None for ``1 / sqrt(head_dim)``; ``softcap``: a
+    finite float >= 0 (0 disables it). Raises TypeError (not a number) or ValueError.
+    """
+    if softmax_scale is None:
+        scale = reference.default_scale(head_dim)
+    else:
+        if isinstance(softmax_scale, bool) or not isinstance(softmax_scale, (int, float)):
+            raise TypeError(f"softmax_scale: expected a float or None, got {softmax_scale!r}")
+        scale = float(softmax_scale)
+        if not math.isfinite(scale) or scale <= 0:
+            raise ValueError(f"softmax_scale: expected a finite positive float, got {scale}")
+    if isinstance(softcap, bool) or not isinstance(softcap, (int, float)):
+        raise TypeError(f"softcap: expected a float, got {softcap!r}")
+    if not math.isfinite(float(softcap)) or softcap < 0:
+        raise ValueError(f"softcap: expected a finite float >= 0 (0 disables it), got {softcap}")
+    return scale, float(softcap)
+
+
 def _common(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -84,18 +105,7 @@ def _common(
     _flag("causal", causal)
     _flag("return_lse", return_lse)
     _flag("deterministic", deterministic)
-    if softmax_scale is None:
-        scale = reference.default_scale(head_dim)
-    else:
-        if isinstance(softmax_scale, bool) or not isinstance(softmax_scale, (int, float)):
-            raise TypeError(f"softmax_scale: expected a float or None, got {softmax_scale!r}")
-        scale = float(softmax_scale)
-        if not math.isfinite(scale) or scale <= 0:
-            raise ValueError(f"softmax_scale: expected a finite positive float, got {scale}")
-    if isinstance(softcap, bool) or not isinstance(softcap, (int, float)):
-        raise TypeError(f"softcap: expected a float, got {softcap!r}")
-    if not math.isfinite(float(softcap)) or softcap < 0:
-        raise ValueError(f"softcap: expected a finite float >= 0 (0 disables it), got {softcap}")
+    scale, cap = scale_and_softcap(softmax_scale, softcap, head_dim)
     if (
         not isinstance(window, (tuple, list))
         or len(window) != 2
@@ -104,7 +114,7 @@ def _common(
         raise TypeError(f"window: expected a (left, right) pair of ints, got {window!r}")
     if window[0] < -1 or window[1] < -1:
         raise ValueError(f"window: sides are >= 0, or -1 for unbounded; got {tuple(window)}")
-    return scale, reference.effective_window(causal, tuple(window)), float(softcap)
+    return scale, reference.effective_window(causal, tuple(window)), cap
 
 
 def _cu_seqlens(name: str, cu: Any, q: torch.Tensor, total: int, what: str) -> torch.Tensor:
