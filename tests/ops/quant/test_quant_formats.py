@@ -4,6 +4,7 @@ bad input. Reference-only (no kernels), on the CPU."""
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -262,6 +263,34 @@ def test_quantize_names_the_nonfinite_row(scheme, bad):
     w = torch.randn(8, 64)
     w[5, 17] = bad
     with pytest.raises(ValueError, match=r"weight: NaN or Inf in row\(s\) \[5\]"):
+        quant.quantize(w, scheme, group_size=32)
+
+
+@pytest.mark.parametrize(
+    "scheme, symmetric",
+    [("w4a16", False), ("w4a16", True), ("w8a16", False), ("w8a16", True)],
+)
+def test_quantize_refuses_scales_that_overflow_float16(scheme, symmetric):
+    """Finite float32 weights x 1e7 need scales above float16's 65504 (x 1e6 already at 4
+    bits): a ValueError with the largest |weight|, not inf scales (dequantised: inf and NaN)."""
+    w = torch.randn(8, 64) * 1e7
+    amax = re.escape(f"{float(w.abs().max()):.4g}")
+    with pytest.raises(
+        ValueError, match=rf"weight: max \|weight\| = {amax} .* float16's largest 65504"
+    ):
+        quant.quantize(w, scheme, group_size=32, symmetric=symmetric)
+    # as bfloat16 the same weight gets bfloat16 scales, which hold them
+    qw = quant.quantize(w.bfloat16(), scheme, group_size=32, symmetric=symmetric)
+    assert qw.scales.dtype == torch.bfloat16 and torch.isfinite(qw.dequantize()).all()
+
+
+@pytest.mark.parametrize("scheme", list(formats.SCHEMES))
+def test_quantize_refuses_float64_weights_beyond_float32(scheme):
+    """Scales are float32 (fp8) or computed in float32: a finite float64 weight of 1e300 has
+    none; refused with its magnitude."""
+    w = torch.randn(8, 64, dtype=torch.float64)
+    w[3, 5] = 1e300
+    with pytest.raises(ValueError, match=r"weight: max \|weight\| = 1e\+300"):
         quant.quantize(w, scheme, group_size=32)
 
 

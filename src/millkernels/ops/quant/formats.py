@@ -325,6 +325,22 @@ def _scale_dtype(weight: torch.Tensor, smallest: float) -> torch.dtype:
     return torch.float16
 
 
+def _check_scales_fit(scale: torch.Tensor, dtype: torch.dtype, weight: torch.Tensor) -> None:
+    """ValueError when a scale (float32, positive) exceeds ``dtype``'s largest finite value:
+    it would be stored as inf (and dequantise to inf / NaN)."""
+    largest = torch.finfo(dtype).max
+    big = float(scale.max())
+    if big <= largest:  # False for inf and NaN too
+        return
+    amax = float(weight.detach().abs().max())
+    name = str(dtype).removeprefix("torch.")
+    raise ValueError(
+        f"weight: max |weight| = {amax:.4g} needs scales up to {big:.4g}, over {name}'s "
+        f"largest {largest:.6g}; scale the weight down (or quantise it as bfloat16 for "
+        "bfloat16 scales)"
+    )
+
+
 def _round_up(scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Positive float32 scales rounded up to ``dtype`` (so min..max still fits the codes),
     returned as float32."""
@@ -355,7 +371,8 @@ def quantize(
     ------
     TypeError, ValueError
         Naming the argument: a bad scheme, a non-float weight, NaN/Inf (with the row), a
-        ``group_size`` that does not divide in_features.
+        ``group_size`` that does not divide in_features, a weight so large that its scales
+        overflow their dtype (float16 above 65504; with the largest |weight|).
     """
     scheme = _check_scheme(scheme)
     weight = _check_weight(weight)
@@ -381,6 +398,7 @@ def quantize(
         amax = w.abs().amax(-1)
         scale = amax / (half - 1)
         sdt = _scale_dtype(weight, float(scale[scale > 0].min()) if bool((scale > 0).any()) else 0)
+        _check_scales_fit(scale, sdt, weight)
         scale = _round_up(torch.where(scale > 0, scale, torch.ones_like(scale)), sdt)
         q = torch.clamp(torch.round(w / scale[..., None]) + half, 0, qmax)
         zeros = None
@@ -389,6 +407,7 @@ def quantize(
         hi = w.amax(-1).clamp(min=0)
         scale = (hi - lo) / qmax
         sdt = _scale_dtype(weight, float(scale[scale > 0].min()) if bool((scale > 0).any()) else 0)
+        _check_scales_fit(scale, sdt, weight)
         scale = _round_up(torch.where(scale > 0, scale, torch.ones_like(scale)), sdt)
         z = torch.clamp(torch.round(-lo / scale), 0, qmax)
         q = torch.clamp(torch.round(w / scale[..., None]) + z[..., None], 0, qmax)
@@ -436,6 +455,7 @@ def _quantize_fp8(weight: torch.Tensor, scheme: str) -> QuantizedWeight:
         blocks = padded.view(nb, b, kb, b)
         scale = fp8_scale(blocks.abs().amax(dim=(1, 3)))
         q = fp8_cast(blocks / scale[:, None, :, None]).view(nb * b, kb * b)[:n, :k]
+    _check_scales_fit(scale, torch.float32, weight)  # a float64 weight beyond float32's range
     return QuantizedWeight(scheme, (n, k), q.contiguous(), scale.contiguous().float())
 
 
