@@ -17,7 +17,14 @@ from millkernels import quant
 from millkernels.analyze.core import triton_toolchain_missing
 from millkernels.analyze.triton_compile import inexact_f32_ops, ptx_of
 from millkernels.dispatch import BackendUnavailable
-from millkernels.ops.quant import api, capabilities, reference, triton_fp8, triton_weight_only
+from millkernels.ops.quant import (
+    api,
+    capabilities,
+    formats,
+    reference,
+    triton_fp8,
+    triton_weight_only,
+)
 from millkernels.testing import poison
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -253,6 +260,91 @@ def test_matmul_bad_input():
         quant.matmul(x.half(), qw, backend="cutlass")
     with pytest.raises(BackendUnavailable, match="cuda"):
         quant.matmul(x.half(), qw, backend="cuda")
+
+
+def _repack_8bit(qw):
+    return formats.pack(formats.unpack(qw.qweight, 4, qw.in_features), 8)
+
+
+TAMPER = [  # (scheme, field, new value from the weight, error, message)
+    ("w4a16", "scales", lambda qw: qw.scales[:, :-1].contiguous(), ValueError, "scales: exp"),
+    ("w4a16", "scales", lambda qw: qw.scales.double(), ValueError, "scales: expected a float"),
+    ("w4a16", "scales", lambda qw: qw.scales.t().contiguous().t(), ValueError, "contiguous"),
+    ("w4a16", "scales", lambda qw: qw.scales.tolist(), TypeError, "scales: expected a torch"),
+    (
+        "w4a16",
+        "qweight",
+        _repack_8bit,
+        ValueError,
+        r"qweight: expected int32 \(8, 24\), got torch.int32 \(16",
+    ),
+    ("w4a16", "qweight", lambda qw: qw.qweight.long(), ValueError, "qweight: expected int32"),
+    ("w4a16", "zeros", lambda qw: qw.zeros[:1].contiguous(), ValueError, "zeros: expected"),
+    ("w4a16", "zeros", lambda qw: qw.zeros.float(), ValueError, "zeros: expected uint8"),
+    ("w4a16", "perm", lambda qw: torch.arange(63), ValueError, r"perm: expected int64 \(64,\)"),
+    ("w4a16", "group_size", lambda qw: 48, ValueError, "group_size"),
+    ("fp8_rowwise", "scales", lambda qw: qw.scales[:-1].contiguous(), ValueError, "scales: exp"),
+    ("fp8_block", "scales", lambda qw: qw.scales.half(), ValueError, "scales: expected float32"),
+    ("fp8_tensor", "qweight", lambda qw: qw.qweight.half(), ValueError, "qweight: expected fl"),
+]
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+@pytest.mark.parametrize(
+    "scheme, field, value, exc, match",
+    TAMPER,
+    ids=[f"{t[0]}-{t[1]}-{i}" for i, t in enumerate(TAMPER)],
+)
+def test_matmul_refuses_a_tampered_weight(backend, scheme, field, value, exc, match):
+    """A field reassigned after the weight was built (wrong shape, dtype, packing, layout) is
+    refused by every matmul, naming the field, before any kernel reads it."""
+    qw = quant.quantize(torch.randn(24, 64), scheme, group_size=32).to(DEVICE)
+    x = torch.randn(3, 64, device=DEVICE).to(torch.float16)
+    _skip_unless_served(backend, x, qw)
+    setattr(qw, field, value(qw))
+    with pytest.raises(exc, match=match):
+        quant.matmul(x, qw, backend=backend)
+
+
+def _fields(qw, **change):
+    return {**{k: getattr(qw, k) for k in ("scheme", "shape", "group_size", "symmetric")},
+            **qw.tensors(), **change}  # fmt: skip
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("scheme", ["w4a16", "fp8_block"])
+def test_nonfinite_scales_are_refused_when_a_weight_is_built_or_loaded(bad, scheme):
+    """Scales are checked for NaN/Inf once, where a weight is made: the constructor, .to(),
+    from_state_dict and QuantLinear.load_state_dict (not per matmul: no GPU sync there)."""
+    qw = quant.quantize(torch.randn(24, 256), scheme, group_size=32)
+    scales = qw.scales.clone()
+    scales.view(-1)[-1] = bad
+    with pytest.raises(ValueError, match="scales: NaN or Inf"):
+        quant.QuantizedWeight(**_fields(qw, scales=scales))
+    sd = {**qw.state_dict(), "scales": scales}
+    with pytest.raises(ValueError, match="scales: NaN or Inf"):
+        quant.QuantizedWeight.from_state_dict(sd)
+    layer = quant.QuantLinear(qw)
+    with pytest.raises(ValueError, match="scales: NaN or Inf"):
+        layer.load_state_dict(sd)
+    qw.scales = scales  # reassigned after the checks: caught by the next one (a device move)
+    with pytest.raises(ValueError, match="scales: NaN or Inf"):
+        qw.to(DEVICE)
+
+
+def test_zero_points_and_perm_values_are_checked():
+    """Zero points outside [0, 2**bits) and a perm that is no permutation: refused when built."""
+    ckpt = make_gptq(4, 128, 24, 32, act_order=True, v2=True)
+    qw = quant.from_gptq(*ckpt["args"], bits=4, group_size=32, checkpoint_format="gptq_v2")
+    zeros = qw.zeros.clone()
+    zeros[1, 2] = 16
+    with pytest.raises(ValueError, match=r"zeros: zero points must lie in \[0, 16\)"):
+        quant.QuantizedWeight(**_fields(qw, zeros=zeros))
+    perm = qw.perm.clone()
+    perm[3] = perm[4]
+    with pytest.raises(ValueError, match="perm: expected a permutation of 0..127"):
+        quant.QuantizedWeight(**_fields(qw, perm=perm))
+    assert quant.QuantizedWeight(**_fields(qw)).shape == qw.shape  # the untouched fields pass
 
 
 def test_fp8_refused_below_sm89(monkeypatch):

@@ -56,6 +56,13 @@ class QuantizedWeight:
 
     Build one with :func:`quantize`, :func:`from_gptq`, :func:`from_awq` or
     :meth:`from_state_dict`; multiply with :func:`millkernels.quant.matmul`.
+
+    Every construction (also a direct one, and :meth:`to`) checks the tensors against the
+    metadata (:func:`validate`) and their values (:func:`check_values`: finite scales, zero
+    points in range, a true permutation): one device sync on a GPU, once per weight. Every
+    ``matmul`` repeats only :func:`validate` (no sync), which catches fields reassigned since.
+    ``check=False`` skips both, for tensors already checked (a layer's buffers): no sync, and
+    traceable by ``torch.compile``.
     """
 
     scheme: str
@@ -66,6 +73,12 @@ class QuantizedWeight:
     perm: torch.Tensor | None = None
     group_size: int = 0
     symmetric: bool = False
+    check: dataclasses.InitVar[bool] = True
+
+    def __post_init__(self, check: bool) -> None:
+        if check:
+            validate(self)
+            check_values(self)
 
     @property
     def bits(self) -> int:
@@ -170,7 +183,7 @@ class QuantizedWeight:
         meta = [int(v) for v in d["meta"].tolist()]
         if len(meta) != 6 or meta[0] != _META_VERSION or not 0 <= meta[1] < len(SCHEMES):
             raise ValueError(f"d['meta']: not a QuantizedWeight header: {meta}")
-        qw = cls(
+        return cls(
             scheme=SCHEMES[meta[1]],
             shape=(meta[2], meta[3]),
             qweight=d["qweight"],
@@ -180,8 +193,6 @@ class QuantizedWeight:
             group_size=meta[4],
             symmetric=bool(meta[5]),
         )
-        validate(qw)
-        return qw
 
     def __repr__(self) -> str:
         extra = f", group_size={self.group_size}" if not self.is_fp8 else ""
@@ -192,12 +203,31 @@ class QuantizedWeight:
 
 
 def validate(qw: QuantizedWeight) -> None:
-    """Check that ``qw``'s tensors agree with its metadata; ValueError naming the field."""
+    """Check that ``qw``'s tensors agree with its metadata: scheme, shape, dtypes, shapes, one
+    device, contiguous (the kernels index them densely). Reads no tensor values (no device
+    sync), so every ``matmul`` runs it. TypeError/ValueError naming the field."""
     _check_scheme(qw.scheme)
-    n, k = qw.shape
-    if n < 1 or k < 1:
-        raise ValueError(f"shape: expected positive sizes, got {qw.shape}")
+    shape = qw.shape
+    if not (
+        isinstance(shape, tuple)
+        and len(shape) == 2
+        and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)
+    ):
+        raise ValueError(f"shape: expected (out_features, in_features) > 0, got {shape!r}")
+    n, k = shape
+    for name in ("qweight", "scales", "zeros", "perm"):
+        t = getattr(qw, name)
+        if t is None and name in ("zeros", "perm"):
+            continue
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+        if t.device != qw.qweight.device:
+            raise ValueError(f"{name}: on {t.device}, but qweight is on {qw.qweight.device}")
+        if not t.is_contiguous():
+            raise ValueError(f"{name}: expected a contiguous tensor (call .contiguous())")
     if qw.is_fp8:
+        if qw.zeros is not None or qw.perm is not None:
+            raise ValueError(f"zeros, perm: {qw.scheme} has neither, expected None")
         if qw.qweight.dtype != FP8_DTYPE or tuple(qw.qweight.shape) != (n, k):
             raise ValueError(
                 f"qweight: expected float8_e4m3fn {(n, k)}, got {qw.qweight.dtype} "
@@ -236,6 +266,27 @@ def validate(qw: QuantizedWeight) -> None:
         )
     if qw.perm is not None and (qw.perm.dtype != torch.int64 or tuple(qw.perm.shape) != (k,)):
         raise ValueError(f"perm: expected int64 ({k},), got {qw.perm.dtype} {tuple(qw.perm.shape)}")
+
+
+def check_values(qw: QuantizedWeight) -> None:
+    """Check the values the kernels take on trust (after :func:`validate`): finite scales,
+    zero points in ``[0, 2**bits)``, ``perm`` a permutation of the input features. One device
+    sync on a GPU: runs when a weight is built or loaded, not per matmul. ValueError naming
+    the field."""
+    bad = {"scales": ~torch.isfinite(qw.scales).all()}
+    if qw.zeros is not None:
+        z = qw.zeros.to(torch.int32)
+        bad["zeros"] = ((z < 0) | (z >= 1 << qw.bits)).any()
+    if qw.perm is not None:
+        every = torch.arange(qw.in_features, device=qw.perm.device)
+        bad["perm"] = (torch.sort(qw.perm).values != every).any()
+    flags = dict(zip(bad, torch.stack(list(bad.values())).tolist(), strict=True))  # one sync
+    if flags["scales"]:
+        raise ValueError("scales: NaN or Inf (a scale must be finite)")
+    if flags.get("zeros"):
+        raise ValueError(f"zeros: zero points must lie in [0, {1 << qw.bits}) at {qw.bits} bits")
+    if flags.get("perm"):
+        raise ValueError(f"perm: expected a permutation of 0..{qw.in_features - 1}")
 
 
 # ------------------------------------------------------------------ packing
@@ -481,9 +532,7 @@ def _float_scales(scales: Any, groups: int, n: int) -> torch.Tensor:
         raise TypeError(f"scales: expected float16/bfloat16/float32, got {scales.dtype}")
     if tuple(scales.shape) != (groups, n):
         raise ValueError(f"scales: expected shape {(groups, n)}, got {tuple(scales.shape)}")
-    if not bool(torch.isfinite(scales).all()):
-        raise ValueError("scales: NaN or Inf")
-    return scales.contiguous()
+    return scales.contiguous()  # values: checked with the weight's (check_values)
 
 
 def _gptq_v1_to_v2(qzeros: torch.Tensor, bits: int) -> torch.Tensor:
