@@ -133,8 +133,25 @@ def _cu_seqlens(name: str, cu: Any, q: torch.Tensor, total: int, what: str) -> t
     return cu
 
 
+def check_varlen_values(
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor,
+    total_q: int,
+    total_k: int,
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+) -> None:
+    """The offsets' values: start at 0, non-decreasing, within the tokens, and no sequence
+    longer than ``max_seqlen_*`` (the kernels' grid: longer ones would lose rows silently).
+
+    Reads the offsets on the host: one synchronisation for GPU tensors. Skipped while
+    torch.compile traces; the custom op repeats it at run time for CPU tensors (free there).
+    """
+    _check_cu_values("cu_seqlens_q", cu_seqlens_q, total_q, max_seqlen_q, "q")
+    _check_cu_values("cu_seqlens_k", cu_seqlens_k, total_k, max_seqlen_k, "k")
+
+
 def _check_cu_values(name: str, cu: torch.Tensor, total: int, max_len: int, what: str) -> None:
-    """Value checks (one device-to-host copy; skipped while torch.compile traces)."""
     if torch.compiler.is_compiling():
         return
     vals = cu.tolist()
@@ -279,8 +296,10 @@ def attention_varlen(
     ------
     TypeError, ValueError, millkernels.dispatch.BackendUnavailable
         As :func:`attention`; also for bad ``cu_seqlens_*`` (not int32, wrong length,
-        decreasing, not starting at 0, beyond the tokens) or a too small ``max_seqlen_*``.
-        Checking the offsets' values reads them on the host (one synchronisation).
+        decreasing, not starting at 0, beyond the tokens) or a ``max_seqlen_*`` below the
+        longest sequence. Checking the offsets' values reads them on the host (one
+        synchronisation); under ``torch.compile`` only CPU offsets are checked (GPU ones
+        would need a synchronisation inside the graph).
     """
     _tensor("q", q, 3, "(total_q, heads_q, head_dim)")
     _tensor("k", k, 3, "(total_k, heads_kv, head_dim)")
@@ -300,8 +319,9 @@ def attention_varlen(
             raise TypeError(f"{name}: expected an int, got {m!r}")
         if m < 0:
             raise ValueError(f"{name}: expected an int >= 0, got {m}")
-    _check_cu_values("cu_seqlens_q", cu_seqlens_q, q.shape[0], max_seqlen_q, "q")
-    _check_cu_values("cu_seqlens_k", cu_seqlens_k, k.shape[0], max_seqlen_k, "k")
+    check_varlen_values(
+        cu_seqlens_q, cu_seqlens_k, q.shape[0], k.shape[0], max_seqlen_q, max_seqlen_k
+    )
     name = _select("attention_varlen", q, backend)
     out, lse = custom_ops.attention_varlen_fwd(
         q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale, wl, wr, cap, name
