@@ -69,6 +69,9 @@ class TritonVariant:
         Arguments Triton may assume 16-divisible (pointers: 16-byte aligned), as it does at a
         launch whose tensors are aligned. ``None`` (default): every pointer argument, which is
         what a launch with freshly allocated tensors specialises on.
+    enable_fp_fusion
+        The launch option of that name: False for kernels launched with
+        ``enable_fp_fusion=False`` (no multiply-add contracted into an FMA).
     """
 
     signature: Mapping[str, str]
@@ -81,6 +84,7 @@ class TritonVariant:
     divisible_by_16: Sequence[str] | None = None
     spill_allowance: Mapping[int, int] = field(default_factory=dict)
     allowance_reason: str = ""
+    enable_fp_fusion: bool = True
 
     def __post_init__(self) -> None:
         if self.spill_allowance and not self.allowance_reason:
@@ -364,17 +368,13 @@ def _complete(fn: Any, name: str, variant: TritonVariant) -> TritonVariant:
     for opt in ("num_warps", "num_stages", "min_arch"):
         if not isinstance(getattr(variant, opt), int) or getattr(variant, opt) < 0:
             raise ValueError(f"{where}: {opt} must be a non-negative int")
-    return TritonVariant(
+    return dataclasses.replace(  # every other field (launch options) as given
+        variant,
         signature=signature,
         constexprs=constexprs,
-        num_warps=variant.num_warps,
-        num_stages=variant.num_stages,
         label=variant.describe(),
-        min_arch=variant.min_arch,
-        maxnreg=variant.maxnreg,
         divisible_by_16=(
             tuple(variant.divisible_by_16) if variant.divisible_by_16 is not None else None
         ),
         spill_allowance=dict(variant.spill_allowance),
-        allowance_reason=variant.allowance_reason,
     )

@@ -32,6 +32,7 @@ import inspect
 import json
 import os
 import pickle
+import re
 import subprocess
 import sys
 import tempfile
@@ -232,6 +233,57 @@ def _run_worker(
             results.setdefault(j.index, {"error": f"the compile worker failed (exit {rc}): {tail}"})
 
 
+def ptx_of(kernel: str, capability: int = 90) -> dict[str, str]:
+    """The PTX of every registered variant of ``kernel`` (its report name, e.g.
+    ``"quant.fp8_act_quant"``) compiled for ``sm_<capability>``, by variant label.
+
+    Compiled in a child process without the interpreter, like the analysis workers, so it
+    works under ``TRITON_INTERPRET=1`` (the tests). Raises RuntimeError with the child's
+    output when the compilation fails, KeyError (in the child's message) for an unknown name.
+    """
+    code = (
+        "import json, sys\n"
+        "from millkernels.analyze.triton_compile import _ptx_main\n"
+        "json.dump(_ptx_main(sys.argv[1], int(sys.argv[2])), sys.stdout)\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code, kernel, str(capability)],
+        capture_output=True,
+        text=True,
+        env=_worker_env(),
+    )
+    if r.returncode != 0:
+        raise RuntimeError(f"compiling {kernel} for sm_{capability} failed:\n{_short(r.stderr)}")
+    return json.loads(r.stdout)
+
+
+#: float32 PTX instructions a bit-for-bit match with torch cannot have: approximate
+#: division and reciprocal (what a plain ``/`` in Triton compiles to), and ``fma`` (a contracted
+#: multiply-add rounds once where torch rounds twice).
+_INEXACT_F32 = re.compile(r"\b(div\.approx|div\.full|rcp\.approx|fma\.rn)(?:\.ftz)?\.f32\b")
+
+
+def inexact_f32_ops(ptx: str) -> list[str]:
+    """The distinct inexact float32 instructions in ``ptx`` (see ``_INEXACT_F32``)."""
+    return sorted(set(_INEXACT_F32.findall(ptx)))
+
+
+def _ptx_main(kernel: str, capability: int) -> dict[str, str]:
+    """:func:`ptx_of`'s child process: compile the package's registered ``kernel``."""
+    from triton.runtime.jit import JITFunction
+
+    from millkernels.analyze.registry import triton_kernels
+
+    registered = triton_kernels().triton[kernel]
+    fn = registered.fn
+    while not isinstance(fn, JITFunction):  # autotune / heuristics wrappers
+        fn = fn.fn
+    with contextlib.redirect_stdout(sys.stderr):
+        return {
+            v.describe(): compile_variant(fn, v, capability).asm["ptx"] for v in registered.variants
+        }
+
+
 # ---------------------------------------------------------------------------- worker side
 
 
@@ -322,13 +374,12 @@ def _ptxas_extra_options() -> list[str]:
     return ["--regAllocOptLevel=2"] if "--regAllocOptLevel=2" in src else []
 
 
-def compile_one(jit_fn: Any, variant: TritonVariant, capability: int, tmp: Path) -> dict[str, Any]:
-    """Compile one variant and measure it (in the worker)."""
+def compile_variant(jit_fn: Any, variant: TritonVariant, capability: int) -> Any:
+    """``triton.compile`` one variant for ``sm_<capability>`` (in a process without the
+    interpreter); the compiled kernel, whose ``asm`` holds its PTX and cubin."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
-
-    from millkernels.analyze import tools
 
     names = list(variant.signature)
     aligned = (
@@ -344,9 +395,18 @@ def compile_one(jit_fn: Any, variant: TritonVariant, capability: int, tmp: Path)
         attrs=attrs,
     )
     options: dict[str, Any] = {"num_warps": variant.num_warps, "num_stages": variant.num_stages}
+    if not variant.enable_fp_fusion:  # else Triton's default, as at the kernel's launch
+        options["enable_fp_fusion"] = False
     if variant.maxnreg:
         options["maxnreg"] = variant.maxnreg
-    compiled = triton.compile(src, target=GPUTarget("cuda", capability, 32), options=options)
+    return triton.compile(src, target=GPUTarget("cuda", capability, 32), options=options)
+
+
+def compile_one(jit_fn: Any, variant: TritonVariant, capability: int, tmp: Path) -> dict[str, Any]:
+    """Compile one variant and measure it (in the worker)."""
+    from millkernels.analyze import tools
+
+    compiled = compile_variant(jit_fn, variant, capability)
     meta = compiled.metadata
     name = meta.name
     gpu_name = f"sm_{capability}a" if capability >= 90 else f"sm_{capability}"

@@ -8,7 +8,9 @@ and is plain ``tl.dot`` when compiled for a GPU. Kernels call ``dot`` instead of
 Second, the interpreter (Triton 3.9) truncates float32 to bfloat16 instead of rounding to
 nearest even (seen: 1.1244 -> 1.1172 instead of 1.125, a whole ulp), which can push a bf16
 kernel past the flash-attention 2x rule on the CPU only. :func:`cast` rounds the bits first
-there; compiled, it is a plain ``x.to(dtype)`` (round to nearest even).
+there; compiled, it is a plain ``x.to(dtype)`` (round to nearest even, the same instruction).
+Kernels call ``cast`` wherever a float32 value becomes bf16/fp16 (operands rounded before a
+``dot``, output stores), so CPU results round as GPU results do.
 """
 
 from __future__ import annotations

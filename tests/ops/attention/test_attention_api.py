@@ -153,3 +153,26 @@ def test_env_override_selects_reference(monkeypatch):
     monkeypatch.setattr(custom_ops, "attention_fwd", spy)
     attention(q, k, v)
     assert seen == ["reference"]
+
+
+@pytest.mark.parametrize("which", ["q", "k"])
+def test_varlen_max_seqlen_bounds_the_longest_sequence(which, triton_device):
+    """A max_seqlen below the longest sequence (here the last one) would make the kernels skip
+    its rows: refused. A larger one is fine (the same output)."""
+    cu = torch.tensor([0, 3, 43], dtype=torch.int32, device=triton_device)
+    q, k, v = (torch.randn(43, 2, 64).half().to(triton_device) for _ in range(3))
+    small = {"q": (16, 40), "k": (40, 39)}[which]
+    with pytest.raises(ValueError, match=rf"max_seqlen_{which}: .* below the longest .* \(40\)"):
+        attention_varlen(q, k, v, cu, cu, *small, backend="triton")
+    exact = attention_varlen(q, k, v, cu, cu, 40, 40, backend="triton")
+    assert torch.equal(attention_varlen(q, k, v, cu, cu, 64, 41, backend="triton"), exact)
+
+
+def test_varlen_max_seqlen_is_checked_under_torch_compile():
+    """torch.compile skips the public function's value checks (they read the offsets on the
+    host); for CPU offsets the custom op checks at run time, so rows are never lost silently."""
+    cu = torch.tensor([0, 3, 43], dtype=torch.int32)
+    q, k, v = (torch.randn(43, 2, 64).half() for _ in range(3))
+    f = torch.compile(lambda *a: attention_varlen(*a, backend="triton"), fullgraph=True)
+    with pytest.raises(ValueError, match=r"max_seqlen_q: 16 is below the longest"):
+        f(q, k, v, cu, cu, 16, 40)

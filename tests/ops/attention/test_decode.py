@@ -231,6 +231,34 @@ def test_bad_inputs(mutate, exc, match):
         attention_decode(*args, **kwargs)
 
 
+SCALE_SOFTCAP_BAD = [
+    ({"softmax_scale": v}, ValueError) for v in (-1.0, 0.0, -0.0, math.nan, math.inf, -math.inf)
+] + [
+    ({"softmax_scale": "0.1"}, TypeError),
+    ({"softmax_scale": True}, TypeError),
+    ({"softcap": -1.0}, ValueError),
+    ({"softcap": math.nan}, ValueError),
+    ({"softcap": math.inf}, ValueError),
+    ({"softcap": None}, TypeError),
+]
+
+
+@pytest.mark.parametrize(("bad", "exc"), SCALE_SOFTCAP_BAD, ids=lambda b: repr(b))
+def test_decode_and_attention_refuse_the_same_scale_and_softcap(bad, exc):
+    """One rule for both: the same exception and message from attention and attention_decode."""
+    from millkernels.ops.attention import attention
+
+    args = make_case(2, 4, 2, 64, 16, [20, 5], F16)
+    with pytest.raises(exc) as decode_err:
+        attention_decode(*args, backend="reference", **bad)
+    q = torch.randn(2, 3, 4, 64).half()
+    k = torch.randn(2, 5, 2, 64).half()
+    with pytest.raises(exc) as attention_err:
+        attention(q, k, k, backend="reference", **bad)
+    assert str(decode_err.value) == str(attention_err.value)
+    assert str(decode_err.value).startswith(next(iter(bad)) + ": ")
+
+
 def test_bad_device():
     if not torch.cuda.is_available():
         pytest.skip("needs a second device type (a CUDA GPU)")
@@ -245,6 +273,58 @@ def test_padding_entries_are_not_read():
     args = make_case(2, 2, 1, 64, 16, [16, 3], F16, spare_blocks=2)
     assert (args[3] == -1).any()
     attention_decode(*args, backend="reference")
+
+
+def _used_rows(args) -> torch.Tensor:
+    """bool (num_blocks, block_size): the cache rows some sequence reads."""
+    _, k, _, table, lens = args
+    used = torch.zeros(k.shape[:2], dtype=torch.bool)
+    for b, n in enumerate(lens.tolist()):
+        for t in range(n):
+            used[table[b, t // k.shape[1]], t % k.shape[1]] = True
+    return used
+
+
+KERNELS = ["triton", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.native])]
+
+
+def _decode_both(args, kernel, triton_device):
+    """(reference's (out, lse), the kernel's (out, lse) on the CPU)."""
+    ref = attention_decode(*args, return_lse=True, backend="reference")
+    device = triton_device if kernel == "triton" else "cuda"
+    got = attention_decode(*(t.to(device) for t in args), return_lse=True, backend=kernel)
+    return ref, tuple(t.cpu() for t in got)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_unused_cache_rows_never_reach_the_output(kernel, triton_device):
+    """NaN in every row no sequence reads (past a sequence's end in its last page, pages no
+    table entry uses, page 0 that padding entries are mapped to): the reference's output is
+    what it is without them, finite, and agrees with the kernel's (which never loads them)."""
+    args = make_case(3, 4, 2, 64, 16, [37, 5, 0], BF16, spare_blocks=2, spare_pages=2)
+    unused = ~_used_rows(args)
+    assert unused.all(1).any() and (unused.any(1) & ~unused.all(1)).any()  # whole, part pages
+    clean = attention_decode(*args, return_lse=True, backend="reference")
+    for cache in args[1:3]:
+        cache[unused] = float("nan")
+    (out, lse), (t_out, t_lse) = _decode_both(args, kernel, triton_device)
+    assert torch.isfinite(out).all() and torch.isfinite(t_out).all()
+    assert torch.equal(out, clean[0]) and torch.equal(lse, clean[1])
+    check_against_reference([a.cpu() for a in args], t_out, t_lse)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("which", [1, 2], ids=["k_cache", "v_cache"])
+def test_nan_in_a_used_row_propagates(which, kernel, triton_device):
+    """A NaN in a row a sequence reads makes that sequence's output NaN (for the query heads
+    of that key/value head), in the reference as in the kernel; other sequences stay finite."""
+    args = make_case(2, 4, 2, 64, 16, [37, 5], F16)
+    _, _, _, table, _ = args
+    args[which][table[0, 1], 3, 1, 7] = float("nan")  # sequence 0, token 19, kv head 1
+    (out, _), (t_out, _) = _decode_both(args, kernel, triton_device)
+    for o in (out, t_out):
+        assert o[0, 2:].isnan().any(dim=-1).all(), "query heads 2, 3 of sequence 0"
+        assert torch.isfinite(o[0, :2]).all() and torch.isfinite(o[1]).all()
 
 
 # ---------------------------------------------------------------------------- dispatch

@@ -4,10 +4,11 @@ bad input. Reference-only (no kernels), on the CPU."""
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
-from quant_checkpoints import make_gptq, pack_cols, pack_rows
+from quant_checkpoints import make_gptq, pack_cols, pack_rows, v2_to_v1
 
 from millkernels import quant
 from millkernels.ops.quant import formats
@@ -174,16 +175,37 @@ def test_from_gptq(bits, v2, act_order):
     assert torch.equal(qw.dequantize(), ckpt["w"])
 
 
-def test_from_gptq_v1_zero_wraps_to_two_to_the_bits():
-    """v1 stores zero - 1: a stored 15 (4-bit) is zero point 16, as v1 loaders read it."""
-    k, n = 32, 8
-    q = torch.full((k, n), 3, dtype=torch.int32)
-    stored = torch.full((1, n), 15, dtype=torch.int32)
-    scales = torch.ones(1, n, dtype=torch.float16)
-    qw = quant.from_gptq(
-        pack_rows(q, 4), pack_cols(stored, 4, list(range(8))), scales, group_size=-1
-    )
-    assert torch.equal(qw.dequantize(), torch.full((n, k), -13.0))
+def test_from_gptq_v1_zero_point_zero_borrows():
+    """GPTQModel writes v1 qzeros as ``v2 - 0x11111111`` per 32-bit word: a zero point 0
+    borrows from the next field. Read per field (+1 each) the neighbours came back wrong
+    ([16, 4, 3, 15, 7, 16, 8, 1] for these); read per word they are the zero points again."""
+    z = torch.tensor([[0, 5, 3, 15, 7, 0, 9, 1]], dtype=torch.int32)
+    v1 = v2_to_v1(pack_cols(z, 4, list(range(8))), 4)
+    q = torch.randint(0, 16, (32, 8), dtype=torch.int32)
+    qw = quant.from_gptq(pack_rows(q, 4), v1, torch.ones(1, 8, dtype=torch.float16), group_size=-1)
+    assert qw.zero_points().tolist() == z.tolist()
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_from_gptq_v1_and_v2_dequantise_identically(bits):
+    """Random zero points, 0 and 2**bits - 1 at every field position of a word (so borrows
+    start, chain and wrap past the top field): v1 and v2 layers give the same weight."""
+    per, k, gsz = 32 // bits, 128, 32
+    groups, n = k // gsz, 4 * per
+    z = torch.randint(0, 1 << bits, (groups, n), dtype=torch.int32)
+    z[0, :per] = 0  # every field of a word 0: the borrow runs through the whole word
+    z[1, :per] = (1 << bits) - 1
+    for pos in range(per):  # a 0 and a max at each position, random neighbours
+        z[2, per + pos] = 0
+        z[3, 2 * per + pos] = (1 << bits) - 1
+    q = torch.randint(0, 1 << bits, (k, n), dtype=torch.int32)
+    scales = (torch.rand(groups, n) * 0.02 + 0.001).to(torch.float16)
+    qweight, v2 = pack_rows(q, bits), pack_cols(z, bits, list(range(per)))
+    kw = dict(bits=bits, group_size=gsz)
+    a = quant.from_gptq(qweight, v2, scales, **kw, checkpoint_format="gptq_v2")
+    b = quant.from_gptq(qweight, v2_to_v1(v2, bits), scales, **kw, checkpoint_format="gptq")
+    assert torch.equal(a.zero_points(), z) and torch.equal(b.zero_points(), z)
+    assert torch.equal(a.dequantize(), b.dequantize())
 
 
 def test_from_gptq_no_g_idx_matches_sorted_g_idx():
@@ -241,6 +263,34 @@ def test_quantize_names_the_nonfinite_row(scheme, bad):
     w = torch.randn(8, 64)
     w[5, 17] = bad
     with pytest.raises(ValueError, match=r"weight: NaN or Inf in row\(s\) \[5\]"):
+        quant.quantize(w, scheme, group_size=32)
+
+
+@pytest.mark.parametrize(
+    "scheme, symmetric",
+    [("w4a16", False), ("w4a16", True), ("w8a16", False), ("w8a16", True)],
+)
+def test_quantize_refuses_scales_that_overflow_float16(scheme, symmetric):
+    """Finite float32 weights x 1e7 need scales above float16's 65504 (x 1e6 already at 4
+    bits): a ValueError with the largest |weight|, not inf scales (dequantised: inf and NaN)."""
+    w = torch.randn(8, 64) * 1e7
+    amax = re.escape(f"{float(w.abs().max()):.4g}")
+    with pytest.raises(
+        ValueError, match=rf"weight: max \|weight\| = {amax} .* float16's largest 65504"
+    ):
+        quant.quantize(w, scheme, group_size=32, symmetric=symmetric)
+    # as bfloat16 the same weight gets bfloat16 scales, which hold them
+    qw = quant.quantize(w.bfloat16(), scheme, group_size=32, symmetric=symmetric)
+    assert qw.scales.dtype == torch.bfloat16 and torch.isfinite(qw.dequantize()).all()
+
+
+@pytest.mark.parametrize("scheme", list(formats.SCHEMES))
+def test_quantize_refuses_float64_weights_beyond_float32(scheme):
+    """Scales are float32 (fp8) or computed in float32: a finite float64 weight of 1e300 has
+    none; refused with its magnitude."""
+    w = torch.randn(8, 64, dtype=torch.float64)
+    w[3, 5] = 1e300
+    with pytest.raises(ValueError, match=r"weight: max \|weight\| = 1e\+300"):
         quant.quantize(w, scheme, group_size=32)
 
 

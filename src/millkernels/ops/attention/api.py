@@ -48,6 +48,27 @@ def _flag(name: str, x: Any) -> bool:
     return x
 
 
+def scale_and_softcap(softmax_scale: Any, softcap: Any, head_dim: int) -> tuple[float, float]:
+    """The checked ``(softmax_scale, softcap)`` of every attention op (training and decode).
+
+    ``softmax_scale``: a finite float > 0, or None for ``1 / sqrt(head_dim)``; ``softcap``: a
+    finite float >= 0 (0 disables it). Raises TypeError (not a number) or ValueError.
+    """
+    if softmax_scale is None:
+        scale = reference.default_scale(head_dim)
+    else:
+        if isinstance(softmax_scale, bool) or not isinstance(softmax_scale, (int, float)):
+            raise TypeError(f"softmax_scale: expected a float or None, got {softmax_scale!r}")
+        scale = float(softmax_scale)
+        if not math.isfinite(scale) or scale <= 0:
+            raise ValueError(f"softmax_scale: expected a finite positive float, got {scale}")
+    if isinstance(softcap, bool) or not isinstance(softcap, (int, float)):
+        raise TypeError(f"softcap: expected a float, got {softcap!r}")
+    if not math.isfinite(float(softcap)) or softcap < 0:
+        raise ValueError(f"softcap: expected a finite float >= 0 (0 disables it), got {softcap}")
+    return scale, float(softcap)
+
+
 def _common(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -85,18 +106,7 @@ def _common(
     _flag("causal", causal)
     _flag("return_lse", return_lse)
     _flag("deterministic", deterministic)
-    if softmax_scale is None:
-        scale = reference.default_scale(head_dim)
-    else:
-        if isinstance(softmax_scale, bool) or not isinstance(softmax_scale, (int, float)):
-            raise TypeError(f"softmax_scale: expected a float or None, got {softmax_scale!r}")
-        scale = float(softmax_scale)
-        if not math.isfinite(scale) or scale <= 0:
-            raise ValueError(f"softmax_scale: expected a finite positive float, got {scale}")
-    if isinstance(softcap, bool) or not isinstance(softcap, (int, float)):
-        raise TypeError(f"softcap: expected a float, got {softcap!r}")
-    if not math.isfinite(float(softcap)) or softcap < 0:
-        raise ValueError(f"softcap: expected a finite float >= 0 (0 disables it), got {softcap}")
+    scale, cap = scale_and_softcap(softmax_scale, softcap, head_dim)
     if (
         not isinstance(window, (tuple, list))
         or len(window) != 2
@@ -105,7 +115,7 @@ def _common(
         raise TypeError(f"window: expected a (left, right) pair of ints, got {window!r}")
     if window[0] < -1 or window[1] < -1:
         raise ValueError(f"window: sides are >= 0, or -1 for unbounded; got {tuple(window)}")
-    return scale, reference.effective_window(causal, tuple(window)), float(softcap)
+    return scale, reference.effective_window(causal, tuple(window)), cap
 
 
 def _cu_seqlens(name: str, cu: Any, q: torch.Tensor, total: int, what: str) -> torch.Tensor:
@@ -124,8 +134,25 @@ def _cu_seqlens(name: str, cu: Any, q: torch.Tensor, total: int, what: str) -> t
     return cu
 
 
+def check_varlen_values(
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor,
+    total_q: int,
+    total_k: int,
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+) -> None:
+    """The offsets' values: start at 0, non-decreasing, within the tokens, and no sequence
+    longer than ``max_seqlen_*`` (the kernels' grid: longer ones would lose rows silently).
+
+    Reads the offsets on the host: one synchronisation for GPU tensors. Skipped while
+    torch.compile traces; the custom op repeats it at run time for CPU tensors (free there).
+    """
+    _check_cu_values("cu_seqlens_q", cu_seqlens_q, total_q, max_seqlen_q, "q")
+    _check_cu_values("cu_seqlens_k", cu_seqlens_k, total_k, max_seqlen_k, "k")
+
+
 def _check_cu_values(name: str, cu: torch.Tensor, total: int, max_len: int, what: str) -> None:
-    """Value checks (one device-to-host copy; skipped while torch.compile traces)."""
     if torch.compiler.is_compiling():
         return
     vals = cu.tolist()
@@ -270,8 +297,10 @@ def attention_varlen(
     ------
     TypeError, ValueError, millkernels.dispatch.BackendUnavailable
         As :func:`attention`; also for bad ``cu_seqlens_*`` (not int32, wrong length,
-        decreasing, not starting at 0, beyond the tokens) or a too small ``max_seqlen_*``.
-        Checking the offsets' values reads them on the host (one synchronisation).
+        decreasing, not starting at 0, beyond the tokens) or a ``max_seqlen_*`` below the
+        longest sequence. Checking the offsets' values reads them on the host (one
+        synchronisation); under ``torch.compile`` only CPU offsets are checked (GPU ones
+        would need a synchronisation inside the graph).
     """
     _tensor("q", q, 3, "(total_q, heads_q, head_dim)")
     _tensor("k", k, 3, "(total_k, heads_kv, head_dim)")
@@ -291,8 +320,9 @@ def attention_varlen(
             raise TypeError(f"{name}: expected an int, got {m!r}")
         if m < 0:
             raise ValueError(f"{name}: expected an int >= 0, got {m}")
-    _check_cu_values("cu_seqlens_q", cu_seqlens_q, q.shape[0], max_seqlen_q, "q")
-    _check_cu_values("cu_seqlens_k", cu_seqlens_k, k.shape[0], max_seqlen_k, "k")
+    check_varlen_values(
+        cu_seqlens_q, cu_seqlens_k, q.shape[0], k.shape[0], max_seqlen_q, max_seqlen_k
+    )
     name = _select("attention_varlen", q, backend)
     out, lse = custom_ops.attention_varlen_fwd(
         q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale, wl, wr, cap, name

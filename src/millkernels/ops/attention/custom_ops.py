@@ -146,6 +146,12 @@ def attention_varlen_fwd(
     backend: str,
 ) -> tuple[Tensor, Tensor]:
     _check_backend(backend)
+    if cu_seqlens_q.device.type == "cpu":  # no sync: also under torch.compile, which skips
+        from millkernels.ops.attention.api import check_varlen_values  # the public check
+
+        check_varlen_values(
+            cu_seqlens_q, cu_seqlens_k, q.shape[0], k.shape[0], max_seqlen_q, max_seqlen_k
+        )
     window = (window_left, window_right)
     if backend == "triton":
         from millkernels.ops.attention import triton_fwd

@@ -12,13 +12,13 @@ Fast path: inside a captured CUDA graph (``torch.cuda.graph``, ``torch.compile(m
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 
 from millkernels import runtime
 from millkernels.analyze.registry import register_cuda_hot
+from millkernels.ops.attention.api import scale_and_softcap
 
 OP = "attention_decode"
 DTYPES = (torch.float16, torch.bfloat16)
@@ -171,7 +171,9 @@ def check_arguments(
     """Validate everything but the values of block_table / cache_seqlens; return the scale.
 
     Raises TypeError (a non-tensor, an unsupported or mixed dtype) or ValueError (ranks,
-    shapes, devices, head_dim, strides, scale, softcap), naming the argument.
+    shapes, devices, head_dim, strides, scale, softcap), naming the argument. The scale and
+    softcap rules are the training ops' (:func:`~millkernels.ops.attention.api.
+    scale_and_softcap`).
     """
     _check_tensor("q", q, 3, "(batch, heads_q, head_dim)")
     layout = "(num_blocks, block_size, heads_kv, head_dim)"
@@ -221,17 +223,7 @@ def check_arguments(
         raise ValueError(
             f"cache_seqlens: expected q's batch {batch} entries, got {cache_seqlens.shape[0]}"
         )
-    if softcap is None or isinstance(softcap, bool) or not isinstance(softcap, (int, float)):
-        raise TypeError(f"softcap: expected a float, got {type(softcap).__name__}")
-    if not (math.isfinite(softcap) and softcap >= 0):
-        raise ValueError(f"softcap: expected a finite value >= 0, got {softcap}")
-    if softmax_scale is None:
-        return 1.0 / math.sqrt(head_dim)
-    if isinstance(softmax_scale, bool) or not isinstance(softmax_scale, (int, float)):
-        raise TypeError(f"softmax_scale: expected a float or None, got {type(softmax_scale)}")
-    if not math.isfinite(softmax_scale):
-        raise ValueError(f"softmax_scale: expected a finite value, got {softmax_scale}")
-    return float(softmax_scale)
+    return scale_and_softcap(softmax_scale, softcap, head_dim)[0]
 
 
 def check_values(
@@ -365,7 +357,8 @@ def attention_decode(
         int32 (batch,): valid cached tokens per sequence, 0 <= n <= max_blocks_per_seq *
         block_size. A sequence with 0 tokens gives zeros and lse = -inf.
     softmax_scale
-        Scores are ``(q . k) * softmax_scale``; default ``1 / sqrt(head_dim)``.
+        Scores are ``(q . k) * softmax_scale``, a finite float > 0; default
+        ``1 / sqrt(head_dim)``.
     softcap
         When > 0, each score x becomes ``softcap * tanh(x / softcap)``.
     return_lse

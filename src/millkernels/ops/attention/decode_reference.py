@@ -6,7 +6,8 @@ which live in pages of ``block_size`` tokens: token ``t`` of sequence ``b`` is r
 head ``i // (heads_q // heads_kv)`` (GQA; MQA when heads_kv == 1). Scores are
 ``(q . k) * softmax_scale``, optionally soft-capped to ``softcap * tanh(x / softcap)``; ``lse``
 is the natural log of the sum of exp(scores). A sequence with no cached token gives zeros and
-``lse = -inf``.
+``lse = -inf``. Cache rows a sequence does not read never affect its output (NaN there stays
+out); a NaN in a row it reads makes its output NaN.
 
 Also the CPU fallback (``backend="reference"``) and the truth the tests compare against.
 """
@@ -102,7 +103,12 @@ def attention_decode_reference(
     scores = scores.masked_fill(~visible[:, None, None, :], float("-inf"))
     lse = torch.logsumexp(scores.float(), dim=-1)  # (batch, heads_kv, group)
     probs = torch.softmax(scores, dim=-1)
-    probs = torch.nan_to_num(probs, nan=0.0)  # an all -inf row (no visible key) -> zeros
+    # a sequence with no token has an all -inf row (softmax NaN): zeros. Only those rows: a
+    # NaN from a cached token the sequence does read must reach the output, as in the kernels
+    probs = probs.masked_fill((lens == 0)[:, None, None, None], 0.0)
+    # rows past a sequence's end (their pages are gathered too) never reach the output, even
+    # when they hold NaN or inf (0 * NaN is NaN): the kernels never load them
+    v = v.masked_fill(~visible[:, :, None, None], 0.0)
     out = torch.einsum("bhgl,blhd->bhgd", probs, v)
     out = out.reshape(batch, heads_q, head_dim).to(out_dtype or q.dtype)
     return out, lse.reshape(batch, heads_q).float()

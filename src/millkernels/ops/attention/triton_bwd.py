@@ -47,7 +47,7 @@ from millkernels.ops.attention.triton_fwd import (
     use_tma,
     window_args,
 )
-from millkernels.ops.triton_common import dot
+from millkernels.ops.triton_common import cast, dot
 
 
 @triton.jit
@@ -196,12 +196,12 @@ def _dkdv_inner(
             j = offs_n[:, None]
             vis = (j - i >= -win_left) & (j - i <= win_right) & (offs_m[None, :] < len_q)
             pT = tl.where(vis, pT, 0.0)
-        dv = dot(pT.to(do.dtype), do, dv)
+        dv = dot(cast(pT, do.dtype), do, dv)
         dpT = dot(v, tl.trans(do), tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32))
         dsT = pT * (dpT - delta[None, :])
         if SOFTCAP:
             dsT = dsT * (1.0 - t * t)
-        dk = dot(dsT.to(qt.dtype), tl.trans(qt), dk)
+        dk = dot(cast(dsT, qt.dtype), tl.trans(qt), dk)
     return dk, dv
 
 
@@ -319,14 +319,14 @@ def _attn_bwd_dkdv_kernel(
     dk = dk * sm_scale
     if TMA:  # clipped at len_k: a sequence never writes into the next one
         dk_desc = _desc(DK + k_off + kvh * stride_kh, len_k, stride_ks, HEAD_DIM, BLOCK_N, BLOCK_D)
-        dk_desc.store([n_start, 0], dk.to(DK.dtype.element_ty))
+        dk_desc.store([n_start, 0], cast(dk, DK.dtype.element_ty))
         dv_desc = _desc(DV + v_off + kvh * stride_vh, len_k, stride_vs, HEAD_DIM, BLOCK_N, BLOCK_D)
-        dv_desc.store([n_start, 0], dv.to(DV.dtype.element_ty))
+        dv_desc.store([n_start, 0], cast(dv, DV.dtype.element_ty))
     else:
         dk_ptrs = DK + k_off + kvh * stride_kh + offs_n[:, None] * stride_ks + offs_d[None, :]
         dv_ptrs = DV + v_off + kvh * stride_vh + offs_n[:, None] * stride_vs + offs_d[None, :]
-        tl.store(dk_ptrs, dk.to(DK.dtype.element_ty), mask=kv_mask)
-        tl.store(dv_ptrs, dv.to(DV.dtype.element_ty), mask=kv_mask)
+        tl.store(dk_ptrs, cast(dk, DK.dtype.element_ty), mask=kv_mask)
+        tl.store(dv_ptrs, cast(dv, DV.dtype.element_ty), mask=kv_mask)
 
 
 @triton.jit
@@ -400,7 +400,7 @@ def _dq_inner(
         ds = p * (dp - delta[:, None])
         if SOFTCAP:
             ds = ds * (1.0 - t * t)
-        dq = dot(ds.to(kt.dtype), tl.trans(kt), dq)
+        dq = dot(cast(ds, kt.dtype), tl.trans(kt), dq)
     return dq
 
 
@@ -503,10 +503,10 @@ def _attn_bwd_dq_kernel(
     dq = dq * sm_scale
     if TMA:  # clipped at len_q: a sequence never writes into the next one
         dq_desc = _desc(DQ + q_off + h * stride_qh, len_q, stride_qs, HEAD_DIM, BLOCK_M, BLOCK_D)
-        dq_desc.store([m_start, 0], dq.to(DQ.dtype.element_ty))
+        dq_desc.store([m_start, 0], cast(dq, DQ.dtype.element_ty))
     else:
         dq_ptrs = DQ + q_off + h * stride_qh + offs_m[:, None] * stride_qs + offs_d[None, :]
-        tl.store(dq_ptrs, dq.to(DQ.dtype.element_ty), mask=mask)
+        tl.store(dq_ptrs, cast(dq, DQ.dtype.element_ty), mask=mask)
 
 
 # ---------------------------------------------------------------------------- configs

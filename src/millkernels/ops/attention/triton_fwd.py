@@ -27,7 +27,7 @@ from millkernels.analyze.registry import (
     variants_from_configs,
     with_spill_allowance,
 )
-from millkernels.ops.triton_common import dot
+from millkernels.ops.triton_common import cast, dot
 
 BIG = 1 << 30  # an unbounded window side (seqlens stay below 2**29)
 LOG2E = 1.4426950408889634
@@ -178,7 +178,7 @@ def _fwd_inner(
                 v = tl.load(v_ptrs)
             else:
                 v = tl.load(v_ptrs, mask=d_ok[None, :], other=0.0)
-        acc = dot(p.to(v.dtype), v, acc)
+        acc = dot(cast(p, v.dtype), v, acc)
         m_i = m_new
     return acc, l_i, m_i
 
@@ -280,10 +280,10 @@ def _attn_fwd_kernel(
         o_desc = tl.make_tensor_descriptor(
             O + o_off + h * stride_oh, [len_q, HEAD_DIM], [stride_os, 1], [BLOCK_M, BLOCK_D]
         )
-        o_desc.store([m_start, 0], out.to(O.dtype.element_ty))
+        o_desc.store([m_start, 0], cast(out, O.dtype.element_ty))
     else:
         o_ptrs = O + o_off + h * stride_oh + offs_m[:, None] * stride_os + offs_d[None, :]
-        tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
+        tl.store(o_ptrs, cast(out, O.dtype.element_ty), mask=row_ok[:, None] & d_ok[None, :])
     tl.store(LSE + l_off + h * stride_lh + offs_m, lse, mask=row_ok)
 
 

@@ -171,15 +171,17 @@ def quantize_rows(x: torch.Tensor, world: int, group_size: int, quant: str) -> t
 
 def quantize_groups(xg: torch.Tensor, quant: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(codes int8 like xg, scales float32 (rows,)) for float32 groups ``xg`` (rows, G)."""
-    qmax = QMAX[quant]
     amax = xg.abs().amax(dim=1).clamp_min(AMAX_FLOOR)
+    # tensor / tensor: an IEEE division on every device, as the kernels' div_rn (torch turns
+    # `qmax / amax` into reciprocal(amax) * qmax, and `amax / qmax` on CUDA into a multiply)
+    qmax = torch.full_like(amax, QMAX[quant])
     scale = amax / qmax
     inv = qmax / amax
     v = xg * inv[:, None]
     if quant == "int8":
         q = torch.floor(v + 0.5).clamp_(-127.0, 127.0).to(torch.int8)
     else:
-        q = v.clamp(-qmax, qmax).to(torch.float8_e4m3fn).view(torch.int8)
+        q = v.clamp(-QMAX[quant], QMAX[quant]).to(torch.float8_e4m3fn).view(torch.int8)
     return q, scale
 
 

@@ -6,7 +6,10 @@ scales (G = group size, 128 by default); shard w of the flat input is row w. Eve
 handles ``BG`` groups per program and is memory bound (one read and one write of each byte).
 Rounding matches the torch reference bit for bit: int8 codes are floor(x * QMAX/absmax + 0.5)
 clamped to +-127; fp8 codes are the round-to-nearest-even conversion of the value clamped to
-+-448. fp8 needs a GPU with fp8 conversions (sm_89+) or the interpreter.
++-448. On a GPU that needs IEEE divisions (``tl.math.div_rn``, not ``/``, which compiles to an
+approximate division) and no FMA contraction (launch option ``enable_fp_fusion=False``);
+``tests/ops/comm/test_comm_quant_kernels.py`` checks the compiled PTX for both. fp8 needs a
+GPU with fp8 conversions (sm_89+) or the interpreter.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from millkernels import runtime
 from millkernels.analyze.registry import TritonVariant, register_triton
 from millkernels.ops.comm.reference import AMAX_FLOOR as _AMAX_FLOOR
 from millkernels.ops.comm.reference import QMAX, shard_layout
-from millkernels.ops.triton_common import INTERPRET
+from millkernels.ops.triton_common import INTERPRET, cast
 
 # Groups per program: 8 x 128 = 1024 elements (4 KB of fp32) per program keeps 4 warps busy
 # with 8 elements each on a GPU. Under the interpreter a program's cost is mostly fixed
@@ -29,6 +32,9 @@ _BG_INTERPRET = 1024
 
 
 AMAX_FLOOR = tl.constexpr(_AMAX_FLOOR)
+#: Launch option of every kernel here: no multiply-add contracted into an FMA (on by default
+#: on GPUs), so ``acc + q * s`` and ``x * inv + 0.5`` round twice, as in the torch reference.
+_IEEE = {"enable_fp_fusion": False}
 
 
 @triton.jit
@@ -45,22 +51,18 @@ def _round_e4m3(v):
     q = a / step  # exact: step is a power of two
     r = tl.floor(q + 0.5)
     r = tl.where((r - q == 0.5) & (r - 2.0 * tl.floor(r * 0.5) == 1.0), r - 1.0, r)
-    return tl.where(v < 0, -r * step, r * step)
+    negative = v.to(tl.int32, bitcast=True) < 0  # the sign bit: -0.0 stays -0.0 (code 0x80)
+    return tl.where(negative, -r * step, r * step)
 
 
 @triton.jit
-def _to_out(v, out_ptr):
-    """float32 ``v`` converted to ``out_ptr``'s element type, rounding to nearest even.
-
-    The interpreter truncates float32 -> bf16 (even with fp_downcast_rounding="rtne"), so
-    there the rounding is done on the bits.
-    """
-    if INTERPRET and out_ptr.dtype.element_ty == tl.bfloat16:
-        bits = v.to(tl.int32, bitcast=True)
-        bits = bits + 0x7FFF + ((bits >> 16) & 1)
-        return (bits >> 16).to(tl.int16).to(tl.bfloat16, bitcast=True)
-    else:
-        return v.to(out_ptr.dtype.element_ty)
+def _group_scales(x, QMAX: tl.constexpr):
+    """(scale, 1 / scale) per row of float32 groups ``x`` (BG, G): ``absmax / QMAX`` and
+    ``QMAX / absmax``, absmax floored at AMAX_FLOOR. IEEE divisions (``div_rn``), as torch
+    computes them: a plain ``/`` compiles to an approximate division on a GPU, which would
+    break the bit-for-bit match with the reference."""
+    amax = tl.maximum(tl.max(tl.abs(x), axis=1), AMAX_FLOOR)
+    return tl.math.div_rn(amax, QMAX), tl.math.div_rn(QMAX, amax)
 
 
 @triton.jit
@@ -87,9 +89,7 @@ def _decode(q, FP8: tl.constexpr):
 def _quantize_store(acc, row_ptr, lg, gmask, L, QMAX: tl.constexpr, G: tl.constexpr,
                     FP8: tl.constexpr):  # fmt: skip
     """Quantise float32 groups ``acc`` (BG, G) into a wire row at groups ``lg``."""
-    amax = tl.maximum(tl.max(tl.abs(acc), axis=1), AMAX_FLOOR)
-    scale = amax / QMAX
-    inv = QMAX / amax
+    scale, inv = _group_scales(acc, QMAX)
     q = _encode(acc * inv[:, None], QMAX, FP8)
     k = tl.arange(0, G)
     tl.store(row_ptr + lg[:, None] * G + k[None, :], q, mask=gmask[:, None])
@@ -112,9 +112,7 @@ def _quantize_kernel(x_ptr, buf_ptr, n, total_groups, gps, ROW,
     lg = g % gps
     # Groups of one program can straddle two rows: store per group through its row pointer.
     row_off = w.to(tl.int64) * ROW
-    amax = tl.maximum(tl.max(tl.abs(x), axis=1), AMAX_FLOOR)
-    scale = amax / QMAX
-    inv = QMAX / amax
+    scale, inv = _group_scales(x, QMAX)
     q = _encode(x * inv[:, None], QMAX, FP8)
     tl.store(buf_ptr + row_off[:, None] + lg[:, None] * G + k[None, :], q, mask=gmask[:, None])
     s_ptr = (buf_ptr + gps * G).to(tl.pointer_type(tl.float32))
@@ -131,7 +129,10 @@ def _dequant_accumulate_kernel(recv_ptr, send_ptr, world, gps, ROW,
     gmask = lg < gps
     k = tl.arange(0, G)
     L = gps * G
-    acc = tl.zeros((BG, G), dtype=tl.float32)
+    # -0.0 + x == x for every x (also -0.0), so the sum starts exactly at row 0's values, as
+    # the reference's (a +0.0 start would turn an all -0.0 element into +0.0: fp8 code 0x00,
+    # not the reference's 0x80)
+    acc = tl.full((BG, G), -0.0, dtype=tl.float32)
     for j in range(0, world):  # fixed rank order: identical sums wherever this runs
         row = recv_ptr + j * ROW  # ROW is i64: 64-bit offsets
         q = tl.load(row + lg[:, None] * G + k[None, :], mask=gmask[:, None], other=0)
@@ -157,7 +158,7 @@ def _dequantize_kernel(buf_ptr, out_ptr, n, total_groups, gps, ROW,
     s = tl.load(s_ptr + row_off // 4 + lg, mask=gmask, other=0.0)
     v = _decode(q, FP8) * s[:, None]
     idx = g.to(tl.int64)[:, None] * G + k[None, :]
-    tl.store(out_ptr + idx, _to_out(v, out_ptr), mask=gmask[:, None] & (idx < n))
+    tl.store(out_ptr + idx, cast(v, out_ptr.dtype.element_ty), mask=gmask[:, None] & (idx < n))
 
 
 def _bg(groups: int) -> int:
@@ -175,7 +176,7 @@ def quantize_rows(x: torch.Tensor, world: int, group_size: int, quant: str) -> t
     bg = _bg(total)
     _quantize_kernel[(triton.cdiv(total, bg),)](
         x.reshape(-1), buf, n, total, gps, row,
-        QMAX=QMAX[quant], G=group_size, BG=bg, FP8=quant == "fp8",
+        QMAX=QMAX[quant], G=group_size, BG=bg, FP8=quant == "fp8", **_IEEE,
     )  # fmt: skip
     return buf
 
@@ -190,7 +191,7 @@ def dequant_accumulate_requantize(
     bg = _bg(gps)
     _dequant_accumulate_kernel[(triton.cdiv(gps, bg),)](
         received, send, world, gps, row,
-        QMAX=QMAX[quant], G=group_size, BG=bg, FP8=quant == "fp8",
+        QMAX=QMAX[quant], G=group_size, BG=bg, FP8=quant == "fp8", **_IEEE,
     )  # fmt: skip
     return send
 
@@ -202,7 +203,7 @@ def dequantize_into(buf: torch.Tensor, out: torch.Tensor, group_size: int, quant
     total = world * gps
     bg = _bg(total)
     _dequantize_kernel[(triton.cdiv(total, bg),)](
-        buf, out, out.numel(), total, gps, row, G=group_size, BG=bg, FP8=quant == "fp8"
+        buf, out, out.numel(), total, gps, row, G=group_size, BG=bg, FP8=quant == "fp8", **_IEEE
     )
 
 
@@ -223,6 +224,7 @@ for _x_ty in ("bf16", "fp16", "fp32"):
                 label=f"{name} G=128 BG={_BG_GPU} w4",
                 min_arch=89 if fp8 else 80,
                 divisible_by_16=("x_ptr", "buf_ptr"),
+                **_IEEE,
             )
             for name, q, fp8 in (("int8", 127.0, False), ("fp8", 448.0, True))
         ],
@@ -243,6 +245,7 @@ for _x_ty in ("bf16", "fp16", "fp32"):
                 label=f"{name} G=128 BG={_BG_GPU} w4",
                 min_arch=89 if fp8 else 80,
                 divisible_by_16=("buf_ptr", "out_ptr"),
+                **_IEEE,
             )
             for name, fp8 in (("int8", False), ("fp8", True))
         ],
@@ -259,6 +262,7 @@ register_triton(
             label=f"{name} G=128 BG={_BG_GPU} w4",
             min_arch=89 if fp8 else 80,
             divisible_by_16=("recv_ptr", "send_ptr"),
+            **_IEEE,
         )
         for name, q, fp8 in (("int8", 127.0, False), ("fp8", 448.0, True))
     ],

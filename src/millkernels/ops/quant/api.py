@@ -17,7 +17,7 @@ import torch
 from millkernels import runtime
 from millkernels.ops.quant import reference
 from millkernels.ops.quant.capabilities import TABLE, fp8_reason
-from millkernels.ops.quant.formats import FP8_SCHEMES, QuantizedWeight
+from millkernels.ops.quant.formats import FP8_SCHEMES, QuantizedWeight, validate
 
 _X_DTYPES = (torch.float16, torch.bfloat16)
 _FP8_MODE = {"fp8_tensor": 0, "fp8_rowwise": 1, "fp8_block": 2}
@@ -63,14 +63,14 @@ def _quant_matmul_impl(
     x2 = x2.contiguous()
     if name == "reference" or x2.shape[0] == 0:
         qw = QuantizedWeight(
-            scheme,
-            (out_features, in_features),
-            qweight,
-            scales,
-            zeros,
-            None,
-            group_size,
-            zeros is None,
+            scheme=scheme,
+            shape=(out_features, in_features),
+            qweight=qweight,
+            scales=scales,
+            zeros=zeros,
+            group_size=group_size,
+            symmetric=zeros is None,
+            check=False,  # the fields of a weight matmul validated
         )
         out = reference.matmul(x2, qw, bias)
     elif name == "cuda":
@@ -139,6 +139,7 @@ def _(
 def _validate(x: Any, qweight: Any, bias: Any, backend: Any) -> None:
     if not isinstance(qweight, QuantizedWeight):
         raise TypeError(f"qweight: expected a QuantizedWeight, got {type(qweight).__name__}")
+    validate(qweight)  # its fields may have been reassigned since it was built and checked
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x: expected a torch.Tensor, got {type(x).__name__}")
     if x.dtype not in _X_DTYPES:
@@ -192,7 +193,9 @@ def matmul(
     ------
     TypeError, ValueError
         Naming the argument: x not fp16/bf16, in_features mismatch, a bad bias, an fp8 scheme
-        on a GPU below compute capability 8.9.
+        on a GPU below compute capability 8.9; naming the field of ``qweight`` whose tensor no
+        longer fits the weight's metadata (shape, dtype, device, contiguity: checked on every
+        call, without a device sync; the values were checked when the weight was built).
     BackendUnavailable
         A named backend that cannot serve the call (with the reason).
     """

@@ -10,8 +10,8 @@ Integer schemes (``w4a16``, ``w8a16``; ``bits`` = 4 or 8, ``PER = 32 // bits``):
   order). K is padded with zero codes up to a multiple of PER.
 - ``scales`` float16 or bfloat16 (G, N), G = K // group_size groups of consecutive input
   features (G = 1 for ``group_size=-1``, stored as ``group_size = K``).
-- ``zeros`` uint8 (int16 when a zero point exceeds 255: GPTQ v1 8-bit) (G, N), or ``None`` for
-  symmetric weights, whose zero point is ``2**(bits-1)``.
+- ``zeros`` uint8 (int16 accepted) (G, N), or ``None`` for symmetric weights, whose zero
+  point is ``2**(bits-1)``.
 - ``perm`` int64 (K,) or ``None``: act-order checkpoints; canonical input feature ``j`` is
   original feature ``perm[j]``, so ``x @ W.T == x[..., perm] @ Wc.T``.
 
@@ -56,6 +56,13 @@ class QuantizedWeight:
 
     Build one with :func:`quantize`, :func:`from_gptq`, :func:`from_awq` or
     :meth:`from_state_dict`; multiply with :func:`millkernels.quant.matmul`.
+
+    Every construction (also a direct one, and :meth:`to`) checks the tensors against the
+    metadata (:func:`validate`) and their values (:func:`check_values`: finite scales, zero
+    points in range, a true permutation): one device sync on a GPU, once per weight. Every
+    ``matmul`` repeats only :func:`validate` (no sync), which catches fields reassigned since.
+    ``check=False`` skips both, for tensors already checked (a layer's buffers): no sync, and
+    traceable by ``torch.compile``.
     """
 
     scheme: str
@@ -66,6 +73,12 @@ class QuantizedWeight:
     perm: torch.Tensor | None = None
     group_size: int = 0
     symmetric: bool = False
+    check: dataclasses.InitVar[bool] = True
+
+    def __post_init__(self, check: bool) -> None:
+        if check:
+            validate(self)
+            check_values(self)
 
     @property
     def bits(self) -> int:
@@ -170,7 +183,7 @@ class QuantizedWeight:
         meta = [int(v) for v in d["meta"].tolist()]
         if len(meta) != 6 or meta[0] != _META_VERSION or not 0 <= meta[1] < len(SCHEMES):
             raise ValueError(f"d['meta']: not a QuantizedWeight header: {meta}")
-        qw = cls(
+        return cls(
             scheme=SCHEMES[meta[1]],
             shape=(meta[2], meta[3]),
             qweight=d["qweight"],
@@ -180,8 +193,6 @@ class QuantizedWeight:
             group_size=meta[4],
             symmetric=bool(meta[5]),
         )
-        validate(qw)
-        return qw
 
     def __repr__(self) -> str:
         extra = f", group_size={self.group_size}" if not self.is_fp8 else ""
@@ -192,12 +203,31 @@ class QuantizedWeight:
 
 
 def validate(qw: QuantizedWeight) -> None:
-    """Check that ``qw``'s tensors agree with its metadata; ValueError naming the field."""
+    """Check that ``qw``'s tensors agree with its metadata: scheme, shape, dtypes, shapes, one
+    device, contiguous (the kernels index them densely). Reads no tensor values (no device
+    sync), so every ``matmul`` runs it. TypeError/ValueError naming the field."""
     _check_scheme(qw.scheme)
-    n, k = qw.shape
-    if n < 1 or k < 1:
-        raise ValueError(f"shape: expected positive sizes, got {qw.shape}")
+    shape = qw.shape
+    if not (
+        isinstance(shape, tuple)
+        and len(shape) == 2
+        and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)
+    ):
+        raise ValueError(f"shape: expected (out_features, in_features) > 0, got {shape!r}")
+    n, k = shape
+    for name in ("qweight", "scales", "zeros", "perm"):
+        t = getattr(qw, name)
+        if t is None and name in ("zeros", "perm"):
+            continue
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name}: expected a torch.Tensor, got {type(t).__name__}")
+        if t.device != qw.qweight.device:
+            raise ValueError(f"{name}: on {t.device}, but qweight is on {qw.qweight.device}")
+        if not t.is_contiguous():
+            raise ValueError(f"{name}: expected a contiguous tensor (call .contiguous())")
     if qw.is_fp8:
+        if qw.zeros is not None or qw.perm is not None:
+            raise ValueError(f"zeros, perm: {qw.scheme} has neither, expected None")
         if qw.qweight.dtype != FP8_DTYPE or tuple(qw.qweight.shape) != (n, k):
             raise ValueError(
                 f"qweight: expected float8_e4m3fn {(n, k)}, got {qw.qweight.dtype} "
@@ -238,7 +268,33 @@ def validate(qw: QuantizedWeight) -> None:
         raise ValueError(f"perm: expected int64 ({k},), got {qw.perm.dtype} {tuple(qw.perm.shape)}")
 
 
+def check_values(qw: QuantizedWeight) -> None:
+    """Check the values the kernels take on trust (after :func:`validate`): finite scales,
+    zero points in ``[0, 2**bits)``, ``perm`` a permutation of the input features. One device
+    sync on a GPU: runs when a weight is built or loaded, not per matmul. ValueError naming
+    the field."""
+    bad = {"scales": ~torch.isfinite(qw.scales).all()}
+    if qw.zeros is not None:
+        z = qw.zeros.to(torch.int32)
+        bad["zeros"] = ((z < 0) | (z >= 1 << qw.bits)).any()
+    if qw.perm is not None:
+        every = torch.arange(qw.in_features, device=qw.perm.device)
+        bad["perm"] = (torch.sort(qw.perm).values != every).any()
+    flags = dict(zip(bad, torch.stack(list(bad.values())).tolist(), strict=True))  # one sync
+    if flags["scales"]:
+        raise ValueError("scales: NaN or Inf (a scale must be finite)")
+    if flags.get("zeros"):
+        raise ValueError(f"zeros: zero points must lie in [0, {1 << qw.bits}) at {qw.bits} bits")
+    if flags.get("perm"):
+        raise ValueError(f"perm: expected a permutation of 0..{qw.in_features - 1}")
+
+
 # ------------------------------------------------------------------ packing
+
+
+def _signed32(words: torch.Tensor) -> torch.Tensor:
+    """int64 words in [0, 2**32) as the int32 with the same bits."""
+    return (words - ((words >> 31) << 32)).to(torch.int32)
 
 
 def pack(q: torch.Tensor, bits: int) -> torch.Tensor:
@@ -254,7 +310,7 @@ def pack(q: torch.Tensor, bits: int) -> torch.Tensor:
     q64 = q64.view(kp // per, per, n)
     shifts = (torch.arange(per, device=q.device, dtype=torch.int64) * bits).view(1, per, 1)
     words = (q64 << shifts).sum(1)  # < 2**32, exact in int64
-    return (words - ((words >> 31) << 32)).to(torch.int32)  # wrap to signed int32
+    return _signed32(words)
 
 
 def unpack(words: torch.Tensor, bits: int, k: int | None = None) -> torch.Tensor:
@@ -278,7 +334,7 @@ def pack_cols(q: torch.Tensor, bits: int, order: tuple[int, ...] | None = None) 
     q64 = (q.to(torch.int64) & ((1 << bits) - 1)).view(r, c // per, per)[..., list(order)]
     shifts = torch.arange(per, device=q.device, dtype=torch.int64) * bits
     words = (q64 << shifts).sum(-1)
-    return (words - ((words >> 31) << 32)).to(torch.int32)
+    return _signed32(words)
 
 
 def unpack_cols(words: torch.Tensor, bits: int, order: tuple[int, ...] | None = None):
@@ -320,6 +376,22 @@ def _scale_dtype(weight: torch.Tensor, smallest: float) -> torch.dtype:
     return torch.float16
 
 
+def _check_scales_fit(scale: torch.Tensor, dtype: torch.dtype, weight: torch.Tensor) -> None:
+    """ValueError when a scale (float32, positive) exceeds ``dtype``'s largest finite value:
+    it would be stored as inf (and dequantise to inf / NaN)."""
+    largest = torch.finfo(dtype).max
+    big = float(scale.max())
+    if big <= largest:  # False for inf and NaN too
+        return
+    amax = float(weight.detach().abs().max())
+    name = str(dtype).removeprefix("torch.")
+    raise ValueError(
+        f"weight: max |weight| = {amax:.4g} needs scales up to {big:.4g}, over {name}'s "
+        f"largest {largest:.6g}; scale the weight down (or quantise it as bfloat16 for "
+        "bfloat16 scales)"
+    )
+
+
 def _round_up(scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Positive float32 scales rounded up to ``dtype`` (so min..max still fits the codes),
     returned as float32."""
@@ -350,7 +422,8 @@ def quantize(
     ------
     TypeError, ValueError
         Naming the argument: a bad scheme, a non-float weight, NaN/Inf (with the row), a
-        ``group_size`` that does not divide in_features.
+        ``group_size`` that does not divide in_features, a weight so large that its scales
+        overflow their dtype (float16 above 65504; with the largest |weight|).
     """
     scheme = _check_scheme(scheme)
     weight = _check_weight(weight)
@@ -376,6 +449,7 @@ def quantize(
         amax = w.abs().amax(-1)
         scale = amax / (half - 1)
         sdt = _scale_dtype(weight, float(scale[scale > 0].min()) if bool((scale > 0).any()) else 0)
+        _check_scales_fit(scale, sdt, weight)
         scale = _round_up(torch.where(scale > 0, scale, torch.ones_like(scale)), sdt)
         q = torch.clamp(torch.round(w / scale[..., None]) + half, 0, qmax)
         zeros = None
@@ -384,6 +458,7 @@ def quantize(
         hi = w.amax(-1).clamp(min=0)
         scale = (hi - lo) / qmax
         sdt = _scale_dtype(weight, float(scale[scale > 0].min()) if bool((scale > 0).any()) else 0)
+        _check_scales_fit(scale, sdt, weight)
         scale = _round_up(torch.where(scale > 0, scale, torch.ones_like(scale)), sdt)
         z = torch.clamp(torch.round(-lo / scale), 0, qmax)
         q = torch.clamp(torch.round(w / scale[..., None]) + z[..., None], 0, qmax)
@@ -406,9 +481,12 @@ def fp8_cast(x: torch.Tensor) -> torch.Tensor:
 
 
 def fp8_scale(amax: torch.Tensor) -> torch.Tensor:
-    """The fp32 scale that maps ``amax`` to 448 (1 for all-zero data)."""
+    """The fp32 scale that maps ``amax`` to 448 (1 for all-zero data).
+
+    An IEEE division on every device, as the kernels' ``div_rn``: tensor by tensor (torch
+    divides a CUDA tensor by a Python number as a multiply by its reciprocal)."""
     amax = amax.float()
-    return torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))
+    return torch.where(amax > 0, amax / torch.full_like(amax, FP8_MAX), torch.ones_like(amax))
 
 
 def _quantize_fp8(weight: torch.Tensor, scheme: str) -> QuantizedWeight:
@@ -428,6 +506,7 @@ def _quantize_fp8(weight: torch.Tensor, scheme: str) -> QuantizedWeight:
         blocks = padded.view(nb, b, kb, b)
         scale = fp8_scale(blocks.abs().amax(dim=(1, 3)))
         q = fp8_cast(blocks / scale[:, None, :, None]).view(nb * b, kb * b)[:n, :k]
+    _check_scales_fit(scale, torch.float32, weight)  # a float64 weight beyond float32's range
     return QuantizedWeight(scheme, (n, k), q.contiguous(), scale.contiguous().float())
 
 
@@ -453,13 +532,17 @@ def _float_scales(scales: Any, groups: int, n: int) -> torch.Tensor:
         raise TypeError(f"scales: expected float16/bfloat16/float32, got {scales.dtype}")
     if tuple(scales.shape) != (groups, n):
         raise ValueError(f"scales: expected shape {(groups, n)}, got {tuple(scales.shape)}")
-    if not bool(torch.isfinite(scales).all()):
-        raise ValueError("scales: NaN or Inf")
-    return scales.contiguous()
+    return scales.contiguous()  # values: checked with the weight's (check_values)
 
 
-def _zero_tensor(z: torch.Tensor) -> torch.Tensor:
-    return z.to(torch.uint8) if int(z.max()) <= 255 else z.to(torch.int16)
+def _gptq_v1_to_v2(qzeros: torch.Tensor, bits: int) -> torch.Tensor:
+    """GPTQ v1 qzeros to v2 (the zero points themselves). v1 writers (GPTQModel, AutoGPTQ)
+    store ``v2 - 0x11111111`` (``0x01010101`` at 8 bits) per 32-bit word, so a zero point 0
+    borrows from the next field; adding the constant back word by word, modulo 2**32, undoes
+    that exactly (adding 1 per field would carry the borrow into the neighbour)."""
+    one_per_field = sum(1 << (bits * i) for i in range(32 // bits))
+    words = (qzeros.to(torch.int64) + one_per_field) % 2**32
+    return _signed32(words)
 
 
 def from_gptq(
@@ -490,7 +573,8 @@ def from_gptq(
     group_size
         Features per group; -1: one group (G = 1).
     checkpoint_format
-        ``"gptq"`` (v1: stored zero = zero - 1) or ``"gptq_v2"`` (the zero itself).
+        ``"gptq"`` (v1: each qzeros word is the v2 word minus 1 in every field, with borrows
+        between fields) or ``"gptq_v2"`` (the zero points themselves).
 
     Raises ValueError/TypeError naming the argument on inconsistent shapes, dtypes or bits.
     """
@@ -517,9 +601,9 @@ def from_gptq(
         )
     scales = _float_scales(scales, groups, n)
     q = unpack(qweight, bits)  # (K, N)
-    z = unpack_cols(qzeros, bits)  # (G, N)
     if checkpoint_format == "gptq":
-        z = z + 1
+        qzeros = _gptq_v1_to_v2(qzeros, bits)
+    z = unpack_cols(qzeros, bits)  # (G, N)
     perm = None
     if g_idx is not None:
         if not isinstance(g_idx, torch.Tensor) or g_idx.dtype not in (torch.int32, torch.int64):
@@ -540,7 +624,7 @@ def from_gptq(
         shape=(n, k),
         qweight=pack(q, bits),
         scales=scales,
-        zeros=_zero_tensor(z),
+        zeros=z.to(torch.uint8),
         perm=perm,
         group_size=gsz,
         symmetric=False,
@@ -575,6 +659,6 @@ def from_awq(
         shape=(n, k),
         qweight=pack(q, 4),
         scales=scales,
-        zeros=_zero_tensor(z),
+        zeros=z.to(torch.uint8),
         group_size=gsz,
     )

@@ -20,6 +20,12 @@ from millkernels.ops.quant.formats import (
 log = logging.getLogger(__name__)
 
 
+def _check_loaded(module: QuantLinear, incompatible_keys: Any) -> None:
+    """After ``load_state_dict``: the loaded buffers must make a valid weight (dtypes, shapes
+    and values: finite scales, zero points in range), else ValueError naming the field."""
+    module._weight(check=True)
+
+
 class QuantLinear(nn.Module):
     """``y = x @ W^T + b`` with a quantised ``W`` (:class:`QuantizedWeight`).
 
@@ -48,6 +54,7 @@ class QuantLinear(nn.Module):
         for name, t in qweight.state_dict().items():
             self.register_buffer(name, t)
         self._optional = tuple(k for k in ("zeros", "perm") if k in qweight.tensors())
+        self.register_load_state_dict_post_hook(_check_loaded)
         if bias is not None:
             if tuple(bias.shape) != (self.out_features,):
                 raise ValueError(
@@ -82,7 +89,10 @@ class QuantLinear(nn.Module):
 
     @property
     def weight(self) -> QuantizedWeight:
-        """The quantised weight (views of this module's buffers)."""
+        """The quantised weight (views of this module's buffers, checked when they were set)."""
+        return self._weight(check=False)
+
+    def _weight(self, check: bool) -> QuantizedWeight:
         return QuantizedWeight(
             scheme=self.scheme,
             shape=(self.out_features, self.in_features),
@@ -92,6 +102,7 @@ class QuantLinear(nn.Module):
             perm=getattr(self, "perm", None) if "perm" in self._optional else None,
             group_size=self._group_size,
             symmetric=self._symmetric,
+            check=check,
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,9 @@
 """Triton fp8 (e4m3) kernels: fused activation quantisation and scaled GEMMs.
 
 - ``_act_quant_kernel``: one program per (token, group): amax over the group, scale
-  ``amax / 448``, ``q = e4m3(x / scale)`` (nearest even, saturating). Groups are the whole row
+  ``amax / 448``, ``q = e4m3(x / scale)`` (nearest even, saturating). Both divisions are
+  IEEE (``tl.math.div_rn``; a plain ``/`` compiles to an approximate division on a GPU), so
+  codes and scales equal ``reference.act_quant``'s bit for bit. Groups are the whole row
   (per-token, ``fp8_rowwise``) or 128 features (``fp8_block``); with a given scale it only
   casts (``fp8_tensor``, whose amax is one torch reduction first).
 - ``_fp8_gemm_kernel``: ``out = (xq @ wq^T) * scales (+ bias)``, A (M, K) and B (N, K) both
@@ -24,8 +26,8 @@ import triton
 import triton.language as tl
 
 from millkernels.analyze.registry import TritonVariant, register_triton, variants_from_configs
-from millkernels.ops.quant.formats import FP8_BLOCK, FP8_DTYPE, FP8_MAX
-from millkernels.ops.triton_common import INTERPRET, dot
+from millkernels.ops.quant.formats import FP8_BLOCK, FP8_DTYPE, fp8_scale
+from millkernels.ops.triton_common import INTERPRET, cast, dot
 
 ACT_BLOCK = 1024  # elements per chunk of a per-token row (two passes: amax, then cast)
 MODE_TENSOR, MODE_ROWWISE, MODE_BLOCK = 0, 1, 2
@@ -45,7 +47,7 @@ def _to_e4m3(x):
         normal = ((bits + 0x7FFFF + lsb) & -1048576).to(tl.float32, bitcast=True)  # 3 bits
         mag = tl.abs(x)
         sub = (mag + 16384.0) - 16384.0  # multiples of 2**-9: e4m3's subnormal step
-        sub = tl.where(x < 0, -sub, sub)
+        sub = tl.where(bits < 0, -sub, sub)  # the sign bit: -0.0 and tiny negatives give -0.0
         x = tl.where(mag < 0.015625, sub, normal)
     return x.to(tl.float8e4nv)
 
@@ -78,13 +80,13 @@ def _act_quant_kernel(
             v = tl.load(x_row + offs, mask=offs < end, other=0.0).to(tl.float32)
             amax = tl.maximum(amax, tl.abs(v))
         m = tl.max(amax, axis=0)
-        scale = tl.where(m > 0, m / 448.0, 1.0)
+        scale = tl.where(m > 0, tl.math.div_rn(m, 448.0), 1.0)
         tl.store(s_ptr + row * stride_sm + grp, scale)
     for c in range(start, end, BLOCK):
         offs = c + tl.arange(0, BLOCK)
         mask = offs < end
         v = tl.load(x_row + offs, mask=mask, other=0.0).to(tl.float32)
-        tl.store(q_row + offs, _to_e4m3(v / scale), mask=mask)
+        tl.store(q_row + offs, _to_e4m3(tl.math.div_rn(v, scale)), mask=mask)
 
 
 def act_quant(x: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,8 +94,7 @@ def act_quant(x: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
     m, k = x.shape
     q = _empty((m, k), dtype=FP8_DTYPE, device=x.device)
     if mode == "tensor":
-        amax = x.abs().amax().float()
-        s = torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax)).reshape(1)
+        s = fp8_scale(x.abs().amax()).reshape(1)
         grid, group_len, block, static, stride_s = (m, 1), k, ACT_BLOCK, True, 0
     elif mode == "token":
         s = _empty((m,), dtype=torch.float32, device=x.device)
@@ -188,7 +189,7 @@ def _fp8_gemm_kernel(
         acc += tl.load(bias_ptr + cols).to(tl.float32)[None, :]
     mask = (offs_m[:, None] < M) & (offs_n[None, :] < N)
     c_ptrs = c_ptr + (offs_m[:, None] * stride_cm + offs_n[None, :])
-    tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=mask)
+    tl.store(c_ptrs, cast(acc, c_ptr.dtype.element_ty), mask=mask)
 
 
 def _cfg(bm: int, bn: int, bk: int, warps: int, stages: int, gm: int = 8) -> triton.Config:

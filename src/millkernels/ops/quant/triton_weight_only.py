@@ -21,7 +21,7 @@ import triton.language as tl
 
 from millkernels import runtime
 from millkernels.analyze.registry import register_triton, variants_from_configs
-from millkernels.ops.triton_common import INTERPRET, dot
+from millkernels.ops.triton_common import INTERPRET, cast, dot
 
 SPLIT_ALIGN = 128  # K per split is a multiple of this (>= every BLOCK_K)
 
@@ -124,7 +124,7 @@ def _wo_kernel(
     else:
         if HAS_BIAS:
             acc += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-        tl.store(out_ptr + out_offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+        tl.store(out_ptr + out_offs, cast(acc, out_ptr.dtype.element_ty), mask=mask)
 
 
 def _cfg(bm: int, bn: int, bk: int, warps: int, stages: int) -> triton.Config:
