@@ -36,7 +36,9 @@ def test_suite_json_rows_and_machine_info(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "pytest", str(SUITE / "test_bench_probes.py"), "-q",
            "-p", "no:cacheprovider", "-k", "mem_copy or mem_write", "--mk-rounds", "3",
            f"--benchmark-json={out}"]  # fmt: skip
-    env = {**os.environ, "TRITON_INTERPRET": "1", "CUDA_VISIBLE_DEVICES": ""}  # CPU mode
+    # CPU mode, and none of this run's pytest-xdist worker variables (the inner run is serial).
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    env.update(TRITON_INTERPRET="1", CUDA_VISIBLE_DEVICES="")
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     data = json.loads(out.read_text())

@@ -16,6 +16,7 @@ package is imported from (an editable install).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import sysconfig
@@ -24,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from millkernels.analyze import tools
+from millkernels.analyze import cache, tools
 from millkernels.analyze.report import Arch, KernelReport, measured
 
 CSRC_ENV = "MILLKERNELS_CSRC"
@@ -74,6 +75,14 @@ class CudaFileResult:
     error: str = ""
 
 
+def _tree_digest(csrc: Path) -> str:
+    """sha256 of every file under ``csrc`` (a .cu file's headers decide its code too)."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in csrc.rglob("*") if p.is_file()):
+        h.update(path.relative_to(csrc).as_posix().encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
+
+
 def _hot(plain: str, qualified: str, hot_names: set[str]) -> bool:
     return plain in hot_names or qualified in hot_names
 
@@ -84,8 +93,7 @@ def compile_file(
     """Compile one ``.cu`` file and report each of its kernels."""
     rel = src.relative_to(csrc).as_posix() if src.is_relative_to(csrc) else str(src)
     cubin = tmp / (rel.replace("/", "__") + ".cubin")
-    cmd = [
-        nvcc,
+    flags = [
         "-cubin",
         f"-arch={arch.gpu_name}",
         "-Xptxas",
@@ -95,20 +103,33 @@ def compile_file(
         "-DNDEBUG",
         "-DMILLKERNELS_ANALYZE=1",
         *_include_flags(csrc),
-        "-o",
-        str(cubin),
-        str(src),
     ]
-    try:
-        r = tools.run(cmd, timeout=float(os.environ.get("MILLKERNELS_ANALYZE_TIMEOUT") or 300))
-    except Exception as exc:
-        return CudaFileResult(rel, error=f"nvcc did not finish: {exc}")
-    log = r.stderr + "\n" + r.stdout
-    if r.returncode != 0:
-        errors = [ln for ln in log.splitlines() if "error" in ln.lower()] or log.splitlines()
-        return CudaFileResult(rel, error="nvcc failed: " + "\n".join(errors[:12])[-1500:])
-    stats = tools.parse_ptxas_log(log)
-    sass_text, sass_err = tools.disassemble(cubin, prefer_triton=False)
+
+    def run_tools() -> cache.Outputs:
+        try:
+            timeout = float(os.environ.get("MILLKERNELS_ANALYZE_TIMEOUT") or 300)
+            r = tools.run([nvcc, *flags, "-o", str(cubin), str(src)], timeout=timeout)
+        except Exception as exc:
+            return {"error": f"nvcc did not finish: {exc}"}
+        log = r.stderr + "\n" + r.stdout
+        if r.returncode != 0:
+            errors = [ln for ln in log.splitlines() if "error" in ln.lower()] or log.splitlines()
+            return {"error": "nvcc failed: " + "\n".join(errors[:12])[-1500:]}
+        sass, sass_err = tools.disassemble(cubin, prefer_triton=False)
+        return {"error": "", "log": log, "sass": sass or "", "sass_err": sass_err}
+
+    key = cache.key(
+        rel,
+        " ".join(flags),
+        cache.tool_identity(nvcc),
+        _tree_digest(csrc),
+        tools.disassembler_identity(prefer_triton=False),
+    )
+    outputs = cache.cached(key, run_tools)
+    if outputs["error"]:
+        return CudaFileResult(rel, error=str(outputs["error"]))
+    stats = tools.parse_ptxas_log(str(outputs["log"]))
+    sass_text, sass_err = str(outputs["sass"]) or None, str(outputs["sass_err"])
     sass = tools.parse_sass(sass_text) if sass_text else {}
     names = tools.demangle(list(stats))
     out = CudaFileResult(rel)

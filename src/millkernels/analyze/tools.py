@@ -213,6 +213,17 @@ def parse_sass(text: str) -> dict[str, SassStats]:
     return out
 
 
+def disassembler_identity(*, prefer_triton: bool = True) -> str:
+    """Which disassemblers :func:`disassemble` would try, for cache keys."""
+    from millkernels.analyze.cache import tool_identity
+
+    return ";".join(
+        tool_identity(tool)
+        for name in ("cuobjdump", "nvdisasm")
+        for tool in tool_candidates(name, prefer_triton=prefer_triton)
+    )
+
+
 def disassemble(cubin: Path, *, prefer_triton: bool = True) -> tuple[str | None, str]:
     """SASS text of a cubin file, via cuobjdump (else nvdisasm). Returns ``(text, error)``.
 

@@ -404,31 +404,47 @@ def compile_variant(jit_fn: Any, variant: TritonVariant, capability: int) -> Any
 
 def compile_one(jit_fn: Any, variant: TritonVariant, capability: int, tmp: Path) -> dict[str, Any]:
     """Compile one variant and measure it (in the worker)."""
-    from millkernels.analyze import tools
+    from millkernels.analyze import cache, tools
 
     compiled = compile_variant(jit_fn, variant, capability)
     meta = compiled.metadata
     name = meta.name
     gpu_name = f"sm_{capability}a" if capability >= 90 else f"sm_{capability}"
 
-    ptx = tmp / f"{name}.ptx"
-    ptx.write_text(compiled.asm["ptx"])
-    cmd = [_ptxas_for(capability), "-lineinfo", "-v", *_ptxas_extra_options()]
+    ptxas = _ptxas_for(capability)
+    flags = ["-lineinfo", "-v", *_ptxas_extra_options()]
     if not getattr(meta, "enable_fp_fusion", True):
-        cmd.append("--fmad=false")
+        flags.append("--fmad=false")
     if getattr(meta, "ptx_options", None):
-        cmd += str(meta.ptx_options).split()
-    cmd += [f"--gpu-name={gpu_name}", str(ptx), "-o", str(tmp / f"{name}.ptxas.cubin")]
-    r = tools.run(cmd)
-    if r.returncode != 0:
-        return {"error": "ptxas failed: " + _short(r.stderr or r.stdout, 1200)}
-    stats = tools.parse_ptxas_log(r.stderr + r.stdout).get(name)
+        flags += str(meta.ptx_options).split()
+    flags.append(f"--gpu-name={gpu_name}")
+
+    def run_tools() -> cache.Outputs:
+        ptx = tmp / f"{name}.ptx"
+        ptx.write_text(compiled.asm["ptx"])
+        r = tools.run([ptxas, *flags, str(ptx), "-o", str(tmp / f"{name}.ptxas.cubin")])
+        if r.returncode != 0:
+            return {"returncode": r.returncode, "log": r.stderr or r.stdout}
+        cubin = tmp / f"{name}.cubin"
+        cubin.write_bytes(compiled.asm["cubin"])
+        sass, sass_err = tools.disassemble(cubin)
+        log = r.stderr + r.stdout
+        return {"returncode": 0, "log": log, "sass": sass or "", "sass_err": sass_err}
+
+    key = cache.key(
+        compiled.asm["ptx"],
+        " ".join(flags),
+        cache.tool_identity(ptxas),
+        compiled.asm["cubin"],
+        tools.disassembler_identity(),
+    )
+    outputs = cache.cached(key, run_tools)
+    if outputs["returncode"] != 0:
+        return {"error": "ptxas failed: " + _short(str(outputs["log"]), 1200)}
+    stats = tools.parse_ptxas_log(str(outputs["log"])).get(name)
     if stats is None:
         return {"error": "ptxas -v printed no statistics for " + name}
-
-    cubin = tmp / f"{name}.cubin"
-    cubin.write_bytes(compiled.asm["cubin"])
-    sass_text, sass_err = tools.disassemble(cubin)
+    sass_text, sass_err = str(outputs["sass"]) or None, str(outputs["sass_err"])
     sass = tools.parse_sass(sass_text).get(name) if sass_text else None
     return {
         "symbol": name,
