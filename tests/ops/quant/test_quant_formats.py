@@ -34,7 +34,7 @@ def test_pack_layout_and_round_trip(bits, k):
 
 # ------------------------------------------------------------------ quantisation quality
 
-SQNR_FLOORS = {  # issue 4: dB on standard-normal 4096x4096 weights
+SQNR_FLOORS = {  # required SQNR, dB, on standard-normal 4096x4096 weights
     ("w4a16", False): 19.5,
     ("w8a16", False): 43.0,
     ("fp8_tensor", False): 30.0,

@@ -199,7 +199,7 @@ def _attention_decode(ctx: ProbeContext, dev: Any) -> None:
     from millkernels.ops.attention.decode import attention_decode, call_facts
     from millkernels.ops.attention.decode_reference import attention_decode_reference
 
-    # batch, context, block size, heads_q, heads_kv, head_dim: issue 3's decode target shape
+    # batch, context, block size, heads_q, heads_kv, head_dim: the decode target shape
     # (batch 64, context 4096, block 16; GQA 32/8, head_dim 128): 1 GiB of bf16 KV.
     default = [64, 4096, 16, 32, 8, 128]
     batch, context, block, heads_q, heads_kv, d = (

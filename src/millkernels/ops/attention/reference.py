@@ -1,7 +1,7 @@
 """Plain-PyTorch attention: the semantics every backend matches, the CPU fallback, the tests'
 truth.
 
-Semantics (issue 3):
+Semantics:
 
 - ``scores = (q . k) * softmax_scale`` (``softmax_scale`` defaults to ``1/sqrt(head_dim)``);
   a softcap ``s > 0`` replaces each score ``x`` by ``s * tanh(x / s)``.

@@ -28,7 +28,7 @@ What the machine allows:
   the algorithms written with torch.distributed collectives and ``quant:*`` uses the reference
   quantisation (interpreted Triton's timing means nothing). A smoke test of the plumbing.
 
-Target rows (op ``all_reduce_target``), from issue 5: one-shot <= 8 us at every size <= 64 KB on
+Target rows (op ``all_reduce_target``): one-shot <= 8 us at every size <= 64 KB on
 8 H100s (checked with ``ctx.check`` on 8 Hopper GPUs, else the row says "not applicable on this
 machine: ..."), and quantised all-reduce >= 1.6x NCCL bf16 at >= 8 MB across nodes (this suite
 runs on one node, so always "not applicable"; the row carries the ratio measured here).
@@ -72,10 +72,10 @@ SUITE = "collectives"
 MODULE = "millkernels.ops.comm.bench_suite"
 DTYPE = "bfloat16"  # the benchmark's -d; rows say "bf16"
 
-ONE_SHOT_TARGET_US = 8.0  # issue 5: one-shot <= 8 us at <= 64 KB on 8 H100s over NVLink
+ONE_SHOT_TARGET_US = 8.0  # target: one-shot <= 8 us at <= 64 KB on 8 H100s over NVLink
 ONE_SHOT_TARGET_BYTES = 64 * 1024
 ONE_SHOT_TARGET_RANKS = 8
-QUANT_TARGET_RATIO = 1.6  # issue 5: quantised >= 1.6x NCCL bf16 at >= 8 MB across nodes
+QUANT_TARGET_RATIO = 1.6  # target: quantised >= 1.6x NCCL bf16 at >= 8 MB across nodes
 QUANT_TARGET_BYTES = 8 * 2**20
 
 NCCL_SHARED_GPU = (
