@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 import torch
+from probe_runs import run_probe
 
 from millkernels.certify import targets
 from millkernels.certify import verdict as V
 from millkernels.certify.node import NodeConfig, certify_node, plan
 from millkernels.certify.probes import ProbeContext, get, ops, probes_for
-from millkernels.certify.probes.runner import SubprocessRunner
 from millkernels.certify.sim import SimNode
 from millkernels.certify.sim import certify_sim as run_sim
 
@@ -99,17 +99,7 @@ def test_custom_allreduce_probe_runs_over_gloo_on_the_cpu():
 
 
 def test_op_probe_runs_in_its_own_process_through_the_registry():
-    r = SubprocessRunner().run(
-        get("quant"),
-        gpu=0,
-        gpus=[0],
-        uuids=[],
-        device="cpu",
-        quick=True,
-        timeout=120,
-        env={"TRITON_INTERPRET": "1"},
-        params=TINY["quant"],
-    )
+    r = run_probe("quant", gpu=0, env={"TRITON_INTERPRET": "1"}, params=TINY["quant"])
     assert r["status"] == "ok", (r["message"], r["stderr_tail"][-800:])
     assert {m["metric"] for m in r["measurements"]} == set(get("quant").metrics)
 

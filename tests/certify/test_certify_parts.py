@@ -7,12 +7,12 @@ import os
 
 import pytest
 import typer
+from probe_runs import run_probe
 from typer.testing import CliRunner
 
 from millkernels.certify import power, targets
 from millkernels.certify import verdict as V
-from millkernels.certify.probes import ProbeContext, get, probes_for
-from millkernels.certify.probes.runner import SubprocessRunner
+from millkernels.certify.probes import ProbeContext, probes_for
 from millkernels.certify.sim import certify_sim as run_sim
 
 # --------------------------------------------------------------------------- targets
@@ -107,35 +107,15 @@ def test_gpu_probe_code_runs_on_the_cpu():
 
 
 def test_runner_records_an_exception_with_its_reason(tmp_path):
-    r = SubprocessRunner().run(
-        get("selftest_raise"),
-        gpu=1,
-        gpus=[1],
-        uuids=[],
-        device="cpu",
-        quick=True,
-        timeout=60,
-        params={"message": "CUDA out of memory"},
-    )
+    r = run_probe("selftest_raise", gpu=1, timeout=60, params={"message": "CUDA out of memory"})
     assert (
         r["status"] == "error"
         and r["reason"] == V.FR_MEMORY_ALLOC
         and "out of memory" in r["message"]
     )
-    r = SubprocessRunner(mode="exec").run(
-        get("selftest_ok"),
-        gpu=None,
-        gpus=[],
-        uuids=[],
-        device="cpu",
-        quick=True,
-        timeout=60,
-        params={"value": 7},
-    )
+    r = run_probe("selftest_ok", mode="exec", timeout=60, params={"value": 7})
     assert r["status"] == "ok" and r["measurements"][0]["value"] == 7.0
-    r = SubprocessRunner(mode="exec").run(
-        get("selftest_crash"), gpu=0, gpus=[0], uuids=[], device="cpu", quick=True, timeout=60
-    )
+    r = run_probe("selftest_crash", mode="exec", gpu=0, timeout=60)
     assert r["status"] == "crashed" and "SIGABRT" in r["message"]
 
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 import typer
+from probe_runs import run_probe
 from typer.testing import CliRunner
 
 from millkernels.certify import node as N
@@ -481,16 +482,8 @@ def test_hung_probe_and_its_worker_are_killed_at_the_timeout(cli, mode):
 
 @pytest.mark.parametrize("mode", ["forkserver", "exec"])
 def test_worker_left_by_a_finished_probe_is_killed(tmp_path, mode):
-    rec = SubprocessRunner(mode=mode).run(
-        get("selftest_ok"),
-        gpu=None,
-        gpus=[],
-        uuids=[],
-        device="cpu",
-        quick=True,
-        timeout=120,
-        params={"pid_file": str(tmp_path / "pids"), "worker": True},
-    )
+    params = {"pid_file": str(tmp_path / "pids"), "worker": True}
+    rec = run_probe("selftest_ok", mode=mode, params=params)
     pids = _read_pids(tmp_path / "pids")
     try:
         assert rec["status"] == "ok" and len(pids) == 2
@@ -535,27 +528,10 @@ def test_kill_9_of_certify_takes_its_probe_with_it(tmp_path, mode):
 
 
 def test_probe_flooding_stderr_gets_a_capped_record():
-    rec = SubprocessRunner().run(
-        get("selftest_ok"),
-        gpu=None,
-        gpus=[],
-        uuids=[],
-        device="cpu",
-        quick=True,
-        timeout=120,
-        params={"stderr_bytes": 10 << 20},
-    )
+    rec = run_probe("selftest_ok", params={"stderr_bytes": 10 << 20})
     assert rec["status"] == "ok"
     assert len(rec["stderr_tail"]) <= 3000 and rec["stderr_tail"].endswith("last stderr line\n")
-    rec = SubprocessRunner(mode="exec").run(
-        get("selftest_raise"),
-        gpu=None,
-        gpus=[],
-        uuids=[],
-        device="cpu",
-        quick=True,
-        timeout=120,
-        params={"message": "CUDA error: " + "x" * 100_000},
-    )
+    params = {"message": "CUDA error: " + "x" * 100_000}
+    rec = run_probe("selftest_raise", mode="exec", params=params)
     assert rec["status"] == "error" and len(rec["message"]) < 2100
     assert "more characters cut" in rec["message"]
