@@ -47,7 +47,7 @@ print(f"native extension built: {info['native']['built']}")
 # a call, and a named backend that cannot raises with the reason.
 
 # %%
-from millkernels.dispatch import tables
+from millkernels.ops import tables
 
 for family, table in tables().items():
     print(f"{family}:")

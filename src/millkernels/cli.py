@@ -55,7 +55,7 @@ class Format(str, Enum):
 def info(fmt: Format = typer.Option(Format.table, "--format", help="table or json")) -> None:
     """What this machine has: GPUs, the native extension, Triton, and each op's backends."""
     from millkernels import runtime
-    from millkernels.dispatch import tables
+    from millkernels.ops import tables
 
     summary = runtime.summary()
     # Each backend's ``available()``: the same answer, and reason, a call that names it gets.

@@ -27,12 +27,39 @@ class BackendUnavailable(RuntimeError):
 
 
 @dataclass(frozen=True)
+class CallFacts:
+    """The facts a capability table decides on, with the same meaning in every family.
+
+    Families subclass it (frozen dataclasses) to add their own fields (``head_dim``,
+    ``scheme``, ``world``...). ``dtype`` is the torch dtype's name ("bfloat16"), ``device`` the
+    device type ("cpu", "cuda"), ``capability`` the GPU's (major, minor) or None off a GPU.
+    """
+
+    op: str
+    device: str
+    dtype: str
+    capability: tuple[int, int] | None = None
+
+    @staticmethod
+    def of_tensor(t: Any) -> dict[str, Any]:
+        """``device``, ``dtype`` and ``capability`` of tensor ``t``, as keyword arguments."""
+        from millkernels import runtime
+
+        device = t.device.type
+        return {
+            "device": device,
+            "dtype": str(t.dtype).removeprefix("torch."),
+            "capability": runtime.capability(t.device) if device == "cuda" else None,
+        }
+
+
+@dataclass(frozen=True)
 class BackendSpec:
     """What one backend of a family supports, as data for ``info`` and as checks for dispatch.
 
     ``available()`` returns why the backend cannot run on this machine at all (None: it can).
-    ``serves(call)`` returns why it cannot serve this call (None: it can); ``call`` is whatever
-    description of the arguments the family passes (a dict of facts).
+    ``serves(call)`` returns why it cannot serve this call (None: it can); ``call`` is the
+    family's :class:`CallFacts` (a subclass adding the family's own fields).
     """
 
     name: str
@@ -40,7 +67,7 @@ class BackendSpec:
     dtypes: tuple[str, ...]
     notes: str = ""
     available: Callable[[], Reason] = lambda: None
-    serves: Callable[[dict[str, Any]], Reason] = lambda call: None
+    serves: Callable[[Any], Reason] = lambda call: None
 
 
 @dataclass(frozen=True)
@@ -69,12 +96,12 @@ class CapabilityTable:
             f"{self.family} has no {name!r} backend; it has {', '.join(self.names())}"
         )
 
-    def reason(self, name: str, call: dict[str, Any]) -> Reason:
+    def reason(self, name: str, call: CallFacts) -> Reason:
         """Why backend ``name`` cannot serve ``call`` (None when it can)."""
         spec = self.spec(name)
         return spec.available() or spec.serves(call)
 
-    def select(self, backend: str, call: dict[str, Any], op: str = "") -> str:
+    def select(self, backend: str, call: CallFacts, op: str = "") -> str:
         """Resolve ``backend`` ("auto" or a name) for ``call``; raise when it cannot serve."""
         what = f"{self.family}.{op}" if op else self.family
         if not isinstance(backend, str):
@@ -137,11 +164,3 @@ def constant_under_compile(fn: Callable[..., Any]) -> Callable[..., Any]:
         return torch.compiler.assume_constant_result(fn)
     fn._dynamo_marked_constant = True  # type: ignore[attr-defined]
     return fn
-
-
-def tables() -> dict[str, CapabilityTable]:
-    """Every family's table (importing the op families registers them)."""
-    from millkernels.ops import load_all
-
-    load_all()
-    return dict(TABLES)

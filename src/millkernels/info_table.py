@@ -11,7 +11,7 @@ from rich.table import Table
 def print_info(summary: dict[str, Any], console: Console | None = None) -> None:
     """Print the runtime summary and every capability table; ``summary["families"]`` holds
     each backend's ``available()`` answer (what ``info --format json`` prints)."""
-    from millkernels.dispatch import tables
+    from millkernels.ops import tables
 
     console = console or Console()
     native = summary["native"]

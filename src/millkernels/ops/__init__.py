@@ -1,10 +1,15 @@
 """Op families, each imported on first use: ``millkernels.ops.quant`` loads quant alone.
 
 Importing a family registers its capability table; :func:`load_all` imports every family
-(``millkernels info`` and :func:`millkernels.dispatch.tables` need all the tables).
+(``millkernels info`` and :func:`tables` need all the tables).
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from millkernels.dispatch import CapabilityTable
 
 FAMILIES = ("attention", "comm", "probes", "quant")
 
@@ -17,6 +22,14 @@ def load_all() -> None:
         importlib.import_module(f"{__name__}.{family}")
 
 
+def tables() -> dict[str, CapabilityTable]:
+    """Every family's capability table, by family name (imports every family)."""
+    from millkernels.dispatch import TABLES
+
+    load_all()
+    return dict(TABLES)
+
+
 def __getattr__(name: str) -> object:
     if name in FAMILIES:
         import importlib
@@ -25,4 +38,4 @@ def __getattr__(name: str) -> object:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["FAMILIES", "load_all"]
+__all__ = ["FAMILIES", "load_all", "tables"]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from millkernels.dispatch import BackendUnavailable, tables
+from millkernels.dispatch import BackendUnavailable
+from millkernels.ops import tables
 from millkernels.ops.attention import TABLE, attention, attention_varlen
 from millkernels.ops.attention.capabilities import call_facts
 

@@ -29,7 +29,7 @@ def test_no_process_group(call) -> None:
 
 
 def test_capability_table_registered() -> None:
-    from millkernels.dispatch import tables
+    from millkernels.ops import tables
 
     table = tables()["comm"]
     assert table.names() == ("cuda", "triton", "reference")

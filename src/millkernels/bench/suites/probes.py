@@ -59,7 +59,7 @@ def _unsigned_sum(words: Any) -> int:
 def probes(ctx: BenchContext) -> Iterator[Row]:
     import torch
 
-    from millkernels.dispatch import tables
+    from millkernels.ops import tables
     from millkernels.ops import probes as ops
 
     table = tables()["probes"]

@@ -92,7 +92,7 @@ def attention_decode_suite(ctx: BenchContext) -> Iterator[Row]:
     import torch
     import torch.nn.functional as F
 
-    from millkernels.dispatch import tables
+    from millkernels.ops import tables
     from millkernels.ops.attention.decode import attention_decode, call_facts
     from millkernels.ops.attention.decode_reference import attention_decode_reference
     from millkernels.testing import flash_tolerance_ok
