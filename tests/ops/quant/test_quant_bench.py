@@ -68,14 +68,14 @@ def test_quant_suite_large_m_rows_count_flops(tiny_ceilings):
 
 
 def test_quant_suite_fails_a_wrong_kernel(tiny_ceilings, monkeypatch):
-    from millkernels.ops.quant import api
+    from millkernels.ops.quant import custom_ops
 
-    real = api._quant_matmul_impl
+    real = custom_ops.quant_matmul.impl
 
     def wrong(*args):
         return real(*args) * 1.1
 
-    monkeypatch.setattr(api, "_quant_matmul_impl", wrong)
+    monkeypatch.setattr(custom_ops.quant_matmul, "impl", wrong)
     options = {
         "quant.shapes": (("tiny", "proj", 40, 128),),
         "quant.ms": (1,),

@@ -9,6 +9,8 @@ uses the activations quantised exactly as the kernels quantise them.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from quant_checkpoints import make_gptq
@@ -32,17 +34,7 @@ HALF_ULP = {torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}  # relative, at mo
 
 
 def _facts(scheme, dtype=torch.float16, group_size=128, k=256):
-    cap = torch.cuda.get_device_capability() if DEVICE == "cuda" else None
-    return {
-        "op": "matmul",
-        "scheme": scheme,
-        "device": DEVICE,
-        "dtype": str(dtype).removeprefix("torch."),
-        "capability": cap,
-        "group_size": group_size,
-        "in_features": k,
-        "m": 1,
-    }
+    return capabilities.quant_call(torch.device(DEVICE), dtype, scheme, group_size, k, 1)
 
 
 def _backends(scheme):
@@ -352,14 +344,13 @@ def test_fp8_refused_below_sm89(monkeypatch):
     capability is faked: the check runs on the facts, before any launch)."""
     from millkernels.ops.quant import api
 
-    facts = {**_facts("fp8_rowwise"), "device": "cuda", "capability": (8, 0)}
+    on_sm80 = {"device": "cuda", "capability": (8, 0)}
+    facts = dataclasses.replace(_facts("fp8_rowwise"), **on_sm80)
     for backend in quant.TABLE.names():
         assert "8.9" in quant.TABLE.spec(backend).serves(facts)
-    assert quant.TABLE.reason("reference", {**facts, "scheme": "w4a16"}) is None
-    real = api.call_facts
-    monkeypatch.setattr(
-        api, "call_facts", lambda *a: {**real(*a), "device": "cuda", "capability": (8, 0)}
-    )
+    assert quant.TABLE.reason("reference", dataclasses.replace(facts, scheme="w4a16")) is None
+    real = api.quant_call
+    monkeypatch.setattr(api, "quant_call", lambda *a: dataclasses.replace(real(*a), **on_sm80))
     qw = quant.quantize(torch.randn(16, 64), "fp8_rowwise")
     with pytest.raises(ValueError, match=r"qweight: fp8_rowwise needs fp8 \(compute capability"):
         quant.matmul(torch.randn(2, 64).half(), qw)

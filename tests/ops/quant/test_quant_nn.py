@@ -8,7 +8,8 @@ from quant_checkpoints import make_gptq
 from torch import nn
 
 from millkernels import quant
-from millkernels.ops.quant import api
+from millkernels.dispatch import CallFacts
+from millkernels.ops.quant import api, capabilities, custom_ops, reference
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -75,6 +76,52 @@ def test_compile_fullgraph(scheme):
     compiled = torch.compile(f, fullgraph=True)
     x = torch.randn(2, 5, 96, device=DEVICE).to(torch.float16)
     assert torch.equal(compiled(x), f(x))
+
+
+def _spy_on_op(monkeypatch) -> list[str]:
+    """Record every call that goes through the registered op (the dispatcher)."""
+    calls: list[str] = []
+    real = custom_ops.quant_matmul.op
+
+    def spy(*args):
+        calls.append(args[-1])  # the resolved backend name
+        return real(*args)
+
+    monkeypatch.setattr(custom_ops.quant_matmul, "op", spy)
+    return calls
+
+
+def test_eager_call_skips_the_dispatcher(monkeypatch):
+    calls = _spy_on_op(monkeypatch)
+    qw = quant.quantize(torch.randn(24, 64), "w8a16", group_size=32).to(DEVICE)
+    x = torch.randn(3, 64, device=DEVICE).to(torch.bfloat16)
+    out = quant.matmul(x, qw, backend="reference")
+    assert calls == []
+    assert torch.equal(out, reference.matmul(x, qw))
+
+
+def test_compile_fullgraph_goes_through_the_op(monkeypatch):
+    torch._dynamo.reset()
+    calls = _spy_on_op(monkeypatch)
+    qw = quant.quantize(torch.randn(24, 64), "w8a16", group_size=32).to(DEVICE)
+    x = torch.randn(5, 64, device=DEVICE).to(torch.float16)
+    compiled = torch.compile(lambda t: quant.matmul(t, qw, backend="reference"), fullgraph=True)
+    assert torch.equal(compiled(x), reference.matmul(x, qw))
+    assert calls == ["reference"]  # resolved before the op, once, at trace time
+
+
+def test_call_facts_are_typed():
+    qw = quant.quantize(torch.randn(24, 64), "w4a16", group_size=32)
+    x = torch.randn(2, 3, 64).to(torch.float16)
+    facts = api.call_facts(x, qw.scheme, qw.group_size, qw.in_features)
+    assert isinstance(facts, capabilities.QuantCall) and isinstance(facts, CallFacts)
+    assert (facts.op, facts.device, facts.dtype, facts.capability) == (
+        "matmul",
+        "cpu",
+        "float16",
+        None,
+    )
+    assert (facts.scheme, facts.group_size, facts.in_features, facts.m) == ("w4a16", 32, 64, 6)
 
 
 def test_eager_fast_path_equals_custom_op():

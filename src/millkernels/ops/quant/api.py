@@ -1,11 +1,9 @@
-"""Quantised matmul: ``matmul(x, qweight, bias)`` and the custom op ``millkernels::quant_matmul``.
+"""Quantised matmul: ``matmul(x, qweight, bias)``.
 
-Layers (DESIGN.md): the launchers live in ``triton_weight_only`` / ``triton_fp8`` /
-``reference``; :func:`_quant_matmul_impl` resolves the backend and launches; the custom op
-wraps it for ``torch.compile`` (with ``register_fake``); :func:`matmul` validates and calls
-the custom op while compiling, and the implementation directly in eager mode (the fast path:
-the custom-op dispatcher costs tens of microseconds per call on a CPU host, comparable to a
-decode-sized kernel).
+Layers (DESIGN.md): :func:`matmul` validates, builds the call facts and resolves the backend
+once (``capabilities.resolve``), then calls the custom op ``millkernels::quant_matmul``
+(``custom_ops``), which launches that backend's kernel (``triton_weight_only``,
+``triton_fp8``, ``cuda``, ``reference``).
 """
 
 from __future__ import annotations
@@ -14,126 +12,31 @@ from typing import Any
 
 import torch
 
-from millkernels import runtime
-from millkernels.ops.quant import reference
-from millkernels.ops.quant.capabilities import TABLE, fp8_reason
-from millkernels.ops.quant.formats import FP8_SCHEMES, QuantizedWeight, validate
+from millkernels.dispatch import constant_under_compile
+from millkernels.ops.quant import custom_ops
+from millkernels.ops.quant.capabilities import call_facts, quant_call, resolve
+from millkernels.ops.quant.formats import QuantizedWeight, validate
+
+__all__ = ["call_facts", "matmul"]  # call_facts: the facts matmul decides on, for callers
 
 _X_DTYPES = (torch.float16, torch.bfloat16)
-_FP8_MODE = {"fp8_tensor": 0, "fp8_rowwise": 1, "fp8_block": 2}
 
 
-def call_facts(x: torch.Tensor, scheme: str, group_size: int, in_features: int) -> dict[str, Any]:
-    """The facts the capability table decides on (see ``capabilities``)."""
-    dev = x.device.type
-    return {
-        "op": "matmul",
-        "scheme": scheme,
-        "device": dev,
-        "dtype": str(x.dtype).removeprefix("torch."),
-        "capability": runtime.capability(x.device) if dev == "cuda" else None,
-        "group_size": group_size,
-        "in_features": in_features,
-        "m": x.numel() // max(in_features, 1),
-    }
-
-
-def _quant_matmul_impl(
-    x: torch.Tensor,
-    qweight: torch.Tensor,
-    scales: torch.Tensor,
-    zeros: torch.Tensor | None,
-    perm: torch.Tensor | None,
-    bias: torch.Tensor | None,
-    scheme: str,
-    group_size: int,
-    out_features: int,
-    in_features: int,
-    backend: str,
-) -> torch.Tensor:
-    facts = call_facts(x, scheme, group_size, in_features)
-    why = fp8_reason(facts)
-    if why:
-        raise ValueError(f"qweight: {why}")
-    name = TABLE.select(backend, facts, "matmul")
-    lead = x.shape[:-1]
-    x2 = x.reshape(-1, in_features)
-    if perm is not None:
-        x2 = x2.index_select(1, perm)
-    x2 = x2.contiguous()
-    if name == "reference" or x2.shape[0] == 0:
-        qw = QuantizedWeight(
-            scheme=scheme,
-            shape=(out_features, in_features),
-            qweight=qweight,
-            scales=scales,
-            zeros=zeros,
-            group_size=group_size,
-            symmetric=zeros is None,
-            check=False,  # the fields of a weight matmul validated
-        )
-        out = reference.matmul(x2, qw, bias)
-    elif name == "cuda":
-        from millkernels.ops.quant import cuda
-
-        out = cuda.matmul(x2, qweight, scales, zeros, bias, group_size=group_size, n=out_features)
-    elif scheme in FP8_SCHEMES:
-        from millkernels.ops.quant import triton_fp8
-
-        mode = reference.ACT_MODE[scheme]
-        xq, xs = triton_fp8.act_quant(x2, mode)
-        out = triton_fp8.gemm(xq, xs, qweight, scales, bias, x.dtype, _FP8_MODE[scheme])
-    else:
-        from millkernels.ops.quant import triton_weight_only
-
-        out = triton_weight_only.matmul(
-            x2,
-            qweight,
-            scales,
-            zeros,
-            bias,
-            bits=4 if scheme == "w4a16" else 8,
-            group_size=group_size,
-            n=out_features,
-        )
-    return out.reshape(*lead, out_features)
-
-
-@torch.library.custom_op("millkernels::quant_matmul", mutates_args=())
-def quant_matmul(
-    x: torch.Tensor,
-    qweight: torch.Tensor,
-    scales: torch.Tensor,
-    zeros: torch.Tensor | None,
-    perm: torch.Tensor | None,
-    bias: torch.Tensor | None,
-    scheme: str,
-    group_size: int,
-    out_features: int,
-    in_features: int,
-    backend: str,
-) -> torch.Tensor:
-    """Custom op behind :func:`matmul` (tensors of a :class:`QuantizedWeight`, flattened)."""
-    return _quant_matmul_impl(
-        x,
-        qweight,
-        scales,
-        zeros,
-        perm,
-        bias,
-        scheme,
-        group_size,
-        out_features,
-        in_features,
-        backend,
+def _select(x: torch.Tensor, qweight: QuantizedWeight, backend: str) -> str:
+    """The backend for this call, resolved once, before the custom op."""
+    # Under torch.compile M may be a dynamic shape, not a constant to decide on.
+    m = None if torch.compiler.is_compiling() else x.numel() // qweight.in_features
+    return _resolve_constant(
+        backend, x.device, x.dtype, qweight.scheme, qweight.group_size, qweight.in_features, m
     )
 
 
-@quant_matmul.register_fake
-def _(
-    x, qweight, scales, zeros, perm, bias, scheme, group_size, out_features, in_features, backend
-):
-    return x.new_empty((*x.shape[:-1], out_features))
+@constant_under_compile
+def _resolve_constant(backend: str, *facts: Any) -> str:
+    """:func:`resolve` on the plain values of :func:`quant_call`; under torch.compile it runs
+    once at trace time and its answer is baked into the graph (the capability queries are not
+    traceable)."""
+    return resolve(quant_call(*facts), backend)
 
 
 def _validate(x: Any, qweight: Any, bias: Any, backend: Any) -> None:
@@ -200,7 +103,7 @@ def matmul(
         A named backend that cannot serve the call (with the reason).
     """
     _validate(x, qweight, bias, backend)
-    args = (
+    return custom_ops.quant_matmul(
         x,
         qweight.qweight,
         qweight.scales,
@@ -211,8 +114,5 @@ def matmul(
         qweight.group_size,
         qweight.out_features,
         qweight.in_features,
-        backend,
+        _select(x, qweight, backend),
     )
-    if torch.compiler.is_compiling():
-        return quant_matmul(*args)
-    return _quant_matmul_impl(*args)

@@ -1,74 +1,122 @@
 """The quant family's capability table: which backend serves which quantised matmul.
 
-Call facts (a dict): ``op`` ("matmul"), ``scheme``, ``device`` ("cpu"/"cuda"), ``dtype``
-(x's, "float16"/"bfloat16"), ``capability`` ((major, minor) of the GPU or None),
-``group_size`` (canonical: in_features for per-channel), ``in_features``, ``m`` (rows of x).
+Call facts: :class:`QuantCall`, built by :func:`call_facts` from the validated arguments.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+
+import torch
 
 from millkernels import runtime
 from millkernels._native import cuda_unavailable_reason
 from millkernels.analyze.registry import register_cuda_hot
-from millkernels.dispatch import BackendSpec, CapabilityTable
+from millkernels.dispatch import BackendSpec, CallFacts, CapabilityTable
 from millkernels.ops.quant.formats import FP8_SCHEMES, SCHEMES
 
 FP8_MIN_CAPABILITY = (8, 9)  # e4m3 tensor cores: Ada (8.9) and Hopper (9.0)
 DTYPES = ("float16", "bfloat16")
 
 
-def fp8_reason(call: dict[str, Any]) -> str | None:
+@dataclass(frozen=True, kw_only=True)
+class QuantCall(CallFacts):
+    """One quantised matmul: ``dtype`` is x's; ``group_size`` is canonical (in_features for
+    per-channel); ``m`` the rows of x (all leading dimensions flattened), None under
+    ``torch.compile`` (one graph may serve many M; the CUDA binding checks M <= 16 itself)."""
+
+    scheme: str
+    group_size: int
+    in_features: int
+    m: int | None
+
+
+def call_facts(x: torch.Tensor, scheme: str, group_size: int, in_features: int) -> QuantCall:
+    """The facts the table decides on for ``matmul(x, <weight of scheme ...>)``."""
+    m = x.numel() // max(in_features, 1)
+    return quant_call(x.device, x.dtype, scheme, group_size, in_features, m)
+
+
+def quant_call(
+    device: torch.device,
+    dtype: torch.dtype,
+    scheme: str,
+    group_size: int,
+    in_features: int,
+    m: int | None,
+) -> QuantCall:
+    """:func:`call_facts` from plain values (what ``torch.compile`` can treat as constants)."""
+    dev = device.type
+    return QuantCall(
+        op="matmul",
+        device=dev,
+        dtype=str(dtype).removeprefix("torch."),
+        capability=runtime.capability(device) if dev == "cuda" else None,
+        scheme=scheme,
+        group_size=group_size,
+        in_features=in_features,
+        m=m,
+    )
+
+
+def fp8_reason(call: QuantCall) -> str | None:
     """Why an fp8 scheme cannot run for this call (a GPU below cc 8.9), or None."""
-    cap = call.get("capability")
-    fp8 = call["scheme"] in FP8_SCHEMES
-    if fp8 and call["device"] == "cuda" and cap is not None and tuple(cap) < FP8_MIN_CAPABILITY:
+    cap = call.capability
+    fp8 = call.scheme in FP8_SCHEMES
+    if fp8 and call.device == "cuda" and cap is not None and tuple(cap) < FP8_MIN_CAPABILITY:
         return (
-            f"{call['scheme']} needs fp8 (compute capability >= 8.9); this GPU is "
-            f"sm_{cap[0]}{cap[1]}"
+            f"{call.scheme} needs fp8 (compute capability >= 8.9); this GPU is sm_{cap[0]}{cap[1]}"
         )
     return None
 
 
-def _triton_serves(call: dict[str, Any]) -> str | None:
+def resolve(call: QuantCall, backend: str) -> str:
+    """``TABLE.select(backend, call)``, after the fp8 check no backend waives (a ValueError
+    naming ``qweight``: the weight's scheme cannot run on this GPU at all)."""
+    why = fp8_reason(call)
+    if why:
+        raise ValueError(f"qweight: {why}")
+    return TABLE.select(backend, call, call.op)
+
+
+def _triton_serves(call: QuantCall) -> str | None:
     why = fp8_reason(call)
     if why:
         return why
-    if call["device"] == "cpu" and not runtime.triton_interpret():
+    if call.device == "cpu" and not runtime.triton_interpret():
         return "CPU tensors need the Triton interpreter (TRITON_INTERPRET=1)"
-    if call["device"] == "cuda" and runtime.triton_interpret():
+    if call.device == "cuda" and runtime.triton_interpret():
         return "TRITON_INTERPRET=1 is set, so Triton cannot launch on the GPU"
-    if call["device"] not in ("cpu", "cuda"):
-        return f"device {call['device']} is not supported"
-    if call["dtype"] not in DTYPES:
-        return f"x dtype {call['dtype']} is not float16/bfloat16"
-    if call["scheme"] not in FP8_SCHEMES:
-        g, k = call["group_size"], call["in_features"]
+    if call.device not in ("cpu", "cuda"):
+        return f"device {call.device} is not supported"
+    if call.dtype not in DTYPES:
+        return f"x dtype {call.dtype} is not float16/bfloat16"
+    if call.scheme not in FP8_SCHEMES:
+        g, k = call.group_size, call.in_features
         if g != k and g % 16:
             return f"group_size {g} is not a multiple of 16 (the smallest K tile)"
     return None
 
 
-def _cuda_serves(call: dict[str, Any]) -> str | None:
+def _cuda_serves(call: QuantCall) -> str | None:
     why = fp8_reason(call)
     if why:
         return why
-    if call["scheme"] != "w4a16":
-        return f"the CUDA kernel is w4a16 only, not {call['scheme']}"
-    if call["device"] != "cuda":
+    if call.scheme != "w4a16":
+        return f"the CUDA kernel is w4a16 only, not {call.scheme}"
+    if call.device != "cuda":
         return "needs CUDA tensors"
-    if call["dtype"] not in DTYPES:
-        return f"x dtype {call['dtype']} is not float16/bfloat16"
-    if call["m"] > 16:
-        return f"M={call['m']} rows: the CUDA kernel serves M <= 16"
-    g, k = call["group_size"], call["in_features"]
+    if call.dtype not in DTYPES:
+        return f"x dtype {call.dtype} is not float16/bfloat16"
+    if call.m is not None and call.m > 16:
+        return f"M={call.m} rows: the CUDA kernel serves M <= 16"
+    g, k = call.group_size, call.in_features
     if k % 32 or g % 32:
         return f"in_features {k} and group_size {g} must be multiples of 32"
     return None
 
 
-def _reference_serves(call: dict[str, Any]) -> str | None:
+def _reference_serves(call: QuantCall) -> str | None:
     return fp8_reason(call)
 
 
