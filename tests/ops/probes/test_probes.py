@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from millkernels.dispatch import BackendUnavailable
+from millkernels.dispatch import BackendUnavailable, CallFacts
 from millkernels.ops import probes
+from millkernels.ops.probes import capabilities, custom_ops
+from millkernels.ops.probes.capabilities import ProbesCall
 from millkernels.ops.probes.patterns import as_int32
 from millkernels.testing import random_words
 
@@ -17,7 +19,7 @@ def _backends(op: str, device: str) -> list:
     """One param per backend of the table; skipped, with the table's reason, where it can't."""
     params = []
     for name in probes.TABLE.names():
-        why = probes.TABLE.reason(name, {"op": op, "device": device})
+        why = probes.TABLE.reason(name, ProbesCall(op=op, device=device, dtype="int32", words=1))
         marks = [pytest.mark.skip(reason=why)] if why else []
         params.append(pytest.param(name, marks=marks, id=name))
     return params
@@ -221,3 +223,35 @@ def test_gpu_backends_agree_on_read():
     src = random_words(5 * 2**20 + 3, "cuda")
     results = {b: int(probes.mem_read(src, backend=b)) for b in ("cuda", "triton", "reference")}
     assert len(set(results.values())) == 1, results
+
+
+def test_call_facts_are_typed():
+    words = random_words(37, "cpu")
+    facts = capabilities.call_facts("mem_read", words)
+    assert isinstance(facts, ProbesCall) and isinstance(facts, CallFacts)
+    assert (facts.op, facts.device, facts.dtype, facts.words) == ("mem_read", "cpu", "int32", 37)
+
+
+def test_eager_call_skips_the_dispatcher(monkeypatch):
+    calls = []
+    real = custom_ops.mem_write.op
+    monkeypatch.setattr(custom_ops.mem_write, "op", lambda *a: calls.append(a) or real(*a))
+    dst = random_words(9, "cpu")
+    probes.mem_write(dst, 0xC0FFEE, backend="reference")
+    assert calls == [] and torch.equal(dst, torch.full_like(dst, 0xC0FFEE))
+
+
+@pytest.mark.parametrize("backend", _backends("mem_copy", "cpu"))
+def test_ops_compile_fullgraph(backend):
+    """The custom ops (what the public functions call after validation) under torch.compile:
+    the writes land in the caller's buffer and the read returns the same total as eager."""
+    torch._dynamo.reset()
+
+    def step(dst, src):
+        custom_ops.mem_copy(dst, src, backend)
+        return custom_ops.mem_read(dst, backend)
+
+    src, dst = random_words(1029, "cpu"), torch.full((1029,), 0x5A5A5A5A, dtype=torch.int32)
+    total = torch.compile(step, fullgraph=True)(dst, src)
+    assert torch.equal(dst, src)
+    assert int(total) % 2**64 == _unsigned_sum(src)

@@ -59,8 +59,9 @@ def _unsigned_sum(words: Any) -> int:
 def probes(ctx: BenchContext) -> Iterator[Row]:
     import torch
 
-    from millkernels.ops import tables
     from millkernels.ops import probes as ops
+    from millkernels.ops import tables
+    from millkernels.ops.probes.capabilities import call_facts
 
     table = tables()["probes"]
     nbytes = int(ctx.option("probes.nbytes", default_nbytes(ctx))) // 16 * 16
@@ -71,7 +72,7 @@ def probes(ctx: BenchContext) -> Iterator[Row]:
     shape = {"bytes": nbytes}
 
     def usable(op: str, backend: str) -> bool:
-        reason = table.reason(backend, {"op": op, "device": src.device.type})
+        reason = table.reason(backend, call_facts(op, src))
         if reason:
             ctx.skip(f"{op} {backend}", reason)
         return reason is None
@@ -148,13 +149,13 @@ def _pattern_rows(ctx: BenchContext, table: Any, buf: Any, nbytes: int, wanted) 
     """Pattern test (write + check: bytes written plus read) per pattern and backend, after
     checking that a clean pass reports nothing and one flipped bit is found."""
     from millkernels.ops import probes as ops
+    from millkernels.ops.probes.capabilities import call_facts
 
-    facts = {"device": buf.device.type}
     for backend in table.names():
         if backend not in wanted:
             continue
         reasons = [
-            table.reason(backend, {**facts, "op": op}) for op in ("pattern_write", "pattern_check")
+            table.reason(backend, call_facts(op, buf)) for op in ("pattern_write", "pattern_check")
         ]
         reason = next((r for r in reasons if r), None)
         if reason:

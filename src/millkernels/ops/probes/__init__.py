@@ -1,7 +1,6 @@
 """Memory probes (bandwidth and pattern tests) used by certification and benchmarks."""
 
 from millkernels.ops.probes.api import (
-    TABLE,
     mem_copy,
     mem_read,
     mem_write,
@@ -9,6 +8,7 @@ from millkernels.ops.probes.api import (
     pattern_test,
     pattern_write,
 )
+from millkernels.ops.probes.capabilities import TABLE
 from millkernels.ops.probes.patterns import PATTERNS, BadWord, PatternReport
 
 __all__ = [

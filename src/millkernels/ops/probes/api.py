@@ -3,6 +3,9 @@
 Certification uses them to measure HBM bandwidth and to find bad memory. They accept torch
 tensors and CuPy arrays (any dtype, contiguous, 16-byte aligned, whole 32-bit words) and work
 on the buffer's 32-bit words. GPU backends launch on the caller's current stream.
+
+Each function validates its buffers, resolves the backend once (``capabilities.TABLE``) and
+calls the probe's custom op (``custom_ops``) with that backend's name.
 """
 
 from __future__ import annotations
@@ -11,59 +14,11 @@ from typing import Any
 
 import torch
 
-from millkernels import runtime
-from millkernels._native import cuda_unavailable_reason
-from millkernels.dispatch import BackendSpec, CapabilityTable
-from millkernels.ops.probes import reference
-from millkernels.ops.probes.patterns import (
-    BadWord,
-    PatternReport,
-    check_seed,
-    pattern_id,
-)
+from millkernels.ops.probes import custom_ops
+from millkernels.ops.probes.capabilities import TABLE, call_facts
+from millkernels.ops.probes.patterns import PatternReport, check_seed, pattern_id
 
 ALIGNMENT = 16  # bytes: the CUDA kernels use 16-byte vector accesses
-_PATTERN_OPS = ("pattern_write", "pattern_check")
-
-
-def _triton_serves(call: dict[str, Any]) -> str | None:
-    if call["op"] in _PATTERN_OPS:
-        return "the pattern test has no Triton kernel (use cuda or reference)"
-    if call["device"] == "cpu" and not runtime.triton_interpret():
-        return "CPU tensors need the Triton interpreter (TRITON_INTERPRET=1)"
-    if call["device"] == "cuda" and runtime.triton_interpret():
-        return "TRITON_INTERPRET=1 is set, so Triton cannot launch on the GPU"
-    return None
-
-
-TABLE = CapabilityTable(
-    family="probes",
-    ops=("mem_copy", "mem_read", "mem_write", "pattern_write", "pattern_check"),
-    backends=(
-        BackendSpec(
-            "cuda",
-            archs="sm_80, sm_90a (the archs _C was built for)",
-            dtypes=("any (32-bit words)",),
-            notes="16-byte vector accesses, grid-stride loops",
-            available=cuda_unavailable_reason,
-            serves=lambda call: None if call["device"] == "cuda" else "needs CUDA tensors",
-        ),
-        BackendSpec(
-            "triton",
-            archs="any CUDA GPU; CPU under TRITON_INTERPRET=1",
-            dtypes=("any (32-bit words)",),
-            notes="copy, read and write only",
-            available=runtime.triton_unavailable_reason,
-            serves=_triton_serves,
-        ),
-        BackendSpec("reference", archs="any (PyTorch)", dtypes=("any (32-bit words)",)),
-    ),
-    auto_rule=(
-        "cuda when the extension is built and the buffer is on a GPU (the probes measure the "
-        "hardware with hand-written 16-byte vector kernels), then triton, then reference. "
-        "Not yet backed by a GPU measurement in benchmarks/results/."
-    ),
-)
 
 
 def _as_torch(arg: str, x: Any) -> torch.Tensor:
@@ -94,30 +49,12 @@ def _words(arg: str, x: Any) -> torch.Tensor:
         )
     if t.device.type not in ("cpu", "cuda"):
         raise ValueError(f"{arg}: expected a CPU or CUDA array, got device {t.device}")
-    return t.reshape(-1).view(torch.uint8).view(torch.int32)
+    return custom_ops.words(t)
 
 
-def _select(op: str, t: torch.Tensor, backend: str) -> str:
-    return TABLE.select(backend, {"op": op, "device": t.device.type}, op)
-
-
-def _same_framework(like: Any, result: torch.Tensor) -> Any:
-    """Return ``result`` as the same kind of array as ``like`` (CuPy in, CuPy out)."""
-    if isinstance(like, torch.Tensor):
-        return result
-    import cupy  # only reached for CuPy inputs
-
-    return cupy.from_dlpack(result)
-
-
-def _empty_like_framework(like: Any, device: torch.device) -> Any:
-    """A 1-element int64 device array of ``like``'s framework (CuPy in, CuPy out)."""
-    if isinstance(like, torch.Tensor):
-        return torch.empty(1, dtype=torch.int64, device=device)
-    import cupy  # only reached for CuPy inputs
-
-    with cupy.cuda.Device(device.index):
-        return cupy.empty(1, dtype=cupy.int64)
+def _select(op: str, words: torch.Tensor, backend: str) -> str:
+    """The backend for this probe, resolved once, before the custom op."""
+    return TABLE.select(backend, call_facts(op, words), op)
 
 
 def mem_copy(dst: Any, src: Any, *, backend: str = "auto") -> None:
@@ -132,36 +69,14 @@ def mem_copy(dst: Any, src: Any, *, backend: str = "auto") -> None:
     if d.device != s.device:
         raise ValueError(f"dst: expected the device of src ({s.device}), got {d.device}")
     name = _select("mem_copy", s, backend)
-    if name == "cuda":
-        from millkernels.ops.probes import cuda
-
-        cuda.copy(dst, src)
-    elif name == "triton":
-        from millkernels.ops.probes import triton_membw
-
-        triton_membw.copy(d, s)
-    else:
-        reference.copy(d, s)
+    custom_ops.op_for(custom_ops.mem_copy, dst, src)(dst, src, name)
 
 
 def mem_read(src: Any, *, backend: str = "auto") -> Any:
     """Read every word of ``src``: returns the 0-d int64 sum of its words taken as unsigned,
     mod 2**64 (a reduction, so the loads cannot be optimised away), on ``src``'s device."""
-    s = _words("src", src)
-    name = _select("mem_read", s, backend)
-    if name == "cuda":
-        from millkernels.ops.probes import cuda
-
-        out = _empty_like_framework(src, s.device)
-        cuda.read(src, out)
-        return out[0]
-    elif name == "triton":
-        from millkernels.ops.probes import triton_membw
-
-        result = triton_membw.read(s)
-    else:
-        result = reference.read(s)
-    return _same_framework(src, result)
+    name = _select("mem_read", _words("src", src), backend)
+    return custom_ops.op_for(custom_ops.mem_read, src)(src, name)
 
 
 def _check_word_value(value: int) -> int:
@@ -177,28 +92,16 @@ def mem_write(dst: Any, value: int = 0, *, backend: str = "auto") -> None:
     d = _words("dst", dst)
     _check_word_value(value)
     name = _select("mem_write", d, backend)
-    if name == "cuda":
-        from millkernels.ops.probes import cuda
-
-        cuda.write(dst, value)
-    elif name == "triton":
-        from millkernels.ops.probes import triton_membw
-
-        triton_membw.write(d, value)
-    else:
-        reference.write(d, value)
+    custom_ops.op_for(custom_ops.mem_write, dst)(dst, value, name)
 
 
 def pattern_write(buf: Any, pattern: str, *, seed: int = 0, backend: str = "auto") -> None:
     """Fill ``buf``'s words with ``pattern`` (see :mod:`millkernels.ops.probes.patterns`)."""
     b = _words("buf", buf)
-    pid, seed = pattern_id(pattern), check_seed(seed)
-    if _select("pattern_write", b, backend) == "cuda":
-        from millkernels.ops.probes import cuda
-
-        cuda.pattern_write(buf, pid, seed)
-    else:
-        reference.pattern_write(b, pattern, seed)
+    pattern_id(pattern)  # validates the name
+    seed = check_seed(seed)
+    name = _select("pattern_write", b, backend)
+    custom_ops.op_for(custom_ops.pattern_write, buf)(buf, pattern, seed, name)
 
 
 def pattern_check(
@@ -207,16 +110,12 @@ def pattern_check(
     """Compare ``buf`` with ``pattern``: count the wrong words, find the first one, and
     report up to ``max_report`` of them (index, expected, actual), sorted by index."""
     b = _words("buf", buf)
-    pid, seed = pattern_id(pattern), check_seed(seed)
+    pattern_id(pattern)  # validates the name
+    seed = check_seed(seed)
     if isinstance(max_report, bool) or not isinstance(max_report, int) or max_report < 0:
         raise ValueError(f"max_report: expected an int >= 0, got {max_report!r}")
-    if _select("pattern_check", b, backend) == "cuda":
-        from millkernels.ops.probes import cuda
-
-        _, mismatches, first, triples = cuda.pattern_check(buf, pid, seed, max_report)
-        bad = [BadWord(*t) for t in triples]
-    else:
-        mismatches, first, bad = reference.pattern_check(b, pattern, seed, max_report)
+    name = _select("pattern_check", b, backend)
+    mismatches, first, bad = custom_ops.pattern_check(buf, pattern, seed, max_report, name)
     return PatternReport(pattern, seed, b.numel(), mismatches, first, bad)
 
 
