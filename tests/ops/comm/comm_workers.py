@@ -349,6 +349,7 @@ def battery_errors(rank: int, world: int, check) -> None:
 
     from millkernels.dispatch import BackendUnavailable
     from millkernels.ops.comm.api import DEBUG_ENV
+    from millkernels.ops.comm.capabilities import CommCall
 
     comm = _bound_comm()
 
@@ -405,9 +406,8 @@ def battery_errors(rank: int, world: int, check) -> None:
         with pytest.raises(TypeError, match="float16, bfloat16 or float32"):
             check_custom_call(big.to(torch.int32), "one_shot", 1 << 20, 0)
         # one_shot on CUDA tensors needs the IPC backend: not available here, named reason
-        assert comm.TABLE.reason("cuda", {"op": "all_reduce", "algo": "one_shot", "device":
-                                  "cuda", "dtype": "float32", "nbytes": 4, "world": world,
-                                  "quant": None, "custom": None})  # fmt: skip
+        assert comm.TABLE.reason("cuda", CommCall(op="all_reduce", algo="one_shot", device="cuda",
+                                  dtype="float32", nbytes=4, world=world))  # fmt: skip
 
     check("custom path limits", custom_limits)
 

@@ -4,6 +4,8 @@ the reason (never a silent NCCL / gloo fallback); one that can serve runs."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -12,7 +14,7 @@ from millkernels._native import cuda_unavailable_reason
 from millkernels.dispatch import BackendUnavailable
 from millkernels.ops import comm
 from millkernels.ops.comm import api
-from millkernels.ops.comm.capabilities import one_shot_limit
+from millkernels.ops.comm.capabilities import CommCall, one_shot_limit
 from millkernels.ops.comm.quantized import error_bound, group_absmax
 
 pytestmark = pytest.mark.skipif(
@@ -113,16 +115,19 @@ def test_other_collectives_follow_the_environment(group, x, monkeypatch):
 
 def test_cuda_backend_picks_the_ipc_algorithm_by_size(monkeypatch):
     monkeypatch.delenv("MILLKERNELS_BACKEND", raising=False)
-    call = {"world": 8, "nbytes": 1024, "device": "cuda", "op": "all_reduce"}
-    assert api._resolve_exact("auto", "cuda", call) == ("one_shot", "cuda")
-    call["nbytes"] = one_shot_limit(8) + 16
-    assert api._resolve_exact("auto", "cuda", call) == ("two_shot", "cuda")
-    assert call["algo"] == "two_shot"
-    assert api._resolve_exact("auto", "reference", call) == ("nccl", "reference")
-    assert api._resolve_exact("one_shot", "auto", call) == ("one_shot", "cuda")
-    assert api._resolve_exact("one_shot", "auto", dict(call, device="cpu")) == (
-        "one_shot",
-        "reference",
-    )
+
+    def resolve(algo, backend, nbytes, device="cuda"):
+        call = CommCall(op="all_reduce", device=device, dtype="float32", nbytes=nbytes, world=8,
+                        algo=algo)  # fmt: skip
+        resolved, asked = api._resolve_exact(backend, call)
+        assert resolved == dataclasses.replace(call, algo=resolved.algo)
+        return resolved.algo, asked
+
+    big = one_shot_limit(8) + 16
+    assert resolve("auto", "cuda", 1024) == ("one_shot", "cuda")
+    assert resolve("auto", "cuda", big) == ("two_shot", "cuda")
+    assert resolve("auto", "reference", big) == ("nccl", "reference")
+    assert resolve("one_shot", "auto", big) == ("one_shot", "cuda")
+    assert resolve("one_shot", "auto", big, device="cpu") == ("one_shot", "reference")
     monkeypatch.setenv("MILLKERNELS_BACKEND", "comm=cuda")
-    assert api._resolve_exact("auto", "auto", call) == ("two_shot", "auto")
+    assert resolve("auto", "auto", big) == ("two_shot", "auto")

@@ -4,11 +4,15 @@ checks. The multi-rank checks (debug mode, local errors) run in test_comm_collec
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 import torch.distributed as dist
 
+from millkernels.dispatch import CallFacts
 from millkernels.ops import comm
+from millkernels.ops.comm.capabilities import CommCall, call_facts
 
 
 @pytest.mark.skipif(dist.is_initialized(), reason="a process group exists in this process")
@@ -33,10 +37,36 @@ def test_capability_table_registered() -> None:
 
     table = tables()["comm"]
     assert table.names() == ("cuda", "triton", "reference")
-    call = {"op": "all_reduce", "device": "cpu", "dtype": "float32", "nbytes": 4, "world": 2,
-            "algo": "nccl", "quant": "int8", "custom": None}  # fmt: skip
-    assert "quantise" in table.reason("cuda", call) or table.reason("cuda", call)
+    call = call_facts("all_reduce", torch.ones(1), 2, "nccl", quant="int8")
+    assert "quantise" in table.spec("cuda").serves(call)
     assert table.reason("reference", call) is None
+
+
+def test_call_facts_are_typed() -> None:
+    x = torch.randn(3, 5, dtype=torch.bfloat16)
+    call = call_facts("all_reduce", x, 4, "one_shot", reduce_op="max", custom_max_bytes=64)
+    assert isinstance(call, CommCall) and isinstance(call, CallFacts)
+    assert (call.op, call.device, call.dtype, call.capability) == (
+        "all_reduce",
+        "cpu",
+        "bfloat16",
+        None,
+    )
+    assert (call.nbytes, call.world, call.algo, call.quant) == (30, 4, "one_shot", None)
+    assert (call.reduce_op, call.custom_max_bytes) == ("max", 64)
+
+
+def test_cuda_rule_reads_the_custom_allreduce_limit() -> None:
+    """The IPC rule decides on the group's CustomAllReduce max_bytes, a plain fact."""
+    from millkernels.ops.comm.capabilities import _cuda_serves
+
+    big = CommCall(op="all_reduce", device="cuda", dtype="float32", nbytes=4096, world=2,
+                   algo="one_shot", custom_max_bytes=1024)  # fmt: skip
+    assert "over the CustomAllReduce's max_bytes=1024" in _cuda_serves(big)
+    assert _cuda_serves(dataclasses.replace(big, nbytes=1024)) is None
+    assert "no live CustomAllReduce" in _cuda_serves(
+        dataclasses.replace(big, custom_max_bytes=None)
+    )
 
 
 def test_one_shot_limit_follows_cost_model() -> None:

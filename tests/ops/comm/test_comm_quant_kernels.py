@@ -62,3 +62,27 @@ def test_compiled_arithmetic_is_ieee_on_sm90(kernel, divides):
     for label, ptx in ptx_of(kernel, 90).items():
         assert ("div.rn.f32" in ptx) == divides, (kernel, label)
         assert not inexact_f32_ops(ptx), f"{kernel} [{label}]: {inexact_f32_ops(ptx)} in the PTX"
+
+
+@pytest.mark.parametrize("backend", ["triton", "reference"])
+def test_custom_ops_compile_like_eager(backend, triton_device):
+    """The quantised all-reduce's local steps as custom ops: torch.compile(fullgraph) sees them
+    (fake kernels give the wire shapes) and produces the eager bytes."""
+    from millkernels.ops.comm import custom_ops
+
+    world, n = 2, 3 * GROUP + 5
+
+    def steps(x, out):
+        buf = custom_ops.quantize_rows(x, world, GROUP, "int8", backend)
+        send = custom_ops.dequant_accumulate_requantize(buf, GROUP, "int8", backend)
+        custom_ops.dequantize_into(buf, out, GROUP, "int8", backend)
+        return send
+
+    torch._dynamo.reset()
+    x = _signal(n, triton_device).to(torch.bfloat16)
+    eager_out = torch.full((n,), float("nan"), dtype=x.dtype, device=triton_device)
+    compiled_out = eager_out.clone()
+    want = steps(x, eager_out)
+    got = torch.compile(steps, fullgraph=True)(x, compiled_out)
+    assert torch.equal(got, want)
+    assert torch.equal(compiled_out.view(torch.int16), eager_out.view(torch.int16))

@@ -17,6 +17,7 @@ a group with both backends takes either.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import zlib
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ import torch.distributed as dist
 from millkernels.dispatch import BackendUnavailable, env_override
 from millkernels.ops.comm import capabilities as caps
 from millkernels.ops.comm import reference
-from millkernels.ops.comm.capabilities import TABLE
+from millkernels.ops.comm.capabilities import TABLE, CommCall, call_facts
 
 DEBUG_ENV = "MILLKERNELS_COMM_DEBUG"
 REDUCE_OPS = ("sum", "max", "min", "prod")
@@ -327,19 +328,10 @@ def all_reduce(
         if out is not None and out is x and not x.is_contiguous():
             raise ValueError("x: in-place (out=x) needs a contiguous tensor")
         world = dist.get_world_size(g)
-        call = {
-            "op": "all_reduce",
-            "device": t.device.type,
-            "dtype": str(t.dtype).removeprefix("torch."),
-            "nbytes": t.numel() * t.element_size(),
-            "world": world,
-            "algo": algo,
-            "quant": quant,
-            "reduce_op": op,
-            "custom": None,
-        }
+        dtype = str(t.dtype).removeprefix("torch.")
+        custom = None
         if quant is not None:
-            if call["dtype"] not in caps.QUANT_DTYPES:
+            if dtype not in caps.QUANT_DTYPES:
                 raise TypeError(
                     f"x: quant={quant!r} takes {'/'.join(caps.QUANT_DTYPES)} tensors, got {t.dtype}"
                 )
@@ -360,21 +352,24 @@ def all_reduce(
                     f"quant_group: expected a power of two in 16..{_MAX_QUANT_GROUP}, "
                     f"got {quant_group!r}"
                 )
-            call["algo"] = "two_shot"
+            call = call_facts("all_reduce", t, world, "two_shot", quant=quant, reduce_op=op)
             resolved = ("quant", TABLE.select(backend, call, "all_reduce"))
         else:
             if t.device.type == "cuda":
                 from millkernels.ops.comm.custom_allreduce import registered
 
-                call["custom"] = registered(g)
-            chosen, wanted = _resolve_exact(algo, backend, call)
+                custom = registered(g)
+            limit = None if custom is None else custom.max_bytes
+            call = call_facts("all_reduce", t, world, algo, reduce_op=op, custom_max_bytes=limit)
+            call, wanted = _resolve_exact(backend, call)
+            chosen = call.algo
             if chosen in ("one_shot", "two_shot") and op != "sum":
                 raise ValueError(f"op: algo {chosen!r} only sums, got {op!r}")
             resolved = (chosen, TABLE.select(wanted, call, "all_reduce"))
         options = (op, algo, backend, quant, quant_group if quant else 0)
-        return _Sig("all_reduce", tuple(t.shape), t.dtype, options), (t, o, call, resolved)
+        return _Sig("all_reduce", tuple(t.shape), t.dtype, options), (t, o, custom, resolved)
 
-    t, o, call, (how, runs_on) = _run_checked(validate, g, "all_reduce")
+    t, o, custom, (how, runs_on) = _run_checked(validate, g, "all_reduce")
     if t.numel() == 0:
         return o
     if how == "quant":
@@ -383,7 +378,7 @@ def all_reduce(
         src = t if t.is_contiguous() else t.contiguous()
         return run_quantized(src, o, g, quant, quant_group, runs_on)
     if runs_on == "cuda":
-        return call["custom"].all_reduce(t, out=o, algo=how)
+        return custom.all_reduce(t, out=o, algo=how)
     if how == "one_shot":
         return reference.one_shot(t, o, g)
     if how == "two_shot":
@@ -391,25 +386,24 @@ def all_reduce(
     return reference.all_reduce(t, o, g, op)
 
 
-def _resolve_exact(algo: str, backend: str, call: dict[str, Any]) -> tuple[str, str]:
-    """(algorithm, backend to ask the table for) of a non-quantised all-reduce; sets
-    ``call["algo"]``. A named (or ``MILLKERNELS_BACKEND``-forced) backend decides an "auto"
-    algo: IPC by size on cuda, NCCL / gloo on the others (triton then refuses the call with
-    its reason). Otherwise the ``auto`` rule picks the algo, and the algo its backend: the
-    IPC kernels on CUDA tensors are cuda, the rest reference (no walk down the table on
-    every call: small all-reduces are latency-bound)."""
+def _resolve_exact(backend: str, call: CommCall) -> tuple[CommCall, str]:
+    """(``call`` with its algorithm resolved, backend to ask the table for) of a non-quantised
+    all-reduce. A named (or ``MILLKERNELS_BACKEND``-forced) backend decides an "auto" algo:
+    IPC by size on cuda, NCCL / gloo on the others (triton then refuses the call with its
+    reason). Otherwise the ``auto`` rule picks the algo, and the algo its backend: the IPC
+    kernels on CUDA tensors are cuda, the rest reference (no walk down the table on every
+    call: small all-reduces are latency-bound)."""
     forced = backend if backend != "auto" else env_override(TABLE.family)
-    if algo != "auto":
-        chosen = algo
-    elif forced is None:
-        chosen = caps.auto_algo(call)
-    else:
-        chosen = caps.ipc_algo(call) if forced == "cuda" else "nccl"
-    call["algo"] = chosen
+    if call.algo == "auto":
+        if forced is None:
+            chosen = caps.auto_algo(call)
+        else:
+            chosen = caps.ipc_algo(call) if forced == "cuda" else "nccl"
+        call = dataclasses.replace(call, algo=chosen)
     if forced is not None:
-        return chosen, backend  # "auto" here: the table applies the override and says so
-    ipc = chosen in ("one_shot", "two_shot") and call["device"] == "cuda"
-    return chosen, "cuda" if ipc else "reference"
+        return call, backend  # "auto" here: the table applies the override and says so
+    ipc = call.algo in ("one_shot", "two_shot") and call.device == "cuda"
+    return call, "cuda" if ipc else "reference"
 
 
 def _check_plain_backend(op: str, t: torch.Tensor, group: Any, backend: str) -> None:
@@ -417,17 +411,7 @@ def _check_plain_backend(op: str, t: torch.Tensor, group: Any, backend: str) -> 
     BackendUnavailable when ``backend``, or the one ``MILLKERNELS_BACKEND`` forces, is another."""
     if backend == "auto" and env_override(TABLE.family) is None:
         return
-    call = {
-        "op": op,
-        "device": t.device.type,
-        "dtype": str(t.dtype).removeprefix("torch."),
-        "nbytes": t.numel() * t.element_size(),
-        "world": dist.get_world_size(group),
-        "algo": "nccl",
-        "quant": None,
-        "custom": None,
-    }
-    TABLE.select(backend, call, op)
+    TABLE.select(backend, call_facts(op, t, dist.get_world_size(group), "nccl"), op)
 
 
 def all_gather(

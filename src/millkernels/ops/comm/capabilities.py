@@ -12,19 +12,19 @@ Backends (names from :mod:`millkernels.dispatch`):
   (CPU tensors only: on a GPU those names mean the IPC kernels), and the quantised all-reduce
   with torch quantisation.
 
-The call facts every ``serves`` gets: ``op``, ``device`` ("cpu"/"cuda"), ``dtype`` (torch
-name, e.g. "bfloat16"), ``nbytes``, ``world`` (group size), ``algo`` (resolved: "nccl",
-"one_shot", "two_shot"), ``quant`` (None, "int8", "fp8"), ``custom`` (the group's live
-CustomAllReduce or None).
+Call facts: :class:`CommCall`, built by :func:`call_facts` from the validated arguments.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from dataclasses import dataclass
+
+import torch
 
 from millkernels import runtime
 from millkernels._native import cuda_unavailable_reason
-from millkernels.dispatch import BackendSpec, CapabilityTable
+from millkernels.dispatch import BackendSpec, CallFacts, CapabilityTable
 
 OPS = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "broadcast")
 ALGOS = ("auto", "nccl", "one_shot", "two_shot")
@@ -42,6 +42,44 @@ _SECOND_BARRIER_S = 3e-6
 _LINK_BYTES_PER_S = 400e9
 
 
+@dataclass(frozen=True, kw_only=True)
+class CommCall(CallFacts):
+    """One collective: ``nbytes`` of the input, ``world`` the group size, ``algo`` the resolved
+    algorithm ("nccl", "one_shot", "two_shot"), ``quant`` None / "int8" / "fp8",
+    ``reduce_op`` the reduction, ``custom_max_bytes`` the ``max_bytes`` of the group's live
+    CustomAllReduce (None: the group has none)."""
+
+    nbytes: int
+    world: int
+    algo: str
+    quant: str | None = None
+    reduce_op: str = "sum"
+    custom_max_bytes: int | None = None
+
+
+def call_facts(
+    op: str,
+    x: torch.Tensor,
+    world: int,
+    algo: str,
+    *,
+    quant: str | None = None,
+    reduce_op: str = "sum",
+    custom_max_bytes: int | None = None,
+) -> CommCall:
+    """The facts the table decides on for collective ``op`` over ``x``."""
+    return CommCall(
+        op=op,
+        **CallFacts.of_tensor(x),
+        nbytes=x.numel() * x.element_size(),
+        world=world,
+        algo=algo,
+        quant=quant,
+        reduce_op=reduce_op,
+        custom_max_bytes=custom_max_bytes,
+    )
+
+
 def one_shot_limit(world: int) -> int | None:
     """Largest message (bytes) for which ``auto`` picks one-shot over two-shot (None: always)."""
     if world <= 2:
@@ -50,63 +88,62 @@ def one_shot_limit(world: int) -> int | None:
     return int(s) // 16 * 16
 
 
-def auto_algo(call: dict[str, Any]) -> str:
+def auto_algo(call: CommCall) -> str:
     """The ``algo="auto"`` rule: the IPC kernels when the group has a ``CustomAllReduce`` that
     can serve the call (one-shot up to :func:`one_shot_limit`, then two-shot up to its
     ``max_bytes``), else NCCL (gloo on a CPU). Quantisation is never chosen automatically: it
     changes the result."""
-    if call["op"] == "all_reduce" and call["device"] == "cuda" and call.get("custom"):
-        trial = dict(call, algo="one_shot")
+    if call.op == "all_reduce" and call.device == "cuda" and call.custom_max_bytes is not None:
+        trial = dataclasses.replace(call, algo="one_shot")
         if _cuda_serves(trial) is None and cuda_unavailable_reason() is None:
             return ipc_algo(call)
     return "nccl"
 
 
-def ipc_algo(call: dict[str, Any]) -> str:
+def ipc_algo(call: CommCall) -> str:
     """The IPC algorithm for the message: one-shot up to :func:`one_shot_limit`, then two-shot
     (what ``auto`` picks on the cuda backend)."""
-    limit = one_shot_limit(call["world"])
-    return "one_shot" if limit is None or call["nbytes"] <= limit else "two_shot"
+    limit = one_shot_limit(call.world)
+    return "one_shot" if limit is None or call.nbytes <= limit else "two_shot"
 
 
-def _cuda_serves(call: dict[str, Any]) -> str | None:
-    if call.get("quant"):
+def _cuda_serves(call: CommCall) -> str | None:
+    if call.quant:
         return "the IPC kernels do not quantise (quant runs on triton or reference)"
-    if call["op"] != "all_reduce":
-        return f"the IPC kernels implement all_reduce only, not {call['op']}"
-    if call["algo"] not in ("one_shot", "two_shot"):
-        return f"algo {call['algo']!r} is not an IPC algorithm (one_shot, two_shot)"
-    if call["device"] != "cuda":
+    if call.op != "all_reduce":
+        return f"the IPC kernels implement all_reduce only, not {call.op}"
+    if call.algo not in ("one_shot", "two_shot"):
+        return f"algo {call.algo!r} is not an IPC algorithm (one_shot, two_shot)"
+    if call.device != "cuda":
         return "needs CUDA tensors"
-    if call["dtype"] not in CUSTOM_DTYPES:
-        return f"dtype {call['dtype']} is not one of {CUSTOM_DTYPES}"
-    if call.get("reduce_op", "sum") != "sum":
-        return f"the IPC kernels only sum, not {call.get('reduce_op')!r}"
-    custom = call.get("custom")
-    if custom is None:
+    if call.dtype not in CUSTOM_DTYPES:
+        return f"dtype {call.dtype} is not one of {CUSTOM_DTYPES}"
+    if call.reduce_op != "sum":
+        return f"the IPC kernels only sum, not {call.reduce_op!r}"
+    if call.custom_max_bytes is None:
         return (
             "no live CustomAllReduce for this group: create one on every rank first "
             "(millkernels.comm.CustomAllReduce(group, max_bytes=...))"
         )
-    if call["nbytes"] > custom.max_bytes:
-        return f"{call['nbytes']} B is over the CustomAllReduce's max_bytes={custom.max_bytes}"
+    if call.nbytes > call.custom_max_bytes:
+        return f"{call.nbytes} B is over the CustomAllReduce's max_bytes={call.custom_max_bytes}"
     return None
 
 
-def _triton_serves(call: dict[str, Any]) -> str | None:
-    if not call.get("quant"):
+def _triton_serves(call: CommCall) -> str | None:
+    if not call.quant:
         return "the Triton kernels only serve the quantised all-reduce (quant='int8'/'fp8')"
-    if call["device"] == "cpu" and not runtime.triton_interpret():
+    if call.device == "cpu" and not runtime.triton_interpret():
         return "CPU tensors need the Triton interpreter (TRITON_INTERPRET=1)"
-    if call["device"] == "cuda" and runtime.triton_interpret():
+    if call.device == "cuda" and runtime.triton_interpret():
         return "TRITON_INTERPRET=1 is set, so Triton cannot launch on the GPU"
     return None
 
 
-def _reference_serves(call: dict[str, Any]) -> str | None:
-    if call["algo"] in ("one_shot", "two_shot") and call["device"] == "cuda":
+def _reference_serves(call: CommCall) -> str | None:
+    if call.algo in ("one_shot", "two_shot") and call.device == "cuda":
         return (
-            f"on CUDA tensors {call['algo']} is the IPC kernel (cuda backend); the "
+            f"on CUDA tensors {call.algo} is the IPC kernel (cuda backend); the "
             "torch.distributed form of it serves CPU tensors only"
         )
     return None

@@ -39,7 +39,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from millkernels.ops.comm import reference
+from millkernels.ops.comm import custom_ops, reference
 
 #: Worst rounding error of one quantisation, relative to the group's absmax.
 DELTA = {"int8": 1.0 / 254.0, "fp8": 16.0 / 448.0}
@@ -78,22 +78,12 @@ def run_quantized(
 ) -> torch.Tensor:
     """``out := `` quantised sum over ranks of ``x`` (validated by the caller). ``backend``:
     "triton" or "reference" (which implementation of the three steps)."""
-    if backend == "triton":
-        from millkernels.ops.comm import triton_quant as impl
-    else:
-        impl = reference
     world = dist.get_world_size(group)
-    buf = impl.quantize_rows(x, world, group_size, quant)
+    buf = custom_ops.quantize_rows(x, world, group_size, quant, backend)
     received = torch.empty_like(buf)
     dist.all_to_all_single(received, buf, group=group)
-    send = impl.dequant_accumulate_requantize(received, group_size, quant)
+    send = custom_ops.dequant_accumulate_requantize(received, group_size, quant, backend)
     gathered = torch.empty_like(buf)
     reference.gather_flat(gathered, send, group)
-    flat_out = out.reshape(-1) if out.is_contiguous() else None
-    if backend == "triton" and flat_out is not None:
-        impl.dequantize_into(gathered, flat_out, group_size, quant)
-    else:
-        n = x.numel()
-        vals = reference.dequantize_rows(gathered, group_size, quant).reshape(-1)[:n]
-        out.copy_(vals.view(out.shape).to(out.dtype))
+    custom_ops.dequantize_into(gathered, out, group_size, quant, backend)
     return out
