@@ -197,16 +197,16 @@ def test_backend_forced_to_the_reference_is_unavailable(monkeypatch):
 def test_fp8_below_sm89_is_unavailable_with_the_reason():
     from millkernels.ops.quant import capabilities
 
-    facts = {
-        "op": "matmul",
-        "scheme": "fp8_rowwise",
-        "device": "cuda",
-        "dtype": "bfloat16",
-        "capability": (8, 0),
-        "group_size": 8192,
-        "in_features": 8192,
-        "m": 8192,
-    }
+    facts = capabilities.QuantCall(
+        op="matmul",
+        scheme="fp8_rowwise",
+        device="cuda",
+        dtype="bfloat16",
+        capability=(8, 0),
+        group_size=8192,
+        in_features=8192,
+        m=8192,
+    )
     with pytest.raises(ops.Unavailable, match=r"compute capability >= 8.9.*sm_80"):
         ops._kernel_backend(capabilities.TABLE, "matmul", facts, "auto")
 

@@ -4,6 +4,8 @@ formulas (needs neither), and, on a GPU, results against the float32 reference."
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -11,6 +13,7 @@ import torch
 from millkernels import quant
 from millkernels.dispatch import BackendUnavailable
 from millkernels.ops.quant import api
+from millkernels.ops.quant.capabilities import QuantCall
 
 
 def _c():
@@ -95,16 +98,17 @@ def test_repack_argument_checks():
 
 
 def test_table_serves_only_what_the_kernel_does():
-    facts = {
-        "op": "matmul", "scheme": "w4a16", "device": "cuda", "dtype": "float16",
-        "capability": (9, 0), "group_size": 128, "in_features": 4096, "m": 16,
-    }  # fmt: skip
+    facts = QuantCall(
+        op="matmul", scheme="w4a16", device="cuda", dtype="float16",
+        capability=(9, 0), group_size=128, in_features=4096, m=16,
+    )  # fmt: skip
     spec = quant.TABLE.spec("cuda")
     assert spec.serves(facts) is None
-    assert "M <= 16" in spec.serves({**facts, "m": 17})
-    assert "w4a16 only" in spec.serves({**facts, "scheme": "w8a16"})
-    assert "multiples of 32" in spec.serves({**facts, "group_size": 48})
-    assert "CUDA tensors" in spec.serves({**facts, "device": "cpu"})
+    assert "M <= 16" in spec.serves(replace(facts, m=17))
+    assert spec.serves(replace(facts, m=None)) is None  # under torch.compile: checked at launch
+    assert "w4a16 only" in spec.serves(replace(facts, scheme="w8a16"))
+    assert "multiples of 32" in spec.serves(replace(facts, group_size=48))
+    assert "CUDA tensors" in spec.serves(replace(facts, device="cpu"))
     # auto never reaches cuda while triton serves (cuda is unverified on a GPU so far)
     assert quant.TABLE.names().index("triton") < quant.TABLE.names().index("cuda")
 
