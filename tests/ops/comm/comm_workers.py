@@ -448,7 +448,7 @@ def battery_errors(rank: int, world: int, check) -> None:
 def battery_bench(rank: int, world: int, check) -> None:
     """The benchmark's rows: #wrong 0 for every op, busbw = algbw x factor."""
 
-    from millkernels.ops.comm import bench
+    from millkernels.bench.suites import comm as bench
 
     for op in bench.OPS:
         for dtype in ("float", "bfloat16"):

@@ -14,8 +14,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 import comm_workers
 
-from millkernels.ops.comm import bench
-from millkernels.ops.comm.bench_cli import comm_bench_main, rank_env
+from millkernels.bench.suites import comm as bench
+from millkernels.bench.suites.comm_cli import comm_bench_main, rank_env
 
 
 @pytest.mark.parametrize(
@@ -92,7 +92,7 @@ def test_cli_under_torchrun() -> None:
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
         "--master-addr", "127.0.0.1", "--master-port", str(port),
-        "-m", "millkernels.ops.comm.bench_cli",
+        "-m", "millkernels.bench.suites.comm_cli",
         "--device", "cpu", "--op", "all_reduce", "--algo", "two_shot", "-b", "8", "-e", "8K",
         "-f", "32", "-n", "2", "-w", "1", "-d", "bfloat16", "--format", "json",
     ]  # fmt: skip

@@ -59,8 +59,8 @@ def _unsigned_sum(words: Any) -> int:
 def probes(ctx: BenchContext) -> Iterator[Row]:
     import torch
 
-    from millkernels.ops import tables
     from millkernels.ops import probes as ops
+    from millkernels.ops import tables
 
     table = tables()["probes"]
     nbytes = int(ctx.option("probes.nbytes", default_nbytes(ctx))) // 16 * 16

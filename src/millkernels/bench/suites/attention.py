@@ -22,8 +22,6 @@ ours and baselines by name), ``attention.dtype`` ("bf16"/"fp16").
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -271,8 +269,3 @@ def _timed_call(fn: Callable, q, k, v, direction: str) -> Callable[[], Any]:
         return torch.autograd.grad(out, (qg, kg, vg), dout)
 
     return fwd_bwd
-
-
-# Suite discovery imports only ``bench.py`` of a family; the decode suite lives beside it.
-if importlib.util.find_spec("millkernels.ops.attention.bench_decode") is not None:
-    importlib.import_module("millkernels.ops.attention.bench_decode")

@@ -465,8 +465,3 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 def format_json(rows: list[dict[str, Any]]) -> str:
     return json.dumps(rows, indent=1)
-
-
-# `bench all` discovers suites by importing ops/<family>/bench.py; the comm family's suite
-# (``collectives``: this benchmark launched under torchrun) lives in bench_suite.py.
-from millkernels.ops.comm import bench_suite as _bench_suite  # noqa: E402, F401

@@ -2,7 +2,7 @@
 
 A collective needs several processes, so the suite launches them: one ``torchrun --standalone
 --nproc-per-node N`` run of this module, whose ranks initialise the process group once and
-call :func:`~millkernels.ops.comm.bench_cli.comm_bench_main` (the nccl-tests-style benchmark,
+call :func:`~millkernels.bench.suites.comm_cli.comm_bench_main` (the nccl-tests-style benchmark,
 ``--format json``) once per case. Each rank appends one JSON line per case to a file in a
 temporary folder; the suite reads them and turns the benchmark's rows into bench rows:
 ``median_us`` = nccl-tests' out-of-place time (the mean of ``-n`` calls, averaged over the
@@ -69,7 +69,7 @@ if TYPE_CHECKING:
     from millkernels.bench.rows import Row
 
 SUITE = "collectives"
-MODULE = "millkernels.ops.comm.bench_suite"
+MODULE = "millkernels.bench.suites.collectives"
 DTYPE = "bfloat16"  # the benchmark's -d; rows say "bf16"
 
 ONE_SHOT_TARGET_US = 8.0  # target: one-shot <= 8 us at <= 64 KB on 8 H100s over NVLink
@@ -245,7 +245,7 @@ def reproduce(m: Machine, case: Case, iters: int, warmup: int) -> str:
     """A command that reruns one case alone."""
     return shlex.join(
         ["torchrun", "--standalone", "--nproc-per-node", str(m.world),
-         "-m", "millkernels.ops.comm.bench_cli", *case.argv(iters, warmup),
+         "-m", "millkernels.bench.suites.comm_cli", *case.argv(iters, warmup),
          "--device", m.device, "--backend", m.backend]
     )  # fmt: skip
 
@@ -603,7 +603,7 @@ def collectives(ctx: BenchContext) -> Iterator[Row]:
 
 
 def _worker_main(argv: list[str]) -> int:
-    """One rank of the launch: ``python -m millkernels.ops.comm.bench_suite SPEC.json``.
+    """One rank of the launch: ``python -m millkernels.bench.suites.collectives SPEC.json``.
 
     Initialises the process group once, runs every case with ``comm_bench_main`` (stdout and
     stderr captured per case) and appends one JSON line per case to ``rank<R>.jsonl`` beside
@@ -623,7 +623,7 @@ def _worker_main(argv: list[str]) -> int:
         with results.open("a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 
-    from millkernels.ops.comm.bench_cli import _init, comm_bench_main
+    from millkernels.bench.suites.comm_cli import _init, comm_bench_main
 
     try:
         created = _init(spec["device"], spec["backend"])
