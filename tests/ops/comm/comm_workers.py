@@ -460,7 +460,7 @@ def battery_bench(rank: int, world: int, check) -> None:
                 assert rows, "no rows"
                 for r in rows:
                     assert r["wrong"] == 0 and r["inplace_wrong"] in (0, None), r
-                    f = bench.bus_factor(op, world)
+                    f = bench.spec(op).bus_factor(world)
                     assert abs(r["busbw"] - r["algbw"] * f) <= 1e-9 * r["busbw"] + 1e-12
                     assert r["bytes"] % (world if op not in ("all_reduce", "broadcast") else 1) == 0
 

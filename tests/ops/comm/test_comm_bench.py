@@ -59,8 +59,8 @@ def test_sizes_and_counts() -> None:
     assert bench.parse_size("1G") == 2**30 and bench.parse_size("8") == 8
     assert bench.size_list(8, 64, 2) == [8, 16, 32, 64]
     assert bench.size_list(100, 300, 1, 100) == [100, 200, 300]
-    assert bench.counts("all_gather", 1000, 3, 4) == (83, 996)
-    assert bench.counts("all_reduce", 1000, 3, 4) == (250, 1000)
+    assert bench.spec("all_gather").counts(1000, 3, 4) == (83, 996)
+    assert bench.spec("all_reduce").counts(1000, 3, 4) == (250, 1000)
     with pytest.raises(ValueError):
         bench.size_list(64, 8, 2)
 

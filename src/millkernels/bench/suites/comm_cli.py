@@ -179,7 +179,7 @@ def _run(s, a, device_type: str) -> int:
     group = dist.group.WORLD
     rank, world = dist.get_rank(), dist.get_world_size()
     device = torch.device("cuda", torch.cuda.current_device()) if device_type == "cuda" else "cpu"
-    if s.op in bench.ROOTED and not 0 <= s.root < world:
+    if bench.spec(s.op).rooted and not 0 <= s.root < world:
         if rank == 0:
             print(f"bench comm: -r {s.root} is not a rank of {world}", file=sys.stderr)
         return EXIT_USAGE
