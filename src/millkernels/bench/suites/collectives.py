@@ -63,6 +63,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from millkernels.bench.registry import register_suite
+from millkernels.procs import read_tail, run_in_group
 
 if TYPE_CHECKING:
     from millkernels.bench.context import BenchContext
@@ -82,6 +83,7 @@ NCCL_SHARED_GPU = (
     "NCCL refuses two ranks on one GPU ('Duplicate GPU detected', ncclInvalidUsage, NCCL >= 2.5)"
 )
 STOP_GRACE_S = 5.0  # after SIGTERM, how long torchrun gets to stop its workers
+LOG_TAIL = 3000  # characters of torchrun's log kept for the failure messages
 
 
 @dataclass(frozen=True)
@@ -288,18 +290,9 @@ def _worker_pids(folder: Path, marker: str) -> list[int]:
     return pids
 
 
-def _stop(proc: subprocess.Popen, folder: Path, marker: str) -> None:
-    """Stop torchrun if it still runs (its session: SIGTERM, then SIGKILL), then any worker
-    of this launch still running (workers run in sessions of their own)."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=STOP_GRACE_S)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+def _kill_workers(folder: Path, marker: str) -> None:
+    """SIGKILL any worker of this launch still running (workers run in sessions of their own,
+    out of reach of torchrun's group)."""
     for pid in _worker_pids(folder, marker):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)
@@ -344,21 +337,17 @@ def run_launch(ctx: BenchContext, m: Machine, cases: list[Case], timeout_s: floa
         log_path = folder / "torchrun.log"
         t0 = time.monotonic()
         with log_path.open("wb") as log, _sigterm_raises():
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=_child_env(m, timeout_s),
-                start_new_session=True,
-            )
-            timed_out = False
-            try:
-                proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                timed_out = True
+            try:  # torchrun's group gets SIGTERM, STOP_GRACE_S to stop its workers, SIGKILL
+                returncode, timed_out = run_in_group(
+                    argv,
+                    timeout=timeout_s,
+                    grace_s=STOP_GRACE_S,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=_child_env(m, timeout_s),
+                )
             finally:
-                _stop(proc, folder, str(spec))  # also reaps stragglers after a normal exit
+                _kill_workers(folder, str(spec))  # also after a normal exit
         seconds = time.monotonic() - t0
         records: dict[str, dict[int, dict[str, Any]]] = {}
         init_errors: list[str] = []
@@ -372,8 +361,8 @@ def run_launch(ctx: BenchContext, m: Machine, cases: list[Case], timeout_s: floa
                     init_errors.append(f"rank {rec.get('rank')}: {rec.get('error')}")
                 else:
                     records.setdefault(rec.get("case"), {})[int(rec.get("rank", 0))] = rec
-        tail = log_path.read_text(errors="replace")[-3000:]
-    return Launch(records, proc.returncode, timed_out, seconds, tail, init_errors, timeout_s)
+        tail = read_tail(log_path, LOG_TAIL)
+    return Launch(records, returncode, timed_out, seconds, tail, init_errors, timeout_s)
 
 
 # -------------------------------------------------------------------------------- rows
