@@ -166,22 +166,36 @@ def budget(ctx: BenchContext) -> tuple[int, int, float]:
     return iters, warmup, float(ctx.option("comm.timeout_s", timeout))
 
 
+#: The all-reduce algorithms of the custom kernels, and the quantised forms, each timed
+#: against the baseline (also the pytest-benchmark suite's cases, with ``nccl``).
+ALGOS = ("one_shot", "two_shot")
+QUANTS = ("int8", "fp8")
+
+
+def size_ranges(gpu: bool, quick: bool, shared_gpu: bool = False) -> dict[str, tuple]:
+    """(-b, -e, -f) per kind of case: ``base`` (the baseline), ``custom`` (the IPC kernels),
+    ``quant``, ``small`` (CUDA-graph cases). Powers of 4 (16 quick) from 1 KiB (4 KiB), so
+    every case's sizes are a subset of the baseline's."""
+    if not gpu:
+        base = ("1K", "64K", 64) if quick else ("1K", "64K", 8)
+        return {"base": base, "custom": base, "quant": ("64K", "64K", 2), "small": base}
+    custom = ("4K", "1M", 16) if quick else ("1K", "4M", 4)
+    return {
+        "base": custom if shared_gpu else ("4K", "16M", 16) if quick else ("1K", "64M", 4),
+        "custom": custom,
+        "quant": ("1M", "16M", 16) if quick else ("1M", "64M", 4),
+        "small": ("4K", "64K", 16) if quick else ("1K", "256K", 4),
+    }
+
+
 def plan(ctx: BenchContext, m: Machine) -> list[Case]:
     """The cases this machine can run, in launch order (cases left out go to ``ctx.skip``).
 
-    Sizes are powers of 4 (16 with ``--quick``) from 1 KiB (4 KiB), so every case's sizes
-    are a subset of the baseline's and each row has its baseline at the same size."""
+    Sizes come from :func:`size_ranges`, so each row has its baseline at the same size."""
     gpu = m.device == "cuda"
-    if gpu:
-        base = ("4K", "16M", 16) if ctx.quick else ("1K", "64M", 4)
-        custom = ("4K", "1M", 16) if ctx.quick else ("1K", "4M", 4)
-        quant = ("1M", "16M", 16) if ctx.quick else ("1M", "64M", 4)
-        small = ("4K", "64K", 16) if ctx.quick else ("1K", "256K", 4)
-        if m.shared_gpu:  # no quantised cases; gloo through host memory is slow at 64 MB
-            base = custom
-    else:
-        base = ("1K", "64K", 64) if ctx.quick else ("1K", "64K", 8)
-        custom, quant, small = base, ("64K", "64K", 2), base
+    # sharing a GPU: no quantised cases, and gloo through host memory is slow at 64 MB
+    ranges = size_ranges(gpu, ctx.quick, m.shared_gpu)
+    base, custom, quant, small = (ranges[k] for k in ("base", "custom", "quant", "small"))
     label = m.backend  # "nccl" or "gloo": what algo="nccl" runs on this group
     cases = [Case("baseline", label, "nccl", base, impl=f"torch.distributed.all_reduce ({label})")]
 
@@ -194,13 +208,13 @@ def plan(ctx: BenchContext, m: Machine) -> list[Case]:
         if custom_why is None and m.world > MAX_RANKS:
             custom_why = f"the IPC kernels take at most {MAX_RANKS} ranks, not {m.world}"
     prefix, impl = ("ipc", "CUDA IPC kernel") if gpu else ("gloo", "torch.distributed form")
-    for algo in ("one_shot", "two_shot"):
+    for algo in ALGOS:
         if custom_why:
             ctx.skip(f"{prefix}:{algo}", custom_why)
             continue
         cases.append(Case(algo, f"{prefix}:{algo}", algo, custom, baseline="baseline", impl=impl))
 
-    for q in ("int8", "fp8"):
+    for q in QUANTS:
         why = None
         if m.shared_gpu:
             why = f"the quantised all-reduce of CUDA tensors needs NCCL, and {NCCL_SHARED_GPU}"
