@@ -1,4 +1,5 @@
-"""The pytest-benchmark suite: every op family at a few representative shapes.
+"""The pytest-benchmark suite: every op family at the cases of the ``millkernels bench``
+suites (``millkernels.bench.suites``, their quick sizes), so both front ends time the same.
 
 On a GPU each case is timed in pedantic mode with CUDA events (the timer becomes
 ``millkernels.bench.gpu_timer.cuda_event_timer`` unless ``--benchmark-timer`` names another)

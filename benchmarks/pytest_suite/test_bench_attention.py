@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from millkernels.bench import counts
+from millkernels.bench.suites import attention as attention_suite
+from millkernels.bench.suites import decode as decode_suite
 from millkernels.dispatch import BACKENDS
 from millkernels.testing import flash_tolerance_ok
 
@@ -26,19 +28,19 @@ DTYPE_NAME = "bf16" if GPU else "fp16"
 #: would need tens of GiB and says nothing about the kernels.
 BACKENDS_TIMED = tuple(b for b in BACKENDS if b != "reference" or not GPU)
 
-# (batch, seqlen, heads_q, heads_kv, head_dim, causal): training-sized on a GPU (Llama-style
-# 128-wide heads, a GQA case, a 64-wide head); tiny on a CPU (Triton's interpreter).
-FWD_SHAPES = (
-    [(4, 4096, 32, 32, 128, False), (4, 4096, 32, 32, 128, True), (2, 8192, 32, 8, 128, True),
-     (8, 2048, 16, 16, 64, True)]
-    if GPU else [(1, 48, 2, 1, 32, True)]
-)  # fmt: skip
-BWD_SHAPES = [(4, 4096, 32, 32, 128, True)] if GPU else [(1, 32, 2, 2, 32, True)]
+# The cases of the ``attention`` and ``attention_decode`` suites (``millkernels bench``, quick
+# sizes). (batch, seqlen, heads_q, heads_kv, head_dim, causal), forward and forward+backward:
+FWD_SHAPES = [
+    (b, s, h, h, d, causal)
+    for b, s, h, d in attention_suite.shapes(GPU, quick=True)
+    for causal in attention_suite.causals(GPU)
+]
+BWD_SHAPES = FWD_SHAPES
 # (batch, heads_q, heads_kv, head_dim, cached tokens, block size): decode-step shapes.
-DECODE_SHAPES = (
-    [(32, 32, 8, 128, 4096, 256), (64, 32, 8, 128, 1024, 256), (1, 32, 8, 128, 32768, 256)]
-    if GPU else [(2, 4, 2, 32, 40, 16)]
-)  # fmt: skip
+DECODE_SHAPES = [
+    (batch, *decode_suite.heads(GPU), decode_suite.HEAD_DIM, context, block)
+    for batch, context, block in decode_suite.shapes(GPU, quick=True)
+]
 
 
 def _ids(shape: tuple) -> str:

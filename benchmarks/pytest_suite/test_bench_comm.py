@@ -16,14 +16,22 @@ import pytest
 import torch
 import torch.distributed as dist
 
+from millkernels.bench.suites import collectives
+from millkernels.bench.suites import comm as comm_bench
+
 GPU = torch.cuda.is_available()
 MODULE = "millkernels.ops.comm"
 DTYPE = torch.bfloat16 if GPU else torch.float32
 DTYPE_NAME = "bf16" if GPU else "fp32"
-# Message sizes: a decode-step all-reduce (256 KiB: latency-bound) and a training-sized one.
-NBYTES = (256 << 10, 64 << 20) if GPU else (16 << 10,)
-# (algo, quant): NCCL/gloo, the custom IPC one-shot and two-shot kernels, quantised two-shot.
-CASES = (("nccl", None), ("one_shot", None), ("two_shot", None), ("auto", "int8"), ("auto", "fp8"))
+# The ``collectives`` suite's cases (``millkernels bench``, quick): the baseline's sizes, and
+# (algo, quant): NCCL/gloo, the custom one-shot and two-shot algorithms, quantised.
+_B, _E, _F = collectives.size_ranges(GPU, quick=True)["base"]
+NBYTES = tuple(comm_bench.size_list(comm_bench.parse_size(_B), comm_bench.parse_size(_E), _F))
+CASES = (
+    ("nccl", None),
+    *((algo, None) for algo in collectives.ALGOS),
+    *(("auto", q) for q in collectives.QUANTS),
+)
 
 
 @pytest.fixture(scope="module")

@@ -6,14 +6,15 @@ from __future__ import annotations
 import pytest
 import torch
 
+from millkernels.bench.suites import probes as probes_suite
 from millkernels.dispatch import BACKENDS
 
 GPU = torch.cuda.is_available()
 
-#: Buffer sizes: 64 MiB (L2-sized working sets no longer matter) and 1 GiB on a GPU.
-NBYTES = (64 << 20, 1 << 30) if GPU else (64 << 10,)
-WRITE_VALUE = 0xA5C3_5A3C
-SEED = 0x1234_5678
+#: The ``probes`` suite's buffer size (``millkernels bench``, quick), its written word and seed.
+NBYTES = (probes_suite.buffer_bytes(GPU, quick=True),)
+WRITE_VALUE = probes_suite.WRITE_VALUE
+SEED = probes_suite.PATTERN_SEED
 
 
 def _signed(word: int) -> int:

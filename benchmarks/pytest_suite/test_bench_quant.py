@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from millkernels.bench import counts
+from millkernels.bench.suites import quant as quant_suite
 from millkernels.dispatch import BACKENDS
 from millkernels.testing import sqnr_db
 
@@ -20,16 +21,18 @@ MODULE = "millkernels.quant"
 DTYPE = torch.bfloat16 if GPU else torch.float16
 DTYPE_NAME = "bf16" if GPU else "fp16"
 
-# (scheme, M, N, K). Weight-only at decode batch sizes (memory-bound), fp8 at prefill size
-# (compute-bound), Llama-70B-like 8192-wide layers; tiny on a CPU.
-CASES = (
-    [("w4a16", 1, 8192, 8192), ("w4a16", 16, 8192, 8192), ("w8a16", 16, 8192, 8192),
-     ("fp8_rowwise", 4096, 8192, 8192), ("fp8_block", 4096, 8192, 8192)]
-    if GPU else [("w4a16", 3, 64, 256), ("w8a16", 3, 64, 256), ("fp8_rowwise", 5, 64, 256)]
-)  # fmt: skip
+# (scheme, M, N, K): the ``quant`` suite's cases (``millkernels bench``, quick sizes): Llama-3
+# projection shapes and 8192x8192 at decode and prefill batch sizes; tiny on a CPU.
+CASES = [
+    (scheme, m, n, k)
+    for _, _, n, k in quant_suite.shapes(GPU, quick=True)
+    for m in quant_suite.batch_sizes(GPU, quick=True)
+    for scheme in quant_suite.SCHEMES
+]
 #: SQNR floors (dB) of the kernel against the fp32 product with the dequantised weight: weight-
 #: only only rounds the output; fp8 also quantises the activations at call time.
-MIN_SQNR = {"w4a16": 35.0, "w8a16": 35.0, "fp8_rowwise": 25.0, "fp8_block": 25.0}
+MIN_SQNR = {"w4a16": 35.0, "w8a16": 35.0, "fp8_tensor": 25.0, "fp8_rowwise": 25.0,
+            "fp8_block": 25.0}  # fmt: skip
 
 
 def _ids(case: tuple) -> str:

@@ -17,6 +17,12 @@ from millkernels.bench import compare as cmp
 from millkernels.bench.baseline import Baseline
 from millkernels.bench.gpu_timer import CudaStamp
 from millkernels.bench.results import load_rows
+from millkernels.bench.suites import attention as attention_suite
+from millkernels.bench.suites import collectives
+from millkernels.bench.suites import comm as comm_bench
+from millkernels.bench.suites import decode as decode_suite
+from millkernels.bench.suites import probes as probes_suite
+from millkernels.bench.suites import quant as quant_suite
 
 ROOT = Path(__file__).resolve().parents[2]
 SUITE = ROOT / "benchmarks" / "pytest_suite"
@@ -49,8 +55,9 @@ def test_suite_json_rows_and_machine_info(tmp_path: Path) -> None:
     assert "--benchmark-json" in info["command"]
     rows = load_rows(out)
     keys = {r.key() for r in rows}
-    assert ("pytest.probes", "mem_copy", "bytes=65536", "u32", "reference") in keys
-    assert ("pytest.probes", "mem_write", "bytes=65536", "u32", "torch") in keys
+    size = f"bytes={probes_suite.buffer_bytes(gpu=False, quick=True)}"
+    assert ("pytest.probes", "mem_copy", size, "u32", "reference") in keys
+    assert ("pytest.probes", "mem_write", size, "u32", "torch") in keys
     for r in rows:
         assert r.n == 3 and r.p20_us <= r.median_us <= r.p80_us and r.gbps > 0
         assert r.timer == "time.perf_counter" and r.device == "cpu"
@@ -66,6 +73,45 @@ def test_suite_json_rows_and_machine_info(tmp_path: Path) -> None:
     done = subprocess.run(gate, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
     assert "FAILED" in done.stdout and md.read_text().count("| **regression**") == len(keys)
+
+
+def _suite_module(name: str):
+    """One of the pytest suite's test modules, imported by path (it is not a package)."""
+    spec = importlib.util.spec_from_file_location(f"mk_pytest_suite_{name}", SUITE / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cases_come_from_the_bench_suites() -> None:
+    """The pytest-benchmark suite times what ``millkernels bench --quick`` times on this
+    machine: its parameter lists are built from the suites' case lists, not kept apart."""
+    probes = _suite_module("test_bench_probes")
+    gpu = bool(probes.GPU)
+    attention = _suite_module("test_bench_attention")
+    assert [(b, s, hq, d) for b, s, hq, hk, d, _ in attention.FWD_SHAPES] == [
+        shape for shape in attention_suite.shapes(gpu, True) for _ in attention_suite.causals(gpu)
+    ]
+    assert {c for *_, c in attention.FWD_SHAPES} == set(attention_suite.causals(gpu))
+    assert all(hq == hk for _, _, hq, hk, _, _ in attention.FWD_SHAPES)
+    assert attention.BWD_SHAPES == attention.FWD_SHAPES
+    decode = [(b, ctx, blk) for b, _, _, _, ctx, blk in attention.DECODE_SHAPES]
+    assert decode == list(decode_suite.shapes(gpu, True))
+    assert {s[1:4] for s in attention.DECODE_SHAPES} == {
+        (*decode_suite.heads(gpu), decode_suite.HEAD_DIM)
+    }
+    quant = _suite_module("test_bench_quant")
+    assert {(n, k) for _, _, n, k in quant.CASES} == {s[2:] for s in quant_suite.shapes(gpu, True)}
+    assert {m for _, m, _, _ in quant.CASES} == set(quant_suite.batch_sizes(gpu, True))
+    assert {s for s, *_ in quant.CASES} == set(quant_suite.SCHEMES) <= set(quant.MIN_SQNR)
+    assert len(probes.NBYTES) == 1 and probes.NBYTES[0] == probes_suite.buffer_bytes(gpu, True)
+    comm = _suite_module("test_bench_comm")
+    b, e, f = collectives.size_ranges(gpu, True)["base"]
+    assert list(comm.NBYTES) == comm_bench.size_list(
+        comm_bench.parse_size(b), comm_bench.parse_size(e), f
+    )
+    assert {a for a, q in comm.CASES if q is None} == {"nccl", *collectives.ALGOS}
+    assert {q for _, q in comm.CASES if q} == set(collectives.QUANTS)
 
 
 def test_family_skips_with_reason(suite_conftest) -> None:

@@ -1,7 +1,7 @@
 """Benchmark harness: timing, FLOP/byte counting, result rows, ceilings and suites.
 
-A family adds a suite with :func:`suite` in ``millkernels/bench/suites/<name>.py`` or
-``millkernels/ops/<family>/bench.py`` (see :mod:`millkernels.bench.registry`). Importing this
+A family adds a suite with :func:`suite` in ``millkernels/bench/suites/<name>.py`` (see
+:mod:`millkernels.bench.registry`). Importing this
 package is cheap: torch, triton and pynvml are imported only when something runs.
 """
 

@@ -89,7 +89,7 @@ def bench(
     """Run benchmark suites: medians with p20/p80, GB/s and TFLOP/s, % of the measured
     ceilings, and the ratio to a baseline timed in the same run."""
     if suite == "comm":  # launched per rank by torchrun; nccl-tests' flags and columns
-        from millkernels.ops.comm.bench_cli import comm_bench_main
+        from millkernels.bench.suites.comm_cli import comm_bench_main
 
         argv = [*ctx.args, "--format", fmt, "--device", device]
         raise typer.Exit(comm_bench_main(argv))

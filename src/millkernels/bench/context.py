@@ -13,6 +13,7 @@ from millkernels.bench import counts, env
 from millkernels.bench.ceilings import Ceiling, measure_ceilings
 from millkernels.bench.rows import Row
 from millkernels.bench.timing import Timing, measure
+from millkernels.ops.autotune import autotune_config  # noqa: F401  (re-exported)
 
 #: Default (rep_ms, warmup_ms) per (gpu, quick).
 _BUDGETS = {
@@ -171,17 +172,3 @@ class BenchContext:
         if rate_tflops is not None:
             return f"matmul_{dtype}"
         return "copy" if rate_gbps is not None else None
-
-
-def autotune_config(kernel: Any) -> dict[str, Any] | None:
-    """The config a Triton ``@triton.autotune`` kernel chose last (for a row's ``config``),
-    or None when it has not been tuned yet or is not autotuned."""
-    cfg = getattr(kernel, "best_config", None)
-    if cfg is None:
-        return None
-    out: dict[str, Any] = dict(getattr(cfg, "kwargs", {}) or {})
-    for key in ("num_warps", "num_stages", "num_ctas", "maxnreg"):
-        value = getattr(cfg, key, None)
-        if value is not None:
-            out[key] = value
-    return out

@@ -1,11 +1,7 @@
 """The suite registry: a suite is a name and a function ``fn(ctx) -> Iterable[Row]``.
 
-A family adds a suite without touching the CLI or the campaign script, in either place:
-
-- a module ``millkernels/bench/suites/<name>.py``, or
-- a module ``millkernels/ops/<family>/bench.py`` (next to the family's code),
-
-that registers at import time::
+A family adds a suite without touching the CLI or the campaign script: a module
+``millkernels/bench/suites/<name>.py`` that registers at import time::
 
     from millkernels.bench import BenchContext, suite
 
@@ -25,7 +21,6 @@ import pkgutil
 import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -79,19 +74,12 @@ def suite(name: str, *, description: str = "", order: int = 100) -> Callable[[Su
 
 
 def suite_modules() -> list[str]:
-    """Modules that define suites: ``millkernels.bench.suites.*`` and
-    ``millkernels.ops.<family>.bench``, found on disk without importing them."""
+    """The modules of ``millkernels.bench.suites``, found on disk without importing them.
+    Kernels live below the benchmarks: nothing under ``millkernels.ops`` is searched."""
     import millkernels.bench.suites as builtin
 
-    names = [f"{builtin.__name__}.{m.name}" for m in pkgutil.iter_modules(builtin.__path__)]
-    ops_dir = Path(builtin.__file__).resolve().parents[2] / "ops"
-    if ops_dir.is_dir():
-        for fam in sorted(pkgutil.iter_modules([str(ops_dir)]), key=lambda m: m.name):
-            if fam.ispkg and any(
-                m.name == "bench" for m in pkgutil.iter_modules([str(ops_dir / fam.name)])
-            ):
-                names.append(f"millkernels.ops.{fam.name}.bench")
-    return names
+    found = sorted(m.name for m in pkgutil.iter_modules(builtin.__path__))
+    return [f"{builtin.__name__}.{name}" for name in found]
 
 
 def discover() -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from millkernels.bench.compare import (
+from millkernels.bench.comparison import (
     IMPROVEMENT,
     MISSING,
     NEW,

@@ -507,7 +507,7 @@ def test_bench_suite_on_cpu(monkeypatch):
     from millkernels.bench import ceilings
     from millkernels.bench.context import BenchContext
     from millkernels.bench.runner import run_suites
-    from millkernels.ops.attention import bench_decode
+    from millkernels.bench.suites import decode as bench_decode
 
     ceilings.clear_cache()
     monkeypatch.setattr(ceilings, "copy_nbytes", lambda device, quick: 256 << 10)

@@ -448,7 +448,7 @@ def battery_errors(rank: int, world: int, check) -> None:
 def battery_bench(rank: int, world: int, check) -> None:
     """The benchmark's rows: #wrong 0 for every op, busbw = algbw x factor."""
 
-    from millkernels.ops.comm import bench
+    from millkernels.bench.suites import comm as bench
 
     for op in bench.OPS:
         for dtype in ("float", "bfloat16"):
@@ -460,7 +460,7 @@ def battery_bench(rank: int, world: int, check) -> None:
                 assert rows, "no rows"
                 for r in rows:
                     assert r["wrong"] == 0 and r["inplace_wrong"] in (0, None), r
-                    f = bench.bus_factor(op, world)
+                    f = bench.spec(op).bus_factor(world)
                     assert abs(r["busbw"] - r["algbw"] * f) <= 1e-9 * r["busbw"] + 1e-12
                     assert r["bytes"] % (world if op not in ("all_reduce", "broadcast") else 1) == 0
 

@@ -14,8 +14,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 import comm_workers
 
-from millkernels.ops.comm import bench
-from millkernels.ops.comm.bench_cli import comm_bench_main, rank_env
+from millkernels.bench.suites import comm as bench
+from millkernels.bench.suites.comm_cli import comm_bench_main, rank_env
 
 
 @pytest.mark.parametrize(
@@ -59,8 +59,8 @@ def test_sizes_and_counts() -> None:
     assert bench.parse_size("1G") == 2**30 and bench.parse_size("8") == 8
     assert bench.size_list(8, 64, 2) == [8, 16, 32, 64]
     assert bench.size_list(100, 300, 1, 100) == [100, 200, 300]
-    assert bench.counts("all_gather", 1000, 3, 4) == (83, 996)
-    assert bench.counts("all_reduce", 1000, 3, 4) == (250, 1000)
+    assert bench.spec("all_gather").counts(1000, 3, 4) == (83, 996)
+    assert bench.spec("all_reduce").counts(1000, 3, 4) == (250, 1000)
     with pytest.raises(ValueError):
         bench.size_list(64, 8, 2)
 
@@ -92,7 +92,7 @@ def test_cli_under_torchrun() -> None:
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
         "--master-addr", "127.0.0.1", "--master-port", str(port),
-        "-m", "millkernels.ops.comm.bench_cli",
+        "-m", "millkernels.bench.suites.comm_cli",
         "--device", "cpu", "--op", "all_reduce", "--algo", "two_shot", "-b", "8", "-e", "8K",
         "-f", "32", "-n", "2", "-w", "1", "-d", "bfloat16", "--format", "json",
     ]  # fmt: skip

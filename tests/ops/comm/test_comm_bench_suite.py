@@ -15,8 +15,9 @@ import pytest
 from millkernels.bench import registry
 from millkernels.bench.context import BenchContext
 from millkernels.bench.runner import EXIT_FAILED, EXIT_OK, run_suites
-from millkernels.ops.comm import bench, bench_suite
-from millkernels.ops.comm.bench_suite import Machine
+from millkernels.bench.suites import collectives as bench_suite
+from millkernels.bench.suites import comm as bench
+from millkernels.bench.suites.collectives import Machine
 
 
 def _ctx(**options) -> BenchContext:
@@ -30,8 +31,8 @@ def _sizes(case: bench_suite.Case) -> list[int]:
 
 def test_registered_and_listed() -> None:
     found = registry.suites()
-    assert "collectives" in found and "millkernels.ops.comm.bench" in registry.suite_modules()
-    assert found["collectives"].module == "millkernels.ops.comm.bench_suite"
+    assert "collectives" in found and "millkernels.bench.suites.comm" in registry.suite_modules()
+    assert found["collectives"].module == "millkernels.bench.suites.collectives"
     assert not registry.broken()
     from typer.testing import CliRunner
 
@@ -190,7 +191,7 @@ def test_sigterm_to_the_suite_stops_the_launch(tmp_path: Path) -> None:
         import sys
         from millkernels.bench.context import BenchContext
         from millkernels.bench.runner import run_suites
-        from millkernels.ops.comm import bench_suite
+        from millkernels.bench.suites import collectives as bench_suite
         bench_suite.STOP_GRACE_S = 2.0
         bench_suite.worker_target = lambda: ["--no-python", sys.executable, "-c", {hang!r}]
         ctx = BenchContext(device="cpu", quick=True, options={{"comm.timeout_s": 300}})
@@ -242,7 +243,7 @@ def test_plan_shapes(native_ok, quick: bool) -> None:
         if c.baseline:
             assert set(_sizes(c)) <= set(_sizes(named[c.baseline])), c.name
     assert 64 * 1024 in _sizes(named["one_shot_graph"])
-    from millkernels.ops.comm.bench_cli import build_parser
+    from millkernels.bench.suites.comm_cli import build_parser
 
     for c in eight:  # the benchmark's own parser takes every case's flags
         a = build_parser().parse_args([*c.argv(10, 2), "--device", "cuda", "--backend", "nccl"])

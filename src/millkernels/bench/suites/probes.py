@@ -22,11 +22,16 @@ POISON = 0x7E57_BAD0
 PATTERN_SEED = 0x1234_5678
 
 
+def buffer_bytes(gpu: bool, quick: bool) -> int:
+    """1 GiB on a GPU (256 MiB quick); 4 MiB on a CPU (1 MiB quick). Also the
+    pytest-benchmark suite's size."""
+    if gpu:
+        return (256 if quick else 1024) << 20
+    return (1 if quick else 4) << 20
+
+
 def default_nbytes(ctx: BenchContext) -> int:
-    """1 GiB on a GPU (256 MiB quick); 4 MiB on a CPU (1 MiB quick)."""
-    if ctx.gpu:
-        return (256 if ctx.quick else 1024) << 20
-    return (1 if ctx.quick else 4) << 20
+    return buffer_bytes(ctx.gpu, ctx.quick)
 
 
 def _signed(word: int) -> int:

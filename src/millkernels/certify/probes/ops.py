@@ -15,7 +15,7 @@ tests). Any other exception fails the probe (an error, never a pass).
 Timing: :func:`millkernels.bench.timing.measure` (``triton.testing.do_bench`` medians with L2
 flushed before every call; the paged decode replays a CUDA graph, as its benchmark suite does,
 its 1 GiB of KV being far larger than L2). The all-reduce follows :mod:`.nccl`: one process per
-GPU, timed with ``millkernels.ops.comm.bench.time_call`` inside a CUDA graph (the same number
+GPU, timed with ``millkernels.bench.suites.comm.time_call`` inside a CUDA graph (the same number
 of calls on every rank, so no rank waits for a call that never comes).
 
 Every size can be overridden through ``ctx.params`` (the tests run each part on the CPU with
@@ -378,8 +378,8 @@ def _ar_worker(
     import torch
     import torch.distributed as dist
 
+    from millkernels.bench.suites import comm as cb
     from millkernels.ops.comm import api
-    from millkernels.ops.comm import bench as cb
 
     if device == "cuda":
         torch.cuda.set_device(rank)

@@ -22,7 +22,6 @@ import ctypes
 import json
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -34,6 +33,7 @@ from typing import Any, Protocol
 
 from millkernels.certify import verdict as V
 from millkernels.certify.probes.registry import ProbeSpec
+from millkernels.procs import read_tail, run_in_group, stop_group
 
 STDERR_TAIL = 3000  # characters of a probe's stderr kept in its record (read from the end)
 MESSAGE_MAX = 2000  # characters of a probe's error message kept in its record
@@ -156,7 +156,7 @@ class SubprocessRunner:
                 rc, timed_out = _launch_forked(argv[3:], full_env, err_path, timeout)
             else:
                 rc, timed_out = _launch_exec(argv, full_env, err_path, timeout)
-            tail = stderr_tail(err_path)
+            tail = read_tail(err_path, STDERR_TAIL)
             payload = None
             if out.exists():
                 try:
@@ -198,35 +198,16 @@ def _launch_exec(
 ) -> tuple[int, bool]:
     parent = os.getpid()
     with open(err_path, "wb") as err:
-        proc = subprocess.Popen(
+        # The group (the probe and the workers it left behind) is SIGKILLed at the timeout,
+        # and again once the probe has exited.
+        return run_in_group(
             argv,
+            timeout=timeout,
             stdout=err,
             stderr=err,
             env=env,
-            start_new_session=True,
             preexec_fn=lambda: _die_with_parent(parent),
         )
-    timed_out = not _wait_unreaped(proc.pid, timeout)
-    # The probe is not reaped yet (a zombie at worst), so its process group id is still its
-    # own: this kill reaches only the probe and the workers it left behind.
-    _kill_group(proc.pid)
-    if timed_out:  # should the group kill have been refused
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-    return proc.wait(), timed_out
-
-
-def _wait_unreaped(pid: int, timeout: float) -> bool:
-    """Wait up to ``timeout`` s for child ``pid`` to exit without reaping it; True if it did."""
-    deadline = time.monotonic() + timeout
-    delay = 0.001
-    while os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return False
-        time.sleep(min(delay, left))
-        delay = min(2 * delay, 0.05)
-    return True
 
 
 def _die_with_parent(parent: int) -> None:
@@ -334,7 +315,7 @@ def _launch_forked(
     proc.join(timeout)
     timed_out = proc.is_alive()
     # The probe leads its own group; kill it (at the timeout) and any worker it left behind.
-    _kill_group(proc.pid)
+    stop_group(proc.pid)
     if timed_out:
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
@@ -348,25 +329,6 @@ def _signame(sig: int) -> str:
         return signal.Signals(sig).name
     except ValueError:
         return "unknown"
-
-
-def _kill_group(pgid: int) -> None:
-    """SIGKILL process group ``pgid`` (a probe and any workers it started); gone is fine."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)
-
-
-def stderr_tail(path: Path, limit: int = STDERR_TAIL) -> str:
-    """The last ``limit`` characters of ``path``, reading at most ``4 * limit`` bytes from its
-    end (a probe may write gigabytes; none of it is loaded)."""
-    try:
-        with open(path, "rb") as f:
-            size = f.seek(0, os.SEEK_END)
-            f.seek(max(0, size - 4 * limit))
-            raw = f.read()
-    except FileNotFoundError:
-        return ""
-    return raw.decode(errors="replace")[-limit:]
 
 
 def cap(text: str, limit: int = MESSAGE_MAX) -> str:

@@ -703,7 +703,7 @@ _last_tma = False
 
 def chosen_configs() -> dict:
     """The backward configs the autotuner picked last (for benchmark rows)."""
-    from millkernels.bench.context import autotune_config
+    from millkernels.ops.autotune import autotune_config
 
     if runtime.triton_interpret():
         dkdv, dq = ({**c, "TMA": _last_tma} for c in (INTERPRET_DKDV, INTERPRET_DQ))

@@ -490,7 +490,7 @@ _last_tma = False
 
 def chosen_config() -> dict | None:
     """The forward config the autotuner picked last (for benchmark rows)."""
-    from millkernels.bench.context import autotune_config
+    from millkernels.ops.autotune import autotune_config
 
     if runtime.triton_interpret():
         return {**INTERPRET_FWD, "TMA": _last_tma, "interpreter": True}

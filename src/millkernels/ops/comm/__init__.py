@@ -1,6 +1,6 @@
 """Collective communication over torch.distributed: all-reduce (NCCL / gloo, CUDA IPC one-shot
 and two-shot kernels, int8 / fp8 quantised), all-gather, reduce-scatter, all-to-all and
-broadcast, and an nccl-tests-compatible benchmark (``bench_cli.comm_bench_main``)."""
+broadcast (benchmarked nccl-tests style by ``millkernels bench comm``)."""
 
 from millkernels.ops.comm.api import (
     DEBUG_ENV,

@@ -293,7 +293,7 @@ def gemm(
 
 def tuned_config() -> dict | None:
     """The config autotuning chose last (for benchmark rows), or None."""
-    from millkernels.bench.context import autotune_config
+    from millkernels.ops.autotune import autotune_config
 
     return autotune_config(_fp8_tuned)
 

@@ -22,9 +22,7 @@ ours and baselines by name), ``attention.dtype`` ("bf16"/"fp16").
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from millkernels.bench.context import BenchContext
@@ -163,15 +161,26 @@ def _candidates(ctx: BenchContext, causal: bool, seqlen: int) -> dict[str, Calla
     return out
 
 
-def _shapes(ctx: BenchContext) -> list[tuple[int, int, int, int]]:
-    """(batch, seqlen, heads, head_dim) cases."""
-    if ctx.gpu:
-        seqlens = ctx.option("attention.seqlens", GPU_SEQLENS_QUICK if ctx.quick else GPU_SEQLENS)
-        dims = ctx.option("attention.head_dims", (128,) if ctx.quick else (64, 128, 256))
+def shapes(
+    gpu: bool, quick: bool, seqlens: Sequence[int] = (), head_dims: Sequence[int] = ()
+) -> list[tuple[int, int, int, int]]:
+    """(batch, seqlen, heads, head_dim) cases (also the pytest-benchmark suite's): batch x
+    seqlen = 16k tokens and heads x head_dim = 2048 on a GPU; one tiny shape on a CPU."""
+    if gpu:
+        seqlens = seqlens or (GPU_SEQLENS_QUICK if quick else GPU_SEQLENS)
+        dims = head_dims or ((128,) if quick else (64, 128, 256))
         return [(max(1, TOKENS // s), s, HIDDEN // d, d) for d in dims for s in seqlens]
-    seqlens = ctx.option("attention.seqlens", (32,))
-    dims = ctx.option("attention.head_dims", (64,))
-    return [(1, s, 2, d) for d in dims for s in seqlens]
+    return [(1, s, 2, d) for d in head_dims or (64,) for s in seqlens or (32,)]
+
+
+def causals(gpu: bool) -> tuple[bool, ...]:
+    """Masks timed by default: both on a GPU, non-causal only on a CPU."""
+    return (False, True) if gpu else (False,)
+
+
+def _shapes(ctx: BenchContext) -> list[tuple[int, int, int, int]]:
+    seqlens = ctx.option("attention.seqlens", ())
+    return shapes(ctx.gpu, ctx.quick, seqlens, ctx.option("attention.head_dims", ()))
 
 
 def _check(ctx: BenchContext, name: str, fn: Callable, q, k, v, causal: bool) -> bool:
@@ -200,7 +209,7 @@ def attention_suite(ctx: BenchContext) -> Iterator[Row]:
 
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[ctx.option("attention.dtype", "bf16")]
     dname = "bf16" if dtype == torch.bfloat16 else "fp16"
-    causals = ctx.option("attention.causal", (False, True) if ctx.gpu else (False,))
+    masks = ctx.option("attention.causal", causals(ctx.gpu))
     directions = ctx.option("attention.directions", ("fwd", "fwd_bwd"))
     wanted = ctx.option("attention.backends", None)
     checked: dict[tuple[str, int, bool], bool] = {}
@@ -210,7 +219,7 @@ def attention_suite(ctx: BenchContext) -> Iterator[Row]:
             torch.randn(batch, seqlen, heads, head_dim, device=ctx.device, dtype=dtype)
             for _ in range(3)
         )
-        for causal in causals:
+        for causal in masks:
             cands = _candidates(ctx, causal, seqlen)
             for direction in directions:
                 flops = attention_flops(
@@ -271,8 +280,3 @@ def _timed_call(fn: Callable, q, k, v, direction: str) -> Callable[[], Any]:
         return torch.autograd.grad(out, (qg, kg, vg), dout)
 
     return fwd_bwd
-
-
-# Suite discovery imports only ``bench.py`` of a family; the decode suite lives beside it.
-if importlib.util.find_spec("millkernels.ops.attention.bench_decode") is not None:
-    importlib.import_module("millkernels.ops.attention.bench_decode")

@@ -40,6 +40,16 @@ CPU_SHAPES = [(2, 48, 16)]
 L2_BYTES = 50 << 20
 
 
+def shapes(gpu: bool, quick: bool) -> list[tuple[int, int, int]]:
+    """(batch, context, block_size) cases (also the pytest-benchmark suite's)."""
+    return CPU_SHAPES if not gpu else QUICK_SHAPES if quick else FULL_SHAPES
+
+
+def heads(gpu: bool) -> tuple[int, int]:
+    """(query heads, key/value heads): Llama-style GQA on a GPU, a small GQA on a CPU."""
+    return (HEADS_Q, HEADS_KV) if gpu else (4, 2)
+
+
 def _inputs(batch: int, context: int, block: int, device: str, heads_q: int, heads_kv: int):
     import torch
 
@@ -98,13 +108,12 @@ def attention_decode_suite(ctx: BenchContext) -> Iterator[Row]:
     from millkernels.testing import flash_tolerance_ok
 
     table_ = tables()["attention"]
-    default = CPU_SHAPES if not ctx.gpu else QUICK_SHAPES if ctx.quick else FULL_SHAPES
-    shapes = ctx.option("attention_decode.shapes", default)
+    cases = ctx.option("attention_decode.shapes", shapes(ctx.gpu, ctx.quick))
     wanted = ctx.option("attention_decode.backends", table_.names())
-    heads_q, heads_kv = (HEADS_Q, HEADS_KV) if ctx.gpu else (4, 2)
+    heads_q, heads_kv = heads(ctx.gpu)
     graph = ctx.gpu
     ctx.skip("flash-attn paged decode", "flash-attn's paged KV needs block_size % 256 == 0")
-    for batch, context, block in shapes:
+    for batch, context, block in cases:
         args = _inputs(batch, context, block, ctx.device, heads_q, heads_kv)
         q, k, v, table, lens = args
         shape = {

@@ -31,9 +31,6 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-OPS = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all", "broadcast")
-ROOTED = ("broadcast",)
-
 #: nccl-tests' type names and torch's, to torch dtypes.
 DTYPES = {
     "float": torch.float32, "float32": torch.float32, "half": torch.float16,
@@ -48,23 +45,12 @@ _NCCL_TYPE_NAMES = {
 }  # fmt: skip
 
 
-def bus_factor(op: str, world: int) -> float:
-    """nccl-tests' bus bandwidth factor of ``op`` on ``world`` ranks."""
-    if op == "all_reduce":
-        return 2.0 * (world - 1) / world
-    if op in ("all_gather", "reduce_scatter", "all_to_all"):
-        return (world - 1) / world
-    if op == "broadcast":
-        return 1.0
-    raise ValueError(f"op: expected one of {OPS}, got {op!r}")
-
-
 def bandwidths(op: str, nbytes: int, world: int, time_us: float) -> tuple[float, float]:
     """(algbw, busbw) in GB/s (1e9 B/s) for ``nbytes`` (nccl-tests' S) moved in ``time_us``."""
     if time_us <= 0:
         return math.inf, math.inf
     algbw = nbytes / (time_us * 1e-6) / 1e9
-    return algbw, algbw * bus_factor(op, world)
+    return algbw, algbw * spec(op).bus_factor(world)
 
 
 def parse_size(text: str) -> int:
@@ -99,18 +85,6 @@ def size_list(min_bytes: int, max_bytes: int, factor: float, step: int = 0) -> l
     return out
 
 
-def counts(op: str, size: int, world: int, elsize: int) -> tuple[int, int]:
-    """(count column, S in bytes) for a requested size, rounded down as nccl-tests does.
-
-    count: elements per rank the op is called with (all_reduce / broadcast: the buffer;
-    all_gather: sent per rank; reduce_scatter: received per rank; all_to_all: per peer)."""
-    total = size // elsize
-    if op in ("all_reduce", "broadcast"):
-        return total, total * elsize
-    per = total // world
-    return per, per * world * elsize
-
-
 # ------------------------------------------------------------------ known inputs
 
 
@@ -133,6 +107,136 @@ def _reduce_known(world: int, n: int, start: int, redop: str, device) -> torch.T
     if redop == "min":
         return vals.amin(0)
     return vals.prod(0)
+
+
+# ------------------------------------------------------------------ the collectives
+
+#: Where a buffer's part lives: the whole buffer, or this rank's block of ``count`` elements.
+WHOLE, RANK_BLOCK = "whole", "rank"
+
+
+@dataclass(frozen=True)
+class CollSpec:
+    """One collective as the benchmark runs and checks it, in nccl-tests' conventions.
+
+    ``count`` (the table's count column) is the elements per rank the op is called with:
+    the whole buffer for all_reduce and broadcast, what one rank sends for all_gather, what
+    one rank receives for reduce_scatter, what goes to one peer for all_to_all. S (bytes) is
+    the whole buffer, or for the others the whole gathered / scattered array."""
+
+    op: str
+    bus: Callable[[int], float]  # nccl-tests' bus bandwidth factor on ``world`` ranks
+    per_rank: bool  # S = count * world elements (else S = count elements)
+    in_world: bool  # the input holds count * world elements (else count)
+    out_world: bool  # the output holds count * world elements (else count)
+    #: where the in-place call's input goes and its result lands (None: not offered)
+    in_place: tuple[str, str] | None
+    reduces: bool  # takes a reduction (-o)
+    rooted: bool  # takes a root (-r)
+    call: Callable[..., Any]  # (api, settings, group, input, out) -> result
+    #: (rank, world, count, redop, root, device) -> float64 result rank ``rank`` must get
+    expect: Callable[..., torch.Tensor]
+
+    def bus_factor(self, world: int) -> float:
+        return self.bus(world)
+
+    def counts(self, size: int, world: int, elsize: int) -> tuple[int, int]:
+        """(count column, S in bytes) for a requested size, rounded down as nccl-tests does."""
+        total = size // elsize
+        if not self.per_rank:
+            return total, total * elsize
+        per = total // world
+        return per, per * world * elsize
+
+    def lengths(self, count: int, world: int) -> tuple[int, int]:
+        """Elements of the input and of the output."""
+        return (count * world if self.in_world else count), (
+            count * world if self.out_world else count
+        )
+
+    def fill_redop(self, redop: str) -> str:
+        """The reduction the known inputs are made for (a collective without one: sum)."""
+        return redop if self.reduces else "sum"
+
+    def expected(self, s: Settings, rank: int, world: int, count: int, device) -> torch.Tensor:
+        return self.expect(rank, world, count, self.fill_redop(s.redop), s.root, device)
+
+    @staticmethod
+    def count_wrong(got: torch.Tensor, expected: torch.Tensor, bound: Any = None) -> int:
+        """Elements of ``got`` that differ from ``expected`` (beyond ``bound`` when given)."""
+        diff = got.double() - expected
+        if bound is None:
+            return int((diff != 0).sum().item())
+        return int((diff.abs() > bound).sum().item())
+
+
+def _block(buf: torch.Tensor, where: str, rank: int, count: int) -> torch.Tensor:
+    return buf if where == WHOLE else buf[rank * count : (rank + 1) * count]
+
+
+def _blocks(world: int, count: int, start: int, redop: str, device) -> torch.Tensor:
+    """Every rank's known elements ``start .. start+count-1``, rank after rank."""
+    return torch.cat(
+        [known_input(q, count, torch.float64, device, start, redop) for q in range(world)]
+    )
+
+
+SPECS: dict[str, CollSpec] = {
+    c.op: c
+    for c in (
+        CollSpec(
+            "all_reduce", lambda n: 2.0 * (n - 1) / n, per_rank=False, in_world=False,
+            out_world=False, in_place=(WHOLE, WHOLE), reduces=True, rooted=False,
+            call=lambda api, s, g, x, out: api.all_reduce(
+                x, out=out, group=g, op=s.redop, algo=s.algo, quant=s.quant
+            ),
+            expect=lambda rank, world, count, redop, root, dev: _reduce_known(
+                world, count, 0, redop, dev
+            ),
+        ),
+        CollSpec(
+            "all_gather", lambda n: (n - 1) / n, per_rank=True, in_world=False,
+            out_world=True, in_place=(RANK_BLOCK, WHOLE), reduces=False, rooted=False,
+            call=lambda api, s, g, x, out: api.all_gather(x, group=g, out=out),
+            expect=lambda rank, world, count, redop, root, dev: _blocks(
+                world, count, 0, redop, dev
+            ),
+        ),
+        CollSpec(
+            "reduce_scatter", lambda n: (n - 1) / n, per_rank=True, in_world=True,
+            out_world=False, in_place=(WHOLE, RANK_BLOCK), reduces=True, rooted=False,
+            call=lambda api, s, g, x, out: api.reduce_scatter(x, group=g, op=s.redop, out=out),
+            expect=lambda rank, world, count, redop, root, dev: _reduce_known(
+                world, count, rank * count, redop, dev
+            ),
+        ),
+        CollSpec(
+            "all_to_all", lambda n: (n - 1) / n, per_rank=True, in_world=True,
+            out_world=True, in_place=None,  # as nccl-tests' alltoall: no in-place variant
+            reduces=False, rooted=False,
+            call=lambda api, s, g, x, out: api.all_to_all(x, group=g, out=out),
+            expect=lambda rank, world, count, redop, root, dev: _blocks(
+                world, count, rank * count, redop, dev
+            ),
+        ),
+        CollSpec(
+            "broadcast", lambda n: 1.0, per_rank=False, in_world=False, out_world=False,
+            in_place=(WHOLE, WHOLE), reduces=False, rooted=True,
+            call=lambda api, s, g, x, out: api.broadcast(x, src=s.root, group=g, out=out),
+            expect=lambda rank, world, count, redop, root, dev: known_input(
+                root, count, torch.float64, dev, 0, redop
+            ),
+        ),
+    )
+}  # fmt: skip
+OPS = tuple(SPECS)
+
+
+def spec(op: str) -> CollSpec:
+    """The :class:`CollSpec` of collective ``op``; ValueError naming the known ones."""
+    if op not in SPECS:
+        raise ValueError(f"op: expected one of {OPS}, got {op!r}")
+    return SPECS[op]
 
 
 # ------------------------------------------------------------------------ one size
@@ -179,93 +283,53 @@ def build_case(s: Settings, size: int, group, rank: int, world: int, device) -> 
     from millkernels.ops.comm import api
     from millkernels.ops.comm.quantized import error_bound, group_absmax
 
+    coll = spec(s.op)
     dtype = DTYPES[s.dtype]
-    elsize = torch.empty((), dtype=dtype).element_size()
-    count, nbytes = counts(s.op, size, world, elsize)
+    count, nbytes = coll.counts(size, world, torch.empty((), dtype=dtype).element_size())
     if count == 0:
         return None
-    op = s.op
-    n_in = {"all_gather": count, "reduce_scatter": count * world, "all_to_all": count * world}
-    n_in = n_in.get(op, count)
-    x = torch.empty(n_in, dtype=dtype, device=device)
-    if op == "all_gather":
-        out = torch.empty(count * world, dtype=dtype, device=device)
-        ip_in = out[rank * count : (rank + 1) * count]
-    elif op == "reduce_scatter":
-        out = torch.empty(count, dtype=dtype, device=device)
-        ip_buf = torch.empty(count * world, dtype=dtype, device=device)
-    else:
-        out = torch.empty(n_in, dtype=dtype, device=device)
-    src = s.root
-
-    def fill() -> None:
-        x.copy_(known_input(rank, n_in, dtype, device, 0, s.redop))
+    n_in, n_out = coll.lengths(count, world)
+    redop = coll.fill_redop(s.redop)
+    known = known_input(rank, n_in, dtype, device, 0, redop)
+    x = torch.empty_like(known)
+    out = torch.empty(n_out, dtype=dtype, device=device)
+    ip_in = ip_out = None
+    if coll.in_place is not None:  # the output doubles as the in-place buffer when it fits
+        ip = out if n_out >= n_in else torch.empty(n_in, dtype=dtype, device=device)
+        ip_in, ip_out = (_block(ip, where, rank, count) for where in coll.in_place)
 
     def reset() -> None:
-        fill()
-        if op == "all_gather":
-            ip_in.copy_(x)
-        elif op == "reduce_scatter":
-            ip_buf.copy_(x)
-        elif op != "all_to_all":
-            out.copy_(x)
+        x.copy_(known)
+        if ip_in is not None:
+            ip_in.copy_(known)
 
-    if op == "all_reduce":
-        kw = dict(group=group, op=s.redop, algo=s.algo, quant=s.quant)
-        run_oop = lambda: api.all_reduce(x, out=out, **kw)
-        run_ip = lambda: api.all_reduce(out, out=out, **kw)
-        expected = _reduce_known(world, count, 0, s.redop, device)
-    elif op == "all_gather":
-        run_oop = lambda: api.all_gather(x, group=group, out=out)
-        run_ip = lambda: api.all_gather(ip_in, group=group, out=out)
-        expected = torch.cat([known_input(r, count, torch.float64, device) for r in range(world)])
-    elif op == "reduce_scatter":
-        run_oop = lambda: api.reduce_scatter(x, group=group, op=s.redop, out=out)
-        ip_out = ip_buf[rank * count : (rank + 1) * count]
-        run_ip = lambda: api.reduce_scatter(ip_buf, group=group, op=s.redop, out=ip_out)
-        expected = _reduce_known(world, count, rank * count, s.redop, device)
-    elif op == "all_to_all":
-        run_oop = lambda: api.all_to_all(x, group=group, out=out)
-        run_ip = None  # like nccl-tests' alltoall: in place is not offered
-        expected = torch.cat(
-            [known_input(q, count, torch.float64, device, rank * count) for q in range(world)]
-        )
-    else:
-        run_oop = lambda: api.broadcast(x, src=src, group=group, out=out)
-        run_ip = lambda: api.broadcast(out, src=src, group=group)
-        expected = known_input(src, count, torch.float64, device)
+    def run_oop() -> Any:
+        return coll.call(api, s, group, x, out)
 
+    def run_ip() -> Any:
+        return coll.call(api, s, group, ip_in, ip_out)
+
+    expected = coll.expected(s, rank, world, count, device)
+    bound = None
     if s.quant:
         amax = sum(
-            group_absmax(known_input(q, count, torch.float32, device), world) for q in range(world)
+            group_absmax(known_input(q, count, torch.float32, device, 0, redop), world)
+            for q in range(world)
         )
         bound = error_bound(amax, expected, s.quant, dtype)
-    else:
-        bound = None
 
-    def wrong(result_fn: Callable[[], torch.Tensor]) -> Callable[[], int]:
+    def wrong(run: Callable[[], Any], result: torch.Tensor) -> Callable[[], int]:
         def count_wrong() -> int:
             reset()
-            got = result_fn().double()
-            if bound is None:
-                return int((got != expected).sum().item())
-            return int(((got - expected).abs() > bound).sum().item())
+            run()
+            return coll.count_wrong(result, expected, bound)
 
         return count_wrong
 
-    def ip_result() -> torch.Tensor:
-        run_ip()
-        if op == "reduce_scatter":
-            return ip_buf[rank * count : (rank + 1) * count]
-        return out
-
-    def oop_result() -> torch.Tensor:
-        run_oop()
-        return out
-
+    has_ip = ip_out is not None
     return Case(
-        op, count, nbytes, run_oop, run_ip, reset, wrong(oop_result),
-        wrong(ip_result) if run_ip else None,
+        s.op, count, nbytes, run_oop, run_ip if has_ip else None, reset, wrong(run_oop, out),
+        wrong(run_ip, ip_out) if has_ip else None,
     )  # fmt: skip
 
 
@@ -338,8 +402,8 @@ def make_row(
         "bytes": nbytes,
         "count": count,
         "type": _NCCL_TYPE_NAMES.get(DTYPES[s.dtype], s.dtype),
-        "redop": s.redop if s.op in ("all_reduce", "reduce_scatter") else "none",
-        "root": s.root if s.op in ROOTED else -1,
+        "redop": s.redop if spec(s.op).reduces else "none",
+        "root": s.root if spec(s.op).rooted else -1,
         "world": world,
         "algo": s.algo if s.op == "all_reduce" else "nccl",
         "quant": s.quant,
@@ -465,8 +529,3 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 def format_json(rows: list[dict[str, Any]]) -> str:
     return json.dumps(rows, indent=1)
-
-
-# `bench all` discovers suites by importing ops/<family>/bench.py; the comm family's suite
-# (``collectives``: this benchmark launched under torchrun) lives in bench_suite.py.
-from millkernels.ops.comm import bench_suite as _bench_suite  # noqa: E402, F401

@@ -45,6 +45,20 @@ SCHEMES = ("w4a16", "w8a16", "fp8_tensor", "fp8_rowwise", "fp8_block")
 SMALL_M = 64  # rows up to here are bandwidth rows (GB/s vs the copy ceiling)
 
 
+def shapes(gpu: bool, quick: bool) -> tuple[tuple[str, str, int, int], ...]:
+    """(model, projection, N, K) cases (also the pytest-benchmark suite's)."""
+    if not gpu:
+        return CPU_SHAPES
+    return QUICK_SHAPES if quick else SHAPES
+
+
+def batch_sizes(gpu: bool, quick: bool) -> tuple[int, ...]:
+    """The M (rows of x) timed per shape."""
+    if not gpu:
+        return CPU_MS[:1] if quick else CPU_MS
+    return QUICK_MS if quick else MS
+
+
 def _ceiling(ctx: BenchContext, m: int, fp8: bool) -> str:
     """copy (GB/s) for small M; else the bf16 / fp8 matmul ceiling (fp32 on a CPU)."""
     if m <= SMALL_M:
@@ -78,12 +92,8 @@ def quant_suite(ctx: BenchContext) -> Iterator[Row]:
     from millkernels.ops import quant
     from millkernels.ops.quant import api, reference, triton_fp8, triton_weight_only
 
-    if ctx.gpu:
-        shapes = ctx.option("quant.shapes", QUICK_SHAPES if ctx.quick else SHAPES)
-        ms = ctx.option("quant.ms", QUICK_MS if ctx.quick else MS)
-    else:
-        shapes = ctx.option("quant.shapes", CPU_SHAPES)
-        ms = ctx.option("quant.ms", CPU_MS[:1] if ctx.quick else CPU_MS)
+    cases = ctx.option("quant.shapes", shapes(ctx.gpu, ctx.quick))
+    ms = ctx.option("quant.ms", batch_sizes(ctx.gpu, ctx.quick))
     schemes = ctx.option("quant.schemes", SCHEMES)
     if ctx.gpu:  # the reference dequantises per call: not a kernel worth timing
         wanted = ctx.option("quant.backends", ("triton", "cuda"))
@@ -94,7 +104,7 @@ def quant_suite(ctx: BenchContext) -> Iterator[Row]:
     dev = ctx.device
     scaled_mm_why = fp8_reason() if ctx.gpu else "no CUDA GPU"
 
-    for model, proj, n, k in shapes:
+    for model, proj, n, k in cases:
         w = torch.randn(n, k, device=dev, dtype=torch.bfloat16) * 0.02
         qws = {s: quant.quantize(w, s, group_size=128) for s in schemes}
         for m in ms:

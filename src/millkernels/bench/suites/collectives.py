@@ -2,7 +2,7 @@
 
 A collective needs several processes, so the suite launches them: one ``torchrun --standalone
 --nproc-per-node N`` run of this module, whose ranks initialise the process group once and
-call :func:`~millkernels.ops.comm.bench_cli.comm_bench_main` (the nccl-tests-style benchmark,
+call :func:`~millkernels.bench.suites.comm_cli.comm_bench_main` (the nccl-tests-style benchmark,
 ``--format json``) once per case. Each rank appends one JSON line per case to a file in a
 temporary folder; the suite reads them and turns the benchmark's rows into bench rows:
 ``median_us`` = nccl-tests' out-of-place time (the mean of ``-n`` calls, averaged over the
@@ -63,13 +63,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from millkernels.bench.registry import register_suite
+from millkernels.procs import read_tail, run_in_group
 
 if TYPE_CHECKING:
     from millkernels.bench.context import BenchContext
     from millkernels.bench.rows import Row
 
 SUITE = "collectives"
-MODULE = "millkernels.ops.comm.bench_suite"
+MODULE = "millkernels.bench.suites.collectives"
 DTYPE = "bfloat16"  # the benchmark's -d; rows say "bf16"
 
 ONE_SHOT_TARGET_US = 8.0  # target: one-shot <= 8 us at <= 64 KB on 8 H100s over NVLink
@@ -82,6 +83,7 @@ NCCL_SHARED_GPU = (
     "NCCL refuses two ranks on one GPU ('Duplicate GPU detected', ncclInvalidUsage, NCCL >= 2.5)"
 )
 STOP_GRACE_S = 5.0  # after SIGTERM, how long torchrun gets to stop its workers
+LOG_TAIL = 3000  # characters of torchrun's log kept for the failure messages
 
 
 @dataclass(frozen=True)
@@ -164,22 +166,36 @@ def budget(ctx: BenchContext) -> tuple[int, int, float]:
     return iters, warmup, float(ctx.option("comm.timeout_s", timeout))
 
 
+#: The all-reduce algorithms of the custom kernels, and the quantised forms, each timed
+#: against the baseline (also the pytest-benchmark suite's cases, with ``nccl``).
+ALGOS = ("one_shot", "two_shot")
+QUANTS = ("int8", "fp8")
+
+
+def size_ranges(gpu: bool, quick: bool, shared_gpu: bool = False) -> dict[str, tuple]:
+    """(-b, -e, -f) per kind of case: ``base`` (the baseline), ``custom`` (the IPC kernels),
+    ``quant``, ``small`` (CUDA-graph cases). Powers of 4 (16 quick) from 1 KiB (4 KiB), so
+    every case's sizes are a subset of the baseline's."""
+    if not gpu:
+        base = ("1K", "64K", 64) if quick else ("1K", "64K", 8)
+        return {"base": base, "custom": base, "quant": ("64K", "64K", 2), "small": base}
+    custom = ("4K", "1M", 16) if quick else ("1K", "4M", 4)
+    return {
+        "base": custom if shared_gpu else ("4K", "16M", 16) if quick else ("1K", "64M", 4),
+        "custom": custom,
+        "quant": ("1M", "16M", 16) if quick else ("1M", "64M", 4),
+        "small": ("4K", "64K", 16) if quick else ("1K", "256K", 4),
+    }
+
+
 def plan(ctx: BenchContext, m: Machine) -> list[Case]:
     """The cases this machine can run, in launch order (cases left out go to ``ctx.skip``).
 
-    Sizes are powers of 4 (16 with ``--quick``) from 1 KiB (4 KiB), so every case's sizes
-    are a subset of the baseline's and each row has its baseline at the same size."""
+    Sizes come from :func:`size_ranges`, so each row has its baseline at the same size."""
     gpu = m.device == "cuda"
-    if gpu:
-        base = ("4K", "16M", 16) if ctx.quick else ("1K", "64M", 4)
-        custom = ("4K", "1M", 16) if ctx.quick else ("1K", "4M", 4)
-        quant = ("1M", "16M", 16) if ctx.quick else ("1M", "64M", 4)
-        small = ("4K", "64K", 16) if ctx.quick else ("1K", "256K", 4)
-        if m.shared_gpu:  # no quantised cases; gloo through host memory is slow at 64 MB
-            base = custom
-    else:
-        base = ("1K", "64K", 64) if ctx.quick else ("1K", "64K", 8)
-        custom, quant, small = base, ("64K", "64K", 2), base
+    # sharing a GPU: no quantised cases, and gloo through host memory is slow at 64 MB
+    ranges = size_ranges(gpu, ctx.quick, m.shared_gpu)
+    base, custom, quant, small = (ranges[k] for k in ("base", "custom", "quant", "small"))
     label = m.backend  # "nccl" or "gloo": what algo="nccl" runs on this group
     cases = [Case("baseline", label, "nccl", base, impl=f"torch.distributed.all_reduce ({label})")]
 
@@ -192,13 +208,13 @@ def plan(ctx: BenchContext, m: Machine) -> list[Case]:
         if custom_why is None and m.world > MAX_RANKS:
             custom_why = f"the IPC kernels take at most {MAX_RANKS} ranks, not {m.world}"
     prefix, impl = ("ipc", "CUDA IPC kernel") if gpu else ("gloo", "torch.distributed form")
-    for algo in ("one_shot", "two_shot"):
+    for algo in ALGOS:
         if custom_why:
             ctx.skip(f"{prefix}:{algo}", custom_why)
             continue
         cases.append(Case(algo, f"{prefix}:{algo}", algo, custom, baseline="baseline", impl=impl))
 
-    for q in ("int8", "fp8"):
+    for q in QUANTS:
         why = None
         if m.shared_gpu:
             why = f"the quantised all-reduce of CUDA tensors needs NCCL, and {NCCL_SHARED_GPU}"
@@ -245,7 +261,7 @@ def reproduce(m: Machine, case: Case, iters: int, warmup: int) -> str:
     """A command that reruns one case alone."""
     return shlex.join(
         ["torchrun", "--standalone", "--nproc-per-node", str(m.world),
-         "-m", "millkernels.ops.comm.bench_cli", *case.argv(iters, warmup),
+         "-m", "millkernels.bench.suites.comm_cli", *case.argv(iters, warmup),
          "--device", m.device, "--backend", m.backend]
     )  # fmt: skip
 
@@ -288,18 +304,9 @@ def _worker_pids(folder: Path, marker: str) -> list[int]:
     return pids
 
 
-def _stop(proc: subprocess.Popen, folder: Path, marker: str) -> None:
-    """Stop torchrun if it still runs (its session: SIGTERM, then SIGKILL), then any worker
-    of this launch still running (workers run in sessions of their own)."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=STOP_GRACE_S)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+def _kill_workers(folder: Path, marker: str) -> None:
+    """SIGKILL any worker of this launch still running (workers run in sessions of their own,
+    out of reach of torchrun's group)."""
     for pid in _worker_pids(folder, marker):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)
@@ -344,21 +351,17 @@ def run_launch(ctx: BenchContext, m: Machine, cases: list[Case], timeout_s: floa
         log_path = folder / "torchrun.log"
         t0 = time.monotonic()
         with log_path.open("wb") as log, _sigterm_raises():
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=_child_env(m, timeout_s),
-                start_new_session=True,
-            )
-            timed_out = False
-            try:
-                proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                timed_out = True
+            try:  # torchrun's group gets SIGTERM, STOP_GRACE_S to stop its workers, SIGKILL
+                returncode, timed_out = run_in_group(
+                    argv,
+                    timeout=timeout_s,
+                    grace_s=STOP_GRACE_S,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=_child_env(m, timeout_s),
+                )
             finally:
-                _stop(proc, folder, str(spec))  # also reaps stragglers after a normal exit
+                _kill_workers(folder, str(spec))  # also after a normal exit
         seconds = time.monotonic() - t0
         records: dict[str, dict[int, dict[str, Any]]] = {}
         init_errors: list[str] = []
@@ -372,8 +375,8 @@ def run_launch(ctx: BenchContext, m: Machine, cases: list[Case], timeout_s: floa
                     init_errors.append(f"rank {rec.get('rank')}: {rec.get('error')}")
                 else:
                     records.setdefault(rec.get("case"), {})[int(rec.get("rank", 0))] = rec
-        tail = log_path.read_text(errors="replace")[-3000:]
-    return Launch(records, proc.returncode, timed_out, seconds, tail, init_errors, timeout_s)
+        tail = read_tail(log_path, LOG_TAIL)
+    return Launch(records, returncode, timed_out, seconds, tail, init_errors, timeout_s)
 
 
 # -------------------------------------------------------------------------------- rows
@@ -603,7 +606,7 @@ def collectives(ctx: BenchContext) -> Iterator[Row]:
 
 
 def _worker_main(argv: list[str]) -> int:
-    """One rank of the launch: ``python -m millkernels.ops.comm.bench_suite SPEC.json``.
+    """One rank of the launch: ``python -m millkernels.bench.suites.collectives SPEC.json``.
 
     Initialises the process group once, runs every case with ``comm_bench_main`` (stdout and
     stderr captured per case) and appends one JSON line per case to ``rank<R>.jsonl`` beside
@@ -623,7 +626,7 @@ def _worker_main(argv: list[str]) -> int:
         with results.open("a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 
-    from millkernels.ops.comm.bench_cli import _init, comm_bench_main
+    from millkernels.bench.suites.comm_cli import _init, comm_bench_main
 
     try:
         created = _init(spec["device"], spec["backend"])

@@ -32,7 +32,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from millkernels.ops.comm.bench import DTYPES, OPS
+    from millkernels.bench.suites.comm import DTYPES, OPS
 
     p = _Parser(
         prog="millkernels bench comm",
@@ -109,7 +109,7 @@ def _init(device: str, backend: str) -> bool:
 
 def comm_bench_main(argv: list[str]) -> int:
     """Run the benchmark with nccl-tests-style ``argv``; returns the exit code."""
-    from millkernels.ops.comm import bench
+    from millkernels.bench.suites import comm as bench
 
     try:
         a = build_parser().parse_args(argv)
@@ -173,13 +173,13 @@ def _run(s, a, device_type: str) -> int:
     import torch
     import torch.distributed as dist
 
+    from millkernels.bench.suites import comm as bench
     from millkernels.dispatch import BackendUnavailable
-    from millkernels.ops.comm import bench
 
     group = dist.group.WORLD
     rank, world = dist.get_rank(), dist.get_world_size()
     device = torch.device("cuda", torch.cuda.current_device()) if device_type == "cuda" else "cpu"
-    if s.op in bench.ROOTED and not 0 <= s.root < world:
+    if bench.spec(s.op).rooted and not 0 <= s.root < world:
         if rank == 0:
             print(f"bench comm: -r {s.root} is not a rank of {world}", file=sys.stderr)
         return EXIT_USAGE
@@ -229,7 +229,7 @@ def _run(s, a, device_type: str) -> int:
     return EXIT_WRONG if wrong else EXIT_OK
 
 
-def main() -> None:  # python -m millkernels.ops.comm.bench_cli ...
+def main() -> None:  # python -m millkernels.bench.suites.comm_cli ...
     sys.exit(comm_bench_main(sys.argv[1:]))
 
 
