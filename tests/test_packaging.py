@@ -35,6 +35,7 @@ def test_wheel_builds_without_nvcc(tmp_path):
     (wheel,) = (tmp_path / "dist").glob("millkernels-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "millkernels/__init__.py" in names
+    assert "millkernels/py.typed" in names, "type checkers read the package's annotations"
     assert not [n for n in names if "/_C" in n], "no nvcc, so no extension"
     build_info = zipfile.ZipFile(wheel).read("millkernels/_build_info.py").decode()
     scope: dict = {}

@@ -138,8 +138,8 @@ def view(x: Any, name: str = "array") -> Any:
         When ``x``'s strides are not whole elements or it has a mask.
     """
     native = require_native()
-    torch = sys.modules.get("torch")  # an object can only be a tensor if torch is imported
-    if torch is not None and isinstance(x, torch.Tensor):
+    loaded_torch = sys.modules.get("torch")  # x can only be a tensor if torch is imported
+    if loaded_torch is not None and isinstance(x, loaded_torch.Tensor):
         return _torch_view(native, x)
     cai = getattr(x, "__cuda_array_interface__", None)
     if cai is not None:
@@ -208,7 +208,8 @@ def _cai_view(
     dtype = _TYPESTR_DTYPES.get(typestr[1:], typestr[1:])
     shape = tuple(int(s) for s in cai["shape"])
     if cai.get("strides") is None:  # C-contiguous
-        strides, step = [], 1
+        strides: list[int] = []
+        step = 1
         for s in reversed(shape):
             strides.insert(0, step)
             step *= max(s, 1)

@@ -129,6 +129,12 @@ def cuda_sees_7_of_8(n: SimNode, tmp: Path) -> dict:
     return {}
 
 
+def cuda_sees_7_of_8_and_nvml_lacks_a_bus_id(n: SimNode, tmp: Path) -> dict:
+    n.cuda_gpus = 7
+    n.snapshots[7]["pci_bus_id"] = None  # NVML could not read GPU 7's PCI info
+    return {}
+
+
 def lost_in_preflight(n: SimNode, tmp: Path) -> dict:
     n.lost.add(5)
     return {}
@@ -211,6 +217,12 @@ MATRIX: list[tuple[Callable[[SimNode, Path], dict], int, str, str]] = [
     (nvml_sees_none, 3, V.FR_DEVICE_COUNT, "NVML sees 0 GPUs"),
     (nvml_sees_7_of_8, 1, V.FR_DEVICE_COUNT, sim_bus_id(7)),
     (cuda_sees_7_of_8, 1, V.FR_CUDA_DEVICE, f"CUDA does not see the GPU at {sim_bus_id(7)}"),
+    (
+        cuda_sees_7_of_8_and_nvml_lacks_a_bus_id,
+        1,
+        V.FR_DEVICE_COUNT,
+        "CUDA sees 7 GPUs, expected 8",
+    ),
     (lost_in_preflight, 1, V.FR_FALLEN_OFF_BUS, sim_bus_id(5)),
     (lost_during_probe, 1, V.FR_FALLEN_OFF_BUS, f"GPU 3 ({sim_bus_id(3)}) stopped answering"),
     (lost_during_probe, 1, V.FR_CUDA_API, "probe.gemm@3"),

@@ -7,6 +7,8 @@ Importing this package is cheap: it imports neither Triton's compiler nor anythi
 touches a GPU.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from millkernels.analyze.registry import (
     Registry,
     TritonKernel,
@@ -20,8 +22,11 @@ from millkernels.analyze.registry import (
 )
 from millkernels.analyze.report import ARCHS, Arch, KernelReport, parse_arch
 
+if TYPE_CHECKING:
+    from millkernels.analyze.core import Analysis
 
-def analyze_kernels(*args, **kwargs):  # type: ignore[no-untyped-def]
+
+def analyze_kernels(*args: Any, **kwargs: Any) -> "Analysis":
     """See :func:`millkernels.analyze.core.analyze_kernels`."""
     from millkernels.analyze.core import analyze_kernels as _analyze
 

@@ -181,7 +181,7 @@ def analyze_cuda(
         if built is not None:
             return built, None
         reason = "nvcc not found (install the CUDA toolkit or put nvcc on PATH)"
-        reports = [
+        skipped = [
             KernelReport(
                 kernel=src.relative_to(csrc).as_posix(),
                 backend="cuda",
@@ -192,7 +192,7 @@ def analyze_cuda(
             )
             for src in sources
         ]
-        return reports, reason
+        return skipped, reason
     reports: list[KernelReport] = []
     with tempfile.TemporaryDirectory(prefix="mk-cuda-") as tmp:
         workers = max(1, min(len(sources), os.cpu_count() or 1))

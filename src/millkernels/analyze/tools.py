@@ -92,7 +92,7 @@ def find_nvcc() -> str | None:
 def find_demangler() -> str | None:
     """``cu++filt`` (next to nvcc or on PATH), else ``c++filt``; None when neither exists."""
     nvcc = find_nvcc()
-    cands = [shutil.which("cu++filt")]
+    cands: list[Path | str | None] = [shutil.which("cu++filt")]
     if nvcc:
         cands.append(Path(os.path.realpath(nvcc)).parent / "cu++filt")
         cands.append(Path(nvcc).parent / "cu++filt")

@@ -35,10 +35,15 @@ class Ceiling:
 
 
 #: (M, N, K) tried for the matmul ceilings; the best rate wins.
-GPU_MATMUL_SHAPES = ((8192, 8192, 8192), (8192, 8192, 16384), (16384, 8192, 8192))
-GPU_MATMUL_SHAPES_QUICK = ((8192, 8192, 8192),)
-CPU_MATMUL_SHAPES = ((512, 512, 512), (1024, 256, 512))
-CPU_MATMUL_SHAPES_QUICK = ((256, 256, 256),)
+MatmulShapes = tuple[tuple[int, int, int], ...]
+GPU_MATMUL_SHAPES: MatmulShapes = (
+    (8192, 8192, 8192),
+    (8192, 8192, 16384),
+    (16384, 8192, 8192),
+)
+GPU_MATMUL_SHAPES_QUICK: MatmulShapes = ((8192, 8192, 8192),)
+CPU_MATMUL_SHAPES: MatmulShapes = ((512, 512, 512), (1024, 256, 512))
+CPU_MATMUL_SHAPES_QUICK: MatmulShapes = ((256, 256, 256),)
 
 _CACHE: dict[tuple[str, bool], dict[str, Ceiling]] = {}
 
@@ -102,7 +107,7 @@ def _copy(device: str, measure: MeasureFn, quick: bool) -> Ceiling:
     )  # fmt: skip
 
 
-def _matmul(device: str, measure: MeasureFn, shapes, dtype: str) -> Ceiling:
+def _matmul(device: str, measure: MeasureFn, shapes: MatmulShapes, dtype: str) -> Ceiling:
     """Best TFLOP/s over ``shapes`` for ``dtype`` ("bf16", "fp8" or "fp32")."""
     best: Ceiling | None = None
     tried = []

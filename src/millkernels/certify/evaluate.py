@@ -180,10 +180,12 @@ def _cuda_checks(inv: dict[str, Any], gpus: list[int]) -> list[V.Check]:
             for s in run
         ]
     buses = [norm_bus_id(d.get("bus_id")) for d in devices]
-    ref = [norm_bus_id(s.get("pci_bus_id")) for s in run] if inv.get("available") else None
-    if ref is None:  # NVML is down: CUDA against the PCI bus
+    ref: list[str | None]  # None: a GPU whose bus id NVML could not read
+    if inv.get("available"):
+        ref = [norm_bus_id(s.get("pci_bus_id")) for s in run]
+    else:  # NVML is down: CUDA against the PCI bus
         pci = pci_bus_ids(inv) if (inv.get("pci") or {}).get("subset") is None else None
-        ref = pci or []
+        ref = list(pci or [])
     out = []
     reach = cuda_reachable(inv, run)
     for s in run:
@@ -194,7 +196,7 @@ def _cuda_checks(inv: dict[str, Any], gpus: list[int]) -> list[V.Check]:
             msg = f"CUDA does not see the GPU at {bus}"
             out.append(V.Check("cuda.device", s["index"], bus, "", V.FAIL, V.FR_CUDA_DEVICE, msg))
     n, lim = len(devices), {"min": len(ref)}
-    missing = [b for b in ref if b not in buses] if all(buses) else []
+    missing = [b for b in ref if b is not None and b not in buses] if all(buses) else []
     if n < len(ref) or missing:
         msg = f"CUDA sees {n} GPUs, expected {len(ref)}" + (
             f"; missing: {_ids(missing)}" if missing else ""
@@ -582,7 +584,7 @@ def _probe_checks(
             if key in frozen:
                 continue
             seen.add(key)
-            if r.problem is not None:
+            if r.value is None:  # then ``problem`` says why
                 msg = f"invalid reading: {r.problem}"
                 checks.append(
                     V.Check(r.metric, r.gpu, None, r.unit, V.ERROR, V.MK_INVALID_READING, msg)

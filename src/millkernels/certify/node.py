@@ -343,7 +343,7 @@ def certify_node(cfg: NodeConfig) -> NodeResult:
         timeout = spec.timeout_s[0 if cfg.quick else 1] * cfg.timeout_scale
         env = {"CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
         if gpu_class:
-            if spec.scope == "gpu":
+            if gpu is not None:  # a "gpu"-scope probe (see plan)
                 env["CUDA_VISIBLE_DEVICES"] = uuids.get(gpu) or _visible_entry(gpu)
             else:
                 env["CUDA_VISIBLE_DEVICES"] = ",".join(

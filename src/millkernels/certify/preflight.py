@@ -221,7 +221,8 @@ class NvmlLayer:
         nvl_total = nvl_active = None
         states = []
         for link in range(18 * 2):  # NVML_NVLINK_MAX_LINKS is 18 (Hopper) / more on Blackwell
-            s = q(lambda n, link=link: n.nvmlDeviceGetNvLinkState(h, link))
+            # mypy cannot type a lambda with a default argument (python/mypy#15459)
+            s = q(lambda n, link=link: n.nvmlDeviceGetNvLinkState(h, link))  # type: ignore[misc]
             if s is None:
                 break
             states.append(int(s))
@@ -317,7 +318,8 @@ class NvmlLayer:
             return f"XID events are not readable: {exc}"
         index_of = {}
         for i in range(self.count()):
-            uuid = self._q(lambda n, i=i: _text(n.nvmlDeviceGetUUID(self._h(i))))
+            # mypy cannot type a lambda with a default argument (python/mypy#15459)
+            uuid = self._q(lambda n, i=i: _text(n.nvmlDeviceGetUUID(self._h(i))))  # type: ignore[misc]
             index_of[uuid] = i
 
         def loop() -> None:
@@ -326,7 +328,8 @@ class NvmlLayer:
                     data = nv.nvmlEventSetWait(es, 500)
                 except Exception:
                     continue  # timeout
-                uuid = self._q(lambda n, d=data: _text(n.nvmlDeviceGetUUID(d.device)))
+                # mypy cannot type a lambda with a default argument (python/mypy#15459)
+                uuid = self._q(lambda n, d=data: _text(n.nvmlDeviceGetUUID(d.device)))  # type: ignore[misc]
                 self._xids.append(
                     {"gpu": index_of.get(uuid), "xid": int(data.eventData), "t": time.time()}
                 )

@@ -96,7 +96,8 @@ def probe_readings(record: dict[str, Any]) -> tuple[list[Reading], list[str]]:
         if gpu is not None and (isinstance(gpu, bool) or not isinstance(gpu, int)):
             problems.append(f"{metric}: 'gpu' is {_show(gpu)}, not a GPU index")
             continue
-        unit = m.get("unit") if isinstance(m.get("unit"), str) else ""
+        unit = m.get("unit")
+        unit = unit if isinstance(unit, str) else ""
         if "value" not in m:
             out.append(Reading(metric, gpu, None, unit, "no 'value' in the measurement"))
             continue

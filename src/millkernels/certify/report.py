@@ -295,7 +295,7 @@ def _value_axis(ax: Any, values: list[float], limit: dict[str, Any]) -> None:
     so, always spanning the floor/limit line, with headroom for the bar labels and legend."""
     from matplotlib.ticker import FuncFormatter, NullFormatter
 
-    nums = [*values, *(limit.get(k) for k in ("min", "max") if limit.get(k) is not None)]
+    nums = [*values, *_limit_lines(limit)]
     top = max(nums)
     if value_scale(values, limit) == "log":
         ax.set_yscale("log")
@@ -306,11 +306,16 @@ def _value_axis(ax: Any, values: list[float], limit: dict[str, Any]) -> None:
         ax.set_ylim(top=top * 1.35)
 
 
+def _limit_lines(limit: dict[str, Any]) -> list[float]:
+    """The floor and limit a chart draws as lines (those ``limit`` sets)."""
+    return [limit[k] for k in ("min", "max") if limit.get(k) is not None]
+
+
 def value_scale(values: list[float], limit: dict[str, Any]) -> str:
     """``"log"`` when a chart's bars and its floor/limit line are more than 10x apart (a
     0.4 GB/s floor under 70 GB/s bars would sit on the axis), else ``"linear"``; log needs
     every number positive."""
-    nums = [*values, *(limit.get(k) for k in ("min", "max") if limit.get(k) is not None)]
+    nums = [*values, *_limit_lines(limit)]
     if not nums or min(nums) <= 0:
         return "linear"
     return "log" if max(nums) / min(nums) > 10 else "linear"

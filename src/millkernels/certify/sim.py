@@ -340,12 +340,14 @@ class SimRunner:
         key = (spec.name, gpu)
         self.node.calls.append(key)
         misbehave = None
+        selftest_params: dict[str, Any] = {}
         if key in self.node.crashes:
-            misbehave, p = "selftest_crash", {}
+            misbehave = "selftest_crash"
         elif key in self.node.hangs:
-            misbehave, p = "selftest_hang", {}
+            misbehave = "selftest_hang"
         elif key in self.node.errors:
-            misbehave, p = "selftest_raise", {"message": self.node.errors[key]}
+            misbehave = "selftest_raise"
+            selftest_params = {"message": self.node.errors[key]}
         if misbehave:
             return self.real.run(
                 get(misbehave),
@@ -355,7 +357,7 @@ class SimRunner:
                 device="cpu",
                 quick=quick,
                 timeout=timeout,
-                params=p,
+                params=selftest_params,
                 record_as=spec.name,
             )
         rec = base_record(spec.name, gpu)
@@ -369,7 +371,7 @@ class SimRunner:
         if gone:
             return _errored(rec, f"CUDA error: GPU {gone[0]} has fallen off the bus")
         nvml_missing = self.node.nvml_error is not None
-        targets = [gpu] if spec.scope == "gpu" else list(gpus)
+        targets = list(gpus) if gpu is None else [gpu]  # the node's GPUs, or this probe's GPU
         for metric in spec.metrics:
             if spec.scope == "node" and metric in self.node.node_values:
                 rec["measurements"].append(
@@ -406,9 +408,9 @@ class SimRunner:
                 for i in targets
             ]
             rec["info"].update(matrix_gbps=m, gpus=list(targets))
-        if spec.name == "sdc":
+        if spec.name == "sdc" and gpu is not None:
             rec["info"]["digest"] = self.node.digests[gpu]
-        if spec.name == "sustained" and not nvml_missing:
+        if spec.name == "sustained" and gpu is not None and not nvml_missing:
             p = self.node.values[gpu]["sustained_power_w"]
             rec["series"] = {
                 "t": [i * 0.5 for i in range(20)],

@@ -157,7 +157,7 @@ class Check:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Check:
-        return cls(**{k: d.get(k) for k in cls.__dataclass_fields__ if k in d})
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
 def round_sig(x: float, digits: int = 6) -> float | None:
@@ -198,7 +198,7 @@ def limit_check(
     value = checked if isinstance(value, float) else value
     if not limit or ("min" not in limit and "max" not in limit):
         return Check(name, gpu, value, unit, PASS, MK_NO_LIMIT, "recorded; no limit set")
-    shown = {k: limit[k] for k in ("min", "max", "source", "date") if k in limit}
+    shown: dict[str, Any] = {k: limit[k] for k in ("min", "max", "source", "date") if k in limit}
     lo, hi = limit.get("min"), limit.get("max")
     if lo is not None and value < lo:
         reason = limit.get("reason") or FLOOR_REASON.get(name, MK_BELOW_FLOOR)

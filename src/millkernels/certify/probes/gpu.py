@@ -8,6 +8,7 @@ the CPU with tiny sizes).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import statistics
 import threading
@@ -124,7 +125,7 @@ def gemm(ctx: ProbeContext) -> None:
     for m, n, k in shapes:
         a = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
         b = torch.randn(k, n, device=dev, dtype=torch.bfloat16)
-        t = best_time(lambda a=a, b=b: a @ b, dev, iters)
+        t = best_time(functools.partial(torch.matmul, a, b), dev, iters)
         tf = 2 * m * n * k / t / 1e12
         best_bf16 = max(best_bf16, tf)
         per_shape.append({"shape": [m, n, k], "dtype": "bf16", "tflops": round(tf, 2)})
@@ -221,7 +222,7 @@ def p2p(ctx: ProbeContext) -> None:
     nbytes = int(ctx.param("bytes", 256 << 20, 1 << 30))
     reps = int(ctx.param("reps", 3, 5))
     bufs = [torch.empty(nbytes, dtype=torch.uint8, device=f"cuda:{i}") for i in range(n)]
-    matrix = [[None] * n for _ in range(n)]
+    gbps: dict[tuple[int, int], float] = {}  # (from, to) -> copy bandwidth
     peer = [[i == j or torch.cuda.can_device_access_peer(i, j) for j in range(n)] for i in range(n)]
     for i in range(n):
         for j in range(n):
@@ -238,12 +239,11 @@ def p2p(ctx: ProbeContext) -> None:
                 torch.cuda.synchronize(i)
                 torch.cuda.synchronize(j)
                 best = min(best, (time.perf_counter() - t) / 4)
-            matrix[i][j] = round(nbytes / best / 1e9, 2)
+            gbps[i, j] = round(nbytes / best / 1e9, 2)
     for k in range(n):
-        links = [matrix[k][j] for j in range(n) if j != k] + [
-            matrix[j][k] for j in range(n) if j != k
-        ]
+        links = [gbps[k, j] for j in range(n) if j != k] + [gbps[j, k] for j in range(n) if j != k]
         ctx.measure("p2p_min_gbps", min(links), "GB/s", gpu=nvml[k])
+    matrix = [[gbps.get((i, j)) for j in range(n)] for i in range(n)]  # None: the diagonal
     ctx.info.update(matrix_gbps=matrix, peer_access=peer, gpus=nvml, bytes=nbytes)
 
 
@@ -276,10 +276,10 @@ def sustained(ctx: ProbeContext) -> None:
             samples.append(layer.sample(idx))
             stop.wait(0.2)
 
-    thread = None
-    s0 = layer.sample(idx) if why is None else None
+    thread = threading.Thread(target=sampler, daemon=True)
+    s0 = None  # the counters at the start; None without NVML
     if why is None:
-        thread = threading.Thread(target=sampler, daemon=True)
+        s0 = layer.sample(idx)
         thread.start()
     t0, count = time.monotonic(), 0
     while time.monotonic() - t0 < seconds:
@@ -302,7 +302,7 @@ def sustained(ctx: ProbeContext) -> None:
         "pcie_gen_load",
         "pcie_width_load",
     )
-    if why is not None:
+    if s0 is None:
         for m in nvml_metrics:
             ctx.not_available(m, f"NVML unavailable: {why}")
         return

@@ -24,6 +24,7 @@ tiny shapes: Triton under ``TRITON_INTERPRET=1``, the all-reduce over gloo).
 
 from __future__ import annotations
 
+import functools
 import json
 import tempfile
 from collections.abc import Callable
@@ -404,9 +405,8 @@ def _ar_worker(
             for algo in ("one_shot", "two_shot"):
                 api.all_reduce(x, out=y, algo=algo)  # exact: small integers in bf16
                 wrong = int((y.double() != want).sum().item())
-                us = cb.time_call(
-                    lambda a=algo, x=x, y=y: api.all_reduce(x, out=y, algo=a), settings, None, dev
-                )
+                call = functools.partial(api.all_reduce, x, out=y, algo=algo)
+                us = cb.time_call(call, settings, None, dev)
                 out[f"{label}/{algo}"] = {"bytes": count * 2, "us": us, "wrong": wrong}
         everyone: list[Any] = [None] * world
         dist.all_gather_object(everyone, out)

@@ -287,7 +287,7 @@ def _drop_fork_server_link() -> None:
 
     server = getattr(forkserver, "_forkserver", None)
     fd = getattr(server, "_forkserver_alive_fd", None)
-    if fd is not None:
+    if server is not None and fd is not None:
         with contextlib.suppress(OSError):
             os.close(fd)
         server._forkserver_alive_fd = None
@@ -303,7 +303,9 @@ def _launch_forked(
     # probe needs nothing from it, and re-running a caller's unguarded script (or a main read
     # from stdin, which cannot be re-read) would be wrong: hide it while the child starts.
     main = sys.modules.get("__main__")
-    hidden = {k: main.__dict__[k] for k in ("__file__", "__spec__") if main and k in main.__dict__}
+    hidden: dict[str, Any] = {
+        k: main.__dict__[k] for k in ("__file__", "__spec__") if main and k in main.__dict__
+    }
     with _START_LOCK:
         try:
             for k in hidden:
