@@ -28,10 +28,10 @@ import torch
 import torch.distributed as dist
 
 from millkernels._native import require_gpu, require_native, view
-from millkernels.analyze.registry import register_cuda_hot
+from millkernels.ops.analysis_spec import CudaHot
 from millkernels.ops.comm import capabilities as caps
 
-register_cuda_hot("one_shot_kernel", "two_shot_kernel")  # csrc/comm/custom_allreduce.cu
+ANALYSIS = (CudaHot(("one_shot_kernel", "two_shot_kernel")),)  # csrc/comm/custom_allreduce.cu
 
 DEFAULT_MAX_BYTES = 8 * 2**20  # vLLM's default; two-shot beyond ~0.2-0.8 MB (capabilities)
 MAX_MAX_BYTES = 2**30
