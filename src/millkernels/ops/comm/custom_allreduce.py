@@ -30,6 +30,7 @@ import torch.distributed as dist
 from millkernels._native import require_gpu, require_native, view
 from millkernels.ops.analysis_spec import CudaHot
 from millkernels.ops.comm import capabilities as caps
+from millkernels.ops.comm.groups import group_devices, resolve_group
 
 ANALYSIS = (CudaHot(("one_shot_kernel", "two_shot_kernel")),)  # csrc/comm/custom_allreduce.cu
 
@@ -114,8 +115,6 @@ class CustomAllReduce:
         cpu_group: Any = None,
         blocks: int = DEFAULT_BLOCKS,
     ) -> None:
-        from millkernels.ops.comm.api import group_devices, resolve_group
-
         self._closed = True
         g = resolve_group(group)
         self.max_bytes = check_max_bytes(max_bytes)
