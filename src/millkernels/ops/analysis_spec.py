@@ -143,7 +143,8 @@ def with_spill_allowance(
     spills (capability -> bytes; see :class:`TritonVariant`), with ``reason``."""
     out = []
     for v in variants:
-        allowed = allowance.get(v.constexprs.get("HEAD_DIM"))
+        head_dim = v.constexprs.get("HEAD_DIM")
+        allowed = allowance.get(head_dim) if isinstance(head_dim, int) else None
         if allowed:
             v = dataclasses.replace(v, spill_allowance=allowed, allowance_reason=reason)
         out.append(v)
