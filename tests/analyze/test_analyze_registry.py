@@ -1,13 +1,20 @@
-"""The kernel registry: variant checks at registration, autotune configs, private registries."""
+"""The kernel registry: variant checks at registration, autotune configs, private registries,
+and collecting the kernel modules' ``ANALYSIS`` declarations."""
 
 from __future__ import annotations
+
+import sys
+import types
 
 import pytest
 import triton
 import triton.language as tl
 
+from millkernels.analyze import registry as registry_module
 from millkernels.analyze.registry import (
+    CudaHot,
     Registry,
+    TritonAnalysis,
     TritonVariant,
     current_registry,
     python_function,
@@ -117,9 +124,65 @@ def test_use_registry_keeps_the_package_registry_clean():
         Registry().register_cuda_hot("")
 
 
-def test_package_kernels_register_on_import():
+def test_package_kernels_are_collected_from_their_modules():
     reg = triton_kernels()
     assert not reg.import_errors, reg.import_errors
     assert reg.triton  # the op families' kernels, imported lazily or not
     for kernel in reg.triton.values():
         assert kernel.python_fn.__module__.startswith("millkernels.ops."), kernel.name
+    declared = {
+        entry.name
+        for name, module in sys.modules.items()
+        if name.startswith("millkernels.ops.")
+        for entry in getattr(module, "ANALYSIS", ())
+        if isinstance(entry, TritonAnalysis)
+    }
+    assert declared == set(reg.triton)
+    assert {"decode_split_kernel", "one_shot_kernel", "copy_kernel"} <= reg.cuda_hot
+
+
+def test_collect_records_each_kind_of_entry():
+    reg = Registry()
+    reg.collect(
+        (
+            TritonAnalysis("t.scale", _scale, [TritonVariant(SIG, {"BLOCK": 32})], hot=True),
+            CudaHot(("one_kernel", "ns::two")),
+        )
+    )
+    assert reg.triton["t.scale"].hot and reg.triton["t.scale"].variants[0].constexprs["BLOCK"] == 32
+    assert reg.cuda_hot == {"one_kernel", "ns::two"}
+
+
+@pytest.mark.parametrize(
+    ("analysis", "error", "match"),
+    [
+        ((TritonVariant(SIG, {"BLOCK": 32}),), TypeError, "entries are TritonAnalysis or CudaHot"),
+        ("copy_kernel", TypeError, "a tuple of TritonAnalysis / CudaHot"),
+        ((TritonAnalysis("t.s", _scale, [TritonVariant(SIG, {})]),), ValueError, "BLOCK"),
+    ],
+)
+def test_collect_rejects_bad_declarations(analysis, error, match):
+    with pytest.raises(error, match=match):
+        Registry().collect(analysis, "m.ANALYSIS")
+
+
+def test_declarations_reject_bad_fields():
+    with pytest.raises(TypeError, match="kernels is a tuple"):
+        CudaHot("copy_kernel")
+    with pytest.raises(ValueError, match="name"):
+        TritonAnalysis("", _scale, [TritonVariant(SIG, {"BLOCK": 32})])
+
+
+def test_a_bad_declaration_is_reported_not_raised(monkeypatch):
+    fresh = Registry()
+    monkeypatch.setattr(registry_module, "_DEFAULT", fresh)
+    monkeypatch.setattr(registry_module, "_ACTIVE", [fresh])
+    good = types.ModuleType("millkernels.ops.fake_good")
+    good.ANALYSIS = (TritonAnalysis("t.good", _scale, [TritonVariant(SIG, {"BLOCK": 32})]),)
+    bad = types.ModuleType("millkernels.ops.fake_bad")
+    bad.ANALYSIS = (CudaHot(("",)),)
+    monkeypatch.setitem(sys.modules, good.__name__, good)
+    monkeypatch.setitem(sys.modules, bad.__name__, bad)
+    reg = triton_kernels()
+    assert reg is fresh and "t.good" in reg.triton
+    assert "kernel names are non-empty" in reg.import_errors["millkernels.ops.fake_bad"]

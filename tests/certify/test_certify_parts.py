@@ -1,7 +1,9 @@
-"""Targets, probes run on the CPU, the runner's error paths, RAPL, pod aggregation, CLI usage."""
+"""Targets, probes run on the CPU, the runner's error paths and protocol, RAPL, pod
+aggregation, CLI usage."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 
@@ -12,7 +14,9 @@ from typer.testing import CliRunner
 
 from millkernels.certify import power, targets
 from millkernels.certify import verdict as V
-from millkernels.certify.probes import ProbeContext, probes_for
+from millkernels.certify.probes import ProbeContext, get, probes_for
+from millkernels.certify.probes.runner import ProbeRunner, SubprocessRunner
+from millkernels.certify.sim import SimNode, SimRunner
 from millkernels.certify.sim import certify_sim as run_sim
 
 # --------------------------------------------------------------------------- targets
@@ -117,6 +121,27 @@ def test_runner_records_an_exception_with_its_reason(tmp_path):
     assert r["status"] == "ok" and r["measurements"][0]["value"] == 7.0
     r = run_probe("selftest_crash", mode="exec", gpu=0, timeout=60)
     assert r["status"] == "crashed" and "SIGABRT" in r["message"]
+
+
+def _parameters(fn):
+    sig = inspect.signature(fn)
+    params = [(p.name, p.kind, p.default, p.annotation) for p in sig.parameters.values()]
+    return params, sig.return_annotation
+
+
+@pytest.mark.parametrize("runner_class", [SubprocessRunner, SimRunner])
+def test_probe_runners_take_exactly_the_protocol_arguments(runner_class):
+    # the same names, kinds, defaults and types: what certify_node may pass, each runner takes
+    assert _parameters(runner_class.run) == _parameters(ProbeRunner.run)
+    assert issubclass(runner_class, ProbeRunner)
+
+
+def test_sim_runner_records_under_the_name_asked_for():
+    runner: ProbeRunner = SimNode.healthy(gpus=1).runner()
+    kw = dict(gpu=0, gpus=[0], uuids=[""], device="cuda", quick=True, timeout=5.0)
+    assert runner.run(get("hbm"), **kw)["probe"] == "hbm"
+    rec = runner.run(get("hbm"), record_as="hbm_again", **kw)
+    assert rec["probe"] == "hbm_again" and rec["status"] == "ok" and rec["measurements"]
 
 
 # --------------------------------------------------------------------------- RAPL

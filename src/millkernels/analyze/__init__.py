@@ -1,8 +1,9 @@
 """Offline kernel analysis: compile every kernel for sm_80 / sm_90 without a GPU and report
 registers, spills, shared memory and tensor-core instructions (``millkernels analyze``).
 
-Kernel modules register their Triton kernels with :func:`register_triton` (and mark CUDA
-kernels hot with :func:`register_cuda_hot`); :func:`analyze_kernels` compiles and reports.
+Kernel modules declare their Triton kernels and launch variants (and the CUDA kernels
+``--check`` guards) as data, a module-level ``ANALYSIS`` (:mod:`millkernels.ops.analysis_spec`);
+:func:`triton_kernels` collects them and :func:`analyze_kernels` compiles and reports.
 Importing this package is cheap: it imports neither Triton's compiler nor anything that
 touches a GPU.
 """
@@ -10,7 +11,9 @@ touches a GPU.
 from typing import TYPE_CHECKING, Any
 
 from millkernels.analyze.registry import (
+    CudaHot,
     Registry,
+    TritonAnalysis,
     TritonKernel,
     TritonVariant,
     current_registry,
@@ -36,8 +39,10 @@ def analyze_kernels(*args: Any, **kwargs: Any) -> "Analysis":
 __all__ = [
     "ARCHS",
     "Arch",
+    "CudaHot",
     "KernelReport",
     "Registry",
+    "TritonAnalysis",
     "TritonKernel",
     "TritonVariant",
     "analyze_kernels",

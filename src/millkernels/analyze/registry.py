@@ -1,27 +1,16 @@
-"""Which kernels ``millkernels analyze`` compiles: the registry kernel modules fill at import.
+"""Which kernels ``millkernels analyze`` compiles: a registry filled from the kernel modules.
 
-Kernel modules call :func:`register_triton` (and :func:`register_cuda_hot` for CUDA kernels)
-next to their kernels. Registering is cheap and safe at import time: it records the function
-and its launch variants, and neither compiles anything nor touches a GPU (this module imports
-no Triton code at all).
+Kernel modules declare what to analyse as plain data, a module-level ``ANALYSIS`` tuple of
+:class:`~millkernels.ops.analysis_spec.TritonAnalysis` and
+:class:`~millkernels.ops.analysis_spec.CudaHot` (see :mod:`millkernels.ops.analysis_spec`); they
+never import this package. :func:`triton_kernels` imports every module under
+``millkernels.ops`` that declares ``ANALYSIS`` and collects the entries into the registry.
+Collecting is cheap: it records the functions and their launch variants, and neither compiles
+anything nor touches a GPU (this module imports no Triton code at all).
 
-Example::
-
-    register_triton(
-        "probes.copy",
-        _copy_kernel,
-        [TritonVariant({"dst": "*i32", "src": "*i32", "n": "i64"}, {"BLOCK": 4096}, num_warps=8)],
-        hot=True,
-    )
-
-A kernel that is autotuned registers one variant per config with :func:`variants_from_configs`.
-CUDA kernels need no registration (every ``__global__`` function under ``csrc/`` is compiled);
-``register_cuda_hot("copy_kernel", ...)`` only marks the ones ``--check`` guards.
-
-Where to call these: in the module that defines the kernels. The analysis imports
-``millkernels.ops`` and then every ``triton_*`` and ``cuda*`` module under it, so modules that
-a family imports lazily are registered too. Tests register into a private :class:`Registry`
-(``with use_registry() as reg:``), so the package's registry is never polluted.
+Tests register into a private :class:`Registry` (``with use_registry() as reg:``, then
+:func:`register_triton` / :func:`register_cuda_hot`), so the package's registry is never
+polluted.
 """
 
 from __future__ import annotations
@@ -32,74 +21,35 @@ import importlib
 import importlib.util
 import inspect
 import pkgutil
+import re
 import sys
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from millkernels.ops.analysis_spec import (
+    CudaHot,
+    TritonAnalysis,
+    TritonVariant,
+    variants_from_configs,
+    with_spill_allowance,
+)
 
-@dataclass(frozen=True)
-class TritonVariant:
-    """One way a Triton kernel is launched: argument types, constexpr values, launch options.
-
-    Parameters
-    ----------
-    signature
-        Argument name -> Triton type string: ``"*fp32"``, ``"*bf16"``, ``"i32"``, ``"i64"``,
-        ``"fp32"``, ... or ``"constexpr"``. Constexpr arguments may be left out (they are
-        added from ``constexprs``); the order does not matter.
-    constexprs
-        Constexpr argument name -> value (``BLOCK=1024``, ``HEAD_DIM=128``, ``IS_CAUSAL=True``).
-        Constexpr arguments with a default in the kernel's definition may be left out.
-    num_warps, num_stages
-        Launch options, as in ``triton.Config``.
-    label
-        Shown in reports; by default built from the constexprs and options.
-    min_arch
-        Lowest compute capability (80 = sm_80, 90 = sm_90) this variant is valid on; on older
-        architectures the variant is reported as skipped, not compiled.
-    maxnreg
-        Optional register cap per thread (``triton.Config.maxnreg``).
-    spill_allowance, allowance_reason
-        A known spill this variant is allowed, per architecture (compute capability -> bytes
-        per thread, stores plus loads), and why: reported as ``waived`` instead of failing
-        ``--check``, so the debt stays visible and any growth beyond it fails. Empty (the
-        default) allows none.
-    divisible_by_16
-        Arguments Triton may assume 16-divisible (pointers: 16-byte aligned), as it does at a
-        launch whose tensors are aligned. ``None`` (default): every pointer argument, which is
-        what a launch with freshly allocated tensors specialises on.
-    enable_fp_fusion
-        The launch option of that name: False for kernels launched with
-        ``enable_fp_fusion=False`` (no multiply-add contracted into an FMA).
-    """
-
-    signature: Mapping[str, str]
-    constexprs: Mapping[str, Any] = field(default_factory=dict)
-    num_warps: int = 4
-    num_stages: int = 3
-    label: str = ""
-    min_arch: int = 80
-    maxnreg: int | None = None
-    divisible_by_16: Sequence[str] | None = None
-    spill_allowance: Mapping[int, int] = field(default_factory=dict)
-    allowance_reason: str = ""
-    enable_fp_fusion: bool = True
-
-    def __post_init__(self) -> None:
-        if self.spill_allowance and not self.allowance_reason:
-            raise ValueError("spill_allowance: give allowance_reason, the measured why")
-
-    def describe(self) -> str:
-        """The label, or one built from the constexprs and launch options."""
-        if self.label:
-            return self.label
-        parts = [f"{k}={v}" for k, v in self.constexprs.items()]
-        parts.append(f"w{self.num_warps}")
-        parts.append(f"s{self.num_stages}")
-        if self.maxnreg:
-            parts.append(f"r{self.maxnreg}")
-        return " ".join(parts)
+__all__ = [
+    "CudaHot",
+    "Registry",
+    "TritonAnalysis",
+    "TritonKernel",
+    "TritonVariant",
+    "current_registry",
+    "python_function",
+    "register_cuda_hot",
+    "register_triton",
+    "triton_kernels",
+    "use_registry",
+    "variants_from_configs",
+    "with_spill_allowance",
+]
 
 
 @dataclass(frozen=True)
@@ -149,6 +99,22 @@ class Registry:
                 raise ValueError(f"register_cuda_hot: kernel names are non-empty str, got {n!r}")
             self.cuda_hot.add(n)
 
+    def collect(self, analysis: Iterable[object], where: str = "ANALYSIS") -> None:
+        """Record every entry of a kernel module's ``ANALYSIS`` (``where`` names it in errors).
+
+        Raises ``TypeError`` for an entry that is neither ``TritonAnalysis`` nor ``CudaHot``,
+        and what :meth:`register_triton` raises for a variant that does not fit its kernel.
+        """
+        if isinstance(analysis, (str, bytes)) or not isinstance(analysis, Iterable):
+            raise TypeError(f"{where}: a tuple of TritonAnalysis / CudaHot, got {analysis!r}")
+        for entry in analysis:
+            if isinstance(entry, TritonAnalysis):
+                self.register_triton(entry.name, entry.fn, entry.variants, hot=entry.hot)
+            elif isinstance(entry, CudaHot):
+                self.register_cuda_hot(*entry.kernels)
+            else:
+                raise TypeError(f"{where}: entries are TritonAnalysis or CudaHot, got {entry!r}")
+
 
 _DEFAULT = Registry()
 _ACTIVE: list[Registry] = [_DEFAULT]
@@ -177,7 +143,8 @@ def use_registry(registry: Registry | None = None) -> Iterator[Registry]:
 def register_triton(
     name: str, fn: Any, variants: Sequence[TritonVariant], *, hot: bool = False
 ) -> Any:
-    """Register a Triton kernel for offline analysis. Call it at import, next to the kernel.
+    """Register a Triton kernel into the current registry (for tests and tools; the package's
+    kernel modules declare ``ANALYSIS`` instead, see :mod:`millkernels.ops.analysis_spec`).
 
     Parameters
     ----------
@@ -201,7 +168,8 @@ def register_triton(
 
 
 def register_cuda_hot(*kernel_names: str) -> None:
-    """Mark CUDA kernels (compiled from ``csrc/``) hot by their plain function name.
+    """Mark CUDA kernels (compiled from ``csrc/``) hot in the current registry, by their plain
+    function name (kernel modules declare ``CudaHot`` in ``ANALYSIS`` instead).
 
     The plain name is the demangled name without namespace, template arguments and parameters
     (``copy_kernel`` for ``void mk::copy_kernel<4>(...)``); a qualified name
@@ -210,83 +178,30 @@ def register_cuda_hot(*kernel_names: str) -> None:
     current_registry().register_cuda_hot(*kernel_names)
 
 
-def with_spill_allowance(
-    variants: Sequence[TritonVariant], allowance: Mapping[int, Mapping[int, int]], reason: str
-) -> list[TritonVariant]:
-    """Give each variant whose ``HEAD_DIM`` constexpr is a key of ``allowance`` its known
-    spills (capability -> bytes; see :class:`TritonVariant`), with ``reason``."""
-    out = []
-    for v in variants:
-        allowed = allowance.get(v.constexprs.get("HEAD_DIM"))
-        if allowed:
-            v = dataclasses.replace(v, spill_allowance=allowed, allowance_reason=reason)
-        out.append(v)
-    return out
-
-
-def variants_from_configs(
-    configs: Iterable[Any],
-    signature: Mapping[str, str],
-    constexprs: Mapping[str, Any] | None = None,
-    *,
-    min_arch: int | Callable[[Any], int] = 80,
-    divisible_by_16: Sequence[str] | None = None,
-) -> list[TritonVariant]:
-    """One :class:`TritonVariant` per ``triton.Config`` of an autotune list.
-
-    Parameters
-    ----------
-    configs
-        ``triton.Config`` objects (what ``triton.autotune(configs=...)`` got; an autotuned
-        kernel keeps them as ``.configs``). Each config's kwargs are added to ``constexprs``.
-    signature, constexprs
-        As for :class:`TritonVariant`; shared by every config.
-    min_arch
-        The lowest compute capability of every config, or a function ``config -> int`` for
-        lists that hold, e.g., Hopper-only configs.
-    divisible_by_16
-        As for :class:`TritonVariant`, shared by every config.
-    """
-    out = []
-    for cfg in configs:
-        kwargs = dict(getattr(cfg, "kwargs", None) or {})
-        arch = min_arch(cfg) if callable(min_arch) else min_arch
-        out.append(
-            TritonVariant(
-                signature=dict(signature),
-                constexprs={**(constexprs or {}), **kwargs},
-                num_warps=int(getattr(cfg, "num_warps", 4) or 4),
-                num_stages=int(getattr(cfg, "num_stages", 3) or 3),
-                min_arch=int(arch),
-                maxnreg=getattr(cfg, "maxnreg", None),
-                divisible_by_16=divisible_by_16,
-            )
-        )
-    return out
-
-
-#: Modules under ``millkernels.ops`` that hold kernels (DESIGN.md: ``triton_*.py``, ``cuda.py``);
-#: families may import them lazily, so the analysis imports them itself.
-KERNEL_MODULE_PREFIXES = ("triton_", "cuda")
+#: The package whose modules declare ``ANALYSIS``.
+KERNEL_PACKAGE = "millkernels.ops"
+_DECLARES = re.compile(r"^ANALYSIS\b", re.MULTILINE)
 
 
 def triton_kernels() -> Registry:
-    """The current registry, after importing every kernel module of the package.
+    """The current registry, after collecting every kernel module's ``ANALYSIS``.
 
-    With the package's registry current, this imports ``millkernels.ops`` (every family) and
-    then every module under it whose name starts with ``triton_`` or ``cuda`` (families may
-    import those lazily, on first use), so that their ``register_triton`` /
-    ``register_cuda_hot`` calls have run. A module that fails to import is recorded in
-    ``Registry.import_errors`` (the analysis reports it as a failure) rather than raised.
-    Inside :func:`use_registry` the registry is returned as it is.
+    With the package's registry current, this imports ``millkernels.ops``, then every module
+    under it whose source declares a module-level ``ANALYSIS`` (families may import kernel
+    modules lazily, on first use; ``triton_*`` modules are skipped when Triton is not
+    installed), then collects ``ANALYSIS`` from every imported module of the package in the
+    order they finished importing (the order of the reports). A module that fails to import
+    or declares a bad entry is recorded in ``Registry.import_errors`` (the analysis reports
+    it as a failure) rather than raised. Inside :func:`use_registry` the registry is returned
+    as it is.
     """
     reg = current_registry()
     if reg is not _DEFAULT:
         return reg
     try:
-        ops = importlib.import_module("millkernels.ops")
+        ops = importlib.import_module(KERNEL_PACKAGE)
     except Exception as exc:
-        reg.import_errors["millkernels.ops"] = f"{type(exc).__name__}: {exc}"
+        reg.import_errors[KERNEL_PACKAGE] = f"{type(exc).__name__}: {exc}"
         return reg
     has_triton = importlib.util.find_spec("triton") is not None
 
@@ -294,9 +209,9 @@ def triton_kernels() -> Registry:
         exc = sys.exc_info()[1]
         reg.import_errors[name] = f"{type(exc).__name__}: {exc}"
 
-    for info in pkgutil.walk_packages(ops.__path__, "millkernels.ops.", onerror=on_error):
+    for info in pkgutil.walk_packages(ops.__path__, f"{KERNEL_PACKAGE}.", onerror=on_error):
         base = info.name.rsplit(".", 1)[-1]
-        if info.ispkg or not base.startswith(KERNEL_MODULE_PREFIXES):
+        if info.ispkg or not _declares_analysis(info.name):
             continue
         if base.startswith("triton_") and not has_triton:
             continue
@@ -304,7 +219,22 @@ def triton_kernels() -> Registry:
             importlib.import_module(info.name)
         except Exception as exc:
             reg.import_errors[info.name] = f"{type(exc).__name__}: {exc}"
+    for name, module in list(sys.modules.items()):  # in the order they finished importing
+        if name.startswith(f"{KERNEL_PACKAGE}.") and hasattr(module, "ANALYSIS"):
+            try:
+                reg.collect(module.ANALYSIS, f"{name}.ANALYSIS")
+            except (TypeError, ValueError) as exc:
+                reg.import_errors[name] = f"{type(exc).__name__}: {exc}"
     return reg
+
+
+def _declares_analysis(module: str) -> bool:
+    """Whether the source of ``module`` (not imported) assigns ``ANALYSIS`` at top level."""
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+        return False
+    with open(spec.origin, encoding="utf-8") as f:
+        return _DECLARES.search(f.read()) is not None
 
 
 # ---------------------------------------------------------------------------- helpers

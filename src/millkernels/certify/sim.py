@@ -336,6 +336,7 @@ class SimRunner:
         timeout: float,
         env: dict[str, str] | None = None,
         params: dict[str, Any] | None = None,
+        record_as: str | None = None,
     ) -> dict[str, Any]:
         key = (spec.name, gpu)
         self.node.calls.append(key)
@@ -358,9 +359,9 @@ class SimRunner:
                 quick=quick,
                 timeout=timeout,
                 params=selftest_params,
-                record_as=spec.name,
+                record_as=record_as or spec.name,
             )
-        rec = base_record(spec.name, gpu)
+        rec = base_record(record_as or spec.name, gpu)
         rec["started_at"] = now_iso()
         if key in self.node.falls and gpu is not None:
             self.node.lost.add(gpu)

@@ -29,7 +29,7 @@ import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from millkernels.certify import verdict as V
 from millkernels.certify.probes.registry import ProbeSpec
@@ -58,8 +58,17 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
+@runtime_checkable
 class ProbeRunner(Protocol):
-    """Runs one probe task and returns its record."""
+    """Runs one probe task and returns its record (:func:`base_record`'s fields, filled).
+
+    ``gpu`` is the GPU a per-GPU probe runs on (None for node probes), ``gpus`` / ``uuids``
+    the GPUs it may see, ``device`` "cuda" or "cpu", ``timeout`` seconds before the run is
+    killed and recorded as a timeout, ``env`` variables added to the probe's environment,
+    ``params`` the probe's parameters, ``record_as`` the probe name the record carries
+    (default: ``spec.name``; a stand-in probe run in place of another one is recorded under
+    the name it stands in for).
+    """
 
     def run(
         self,
@@ -73,6 +82,7 @@ class ProbeRunner(Protocol):
         timeout: float,
         env: dict[str, str] | None = None,
         params: dict[str, Any] | None = None,
+        record_as: str | None = None,
     ) -> dict[str, Any]: ...
 
 

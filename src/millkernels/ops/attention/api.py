@@ -7,7 +7,6 @@ custom ops of :mod:`.custom_ops`, which carry autograd and ``torch.compile`` sup
 
 from __future__ import annotations
 
-import itertools
 import math
 from typing import Any
 
@@ -17,6 +16,7 @@ from millkernels import runtime
 from millkernels.dispatch import constant_under_compile
 from millkernels.ops.attention import custom_ops, reference
 from millkernels.ops.attention.capabilities import MAX_HEAD_DIM, REFERENCE_DTYPES, TABLE
+from millkernels.ops.attention.custom_ops import check_varlen_values
 
 _Out = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
@@ -132,42 +132,6 @@ def _cu_seqlens(name: str, cu: Any, q: torch.Tensor, total: int, what: str) -> t
     if not cu.is_contiguous():
         raise ValueError(f"{name}: expected a contiguous tensor")
     return cu
-
-
-def check_varlen_values(
-    cu_seqlens_q: torch.Tensor,
-    cu_seqlens_k: torch.Tensor,
-    total_q: int,
-    total_k: int,
-    max_seqlen_q: int,
-    max_seqlen_k: int,
-) -> None:
-    """The offsets' values: start at 0, non-decreasing, within the tokens, and no sequence
-    longer than ``max_seqlen_*`` (the kernels' grid: longer ones would lose rows silently).
-
-    Reads the offsets on the host: one synchronisation for GPU tensors. Skipped while
-    torch.compile traces; the custom op repeats it at run time for CPU tensors (free there).
-    """
-    _check_cu_values("cu_seqlens_q", cu_seqlens_q, total_q, max_seqlen_q, "q")
-    _check_cu_values("cu_seqlens_k", cu_seqlens_k, total_k, max_seqlen_k, "k")
-
-
-def _check_cu_values(name: str, cu: torch.Tensor, total: int, max_len: int, what: str) -> None:
-    if torch.compiler.is_compiling():
-        return
-    vals = cu.tolist()
-    if vals[0] != 0:
-        raise ValueError(f"{name}: must start at 0, got {vals[0]}")
-    lengths = [b - a for a, b in itertools.pairwise(vals)]
-    if min(lengths) < 0:
-        raise ValueError(f"{name}: must be non-decreasing, got {vals}")
-    if vals[-1] > total:
-        raise ValueError(f"{name}: last offset {vals[-1]} exceeds the {total} tokens of {what}")
-    if max(lengths) > max_len:
-        raise ValueError(
-            f"max_seqlen_{name[-1]}: {max_len} is below the longest sequence in {name} "
-            f"({max(lengths)})"
-        )
 
 
 def _select(op: str, q: torch.Tensor, backend: str) -> str:

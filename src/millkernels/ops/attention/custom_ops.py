@@ -18,6 +18,8 @@ interpreter ``triton_op`` hands fake tensors to the interpreter (see DESIGN.md).
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from torch import Tensor
 
@@ -29,6 +31,42 @@ _NAMES = ("triton", "reference")
 def _check_backend(backend: str) -> None:
     if backend not in _NAMES:
         raise ValueError(f"backend: the attention ops take one of {_NAMES}, got {backend!r}")
+
+
+def check_varlen_values(
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor,
+    total_q: int,
+    total_k: int,
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+) -> None:
+    """The offsets' values: start at 0, non-decreasing, within the tokens, and no sequence
+    longer than ``max_seqlen_*`` (the kernels' grid: longer ones would lose rows silently).
+
+    Reads the offsets on the host: one synchronisation for GPU tensors. Skipped while
+    torch.compile traces; the varlen ops repeat it at run time for CPU tensors (free there).
+    """
+    _check_cu_values("cu_seqlens_q", cu_seqlens_q, total_q, max_seqlen_q, "q")
+    _check_cu_values("cu_seqlens_k", cu_seqlens_k, total_k, max_seqlen_k, "k")
+
+
+def _check_cu_values(name: str, cu: torch.Tensor, total: int, max_len: int, what: str) -> None:
+    if torch.compiler.is_compiling():
+        return
+    vals = cu.tolist()
+    if vals[0] != 0:
+        raise ValueError(f"{name}: must start at 0, got {vals[0]}")
+    lengths = [b - a for a, b in itertools.pairwise(vals)]
+    if min(lengths) < 0:
+        raise ValueError(f"{name}: must be non-decreasing, got {vals}")
+    if vals[-1] > total:
+        raise ValueError(f"{name}: last offset {vals[-1]} exceeds the {total} tokens of {what}")
+    if max(lengths) > max_len:
+        raise ValueError(
+            f"max_seqlen_{name[-1]}: {max_len} is below the longest sequence in {name} "
+            f"({max(lengths)})"
+        )
 
 
 def _like(x: Tensor, ref: Tensor) -> Tensor:
@@ -147,8 +185,6 @@ def attention_varlen_fwd(
 ) -> tuple[Tensor, Tensor]:
     _check_backend(backend)
     if cu_seqlens_q.device.type == "cpu":  # no sync: also under torch.compile, which skips
-        from millkernels.ops.attention.api import check_varlen_values  # the public check
-
         check_varlen_values(
             cu_seqlens_q, cu_seqlens_k, q.shape[0], k.shape[0], max_seqlen_q, max_seqlen_k
         )

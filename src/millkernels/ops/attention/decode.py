@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from millkernels import runtime
-from millkernels.analyze.registry import register_cuda_hot
+from millkernels.ops.analysis_spec import CudaHot
 from millkernels.ops.attention.api import scale_and_softcap
 
 OP = "attention_decode"
@@ -28,9 +28,8 @@ CUDA_HEAD_DIMS = (64, 128, 256)
 #: The CUDA kernel loads 16 bytes at a time: pointers and strides must allow it.
 CUDA_ALIGN_BYTES = 16
 
-# csrc/attention/decode.cu: `millkernels analyze --check` fails if these spill (registered here,
-# not in the lazily imported cuda_decode, so that analysis always sees them).
-register_cuda_hot("decode_split_kernel", "decode_combine_kernel")
+# csrc/attention/decode.cu: `millkernels analyze --check` fails if these spill.
+ANALYSIS = (CudaHot(("decode_split_kernel", "decode_combine_kernel")),)
 
 
 # ---------------------------------------------------------------------------- capability

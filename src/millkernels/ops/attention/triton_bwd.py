@@ -28,9 +28,9 @@ import triton
 import triton.language as tl
 
 from millkernels import runtime
-from millkernels.analyze.registry import (
+from millkernels.ops.analysis_spec import (
+    TritonAnalysis,
     TritonVariant,
-    register_triton,
     variants_from_configs,
     with_spill_allowance,
 )
@@ -792,42 +792,46 @@ def _variants(table, sig, tma_table) -> list[TritonVariant]:
 DKDV_SPILL_ALLOWANCE = {256: {90: 96, 80: 200}}
 DQ_SPILL_ALLOWANCE = {256: {90: 272, 80: 40}}
 
-register_triton(
-    "attention.bwd_dkdv",
-    _attn_bwd_dkdv_kernel,
-    with_spill_allowance(
-        _variants(_DKDV_TABLE, DKDV_SIG, _DKDV_TMA_TABLE),
-        DKDV_SPILL_ALLOWANCE,
-        "dK/dV head_dim 256: accumulators",
+ANALYSIS = (
+    TritonAnalysis(
+        "attention.bwd_dkdv",
+        _attn_bwd_dkdv_kernel,
+        with_spill_allowance(
+            _variants(_DKDV_TABLE, DKDV_SIG, _DKDV_TMA_TABLE),
+            DKDV_SPILL_ALLOWANCE,
+            "dK/dV head_dim 256: accumulators",
+        ),
+        hot=True,
     ),
-    hot=True,
-)
-register_triton(
-    "attention.bwd_dq",
-    _attn_bwd_dq_kernel,
-    with_spill_allowance(
-        _variants(_DQ_TABLE, DQ_SIG, _DQ_TMA_TABLE), DQ_SPILL_ALLOWANCE, "dQ head_dim 256: dQ tile"
+    TritonAnalysis(
+        "attention.bwd_dq",
+        _attn_bwd_dq_kernel,
+        with_spill_allowance(
+            _variants(_DQ_TABLE, DQ_SIG, _DQ_TMA_TABLE),
+            DQ_SPILL_ALLOWANCE,
+            "dQ head_dim 256: dQ tile",
+        ),
+        hot=True,
     ),
-    hot=True,
-)
-register_triton(
-    "attention.bwd_preprocess",
-    _bwd_preprocess_kernel,
-    [
-        TritonVariant(
-            PRE_SIG,
-            {
-                "HEAD_DIM": d,
-                "BLOCK_D": d,
-                "VARLEN": False,
-                "HAS_DLSE": False,
-                "BLOCK_M": PRE_BLOCK_M,
-            },
-            num_warps=4,
-            num_stages=1,
-            divisible_by_16=aligned_for_analysis(PRE_SIG),
-        )
-        for d in (64, 128)
-    ],
-    hot=True,
+    TritonAnalysis(
+        "attention.bwd_preprocess",
+        _bwd_preprocess_kernel,
+        [
+            TritonVariant(
+                PRE_SIG,
+                {
+                    "HEAD_DIM": d,
+                    "BLOCK_D": d,
+                    "VARLEN": False,
+                    "HAS_DLSE": False,
+                    "BLOCK_M": PRE_BLOCK_M,
+                },
+                num_warps=4,
+                num_stages=1,
+                divisible_by_16=aligned_for_analysis(PRE_SIG),
+            )
+            for d in (64, 128)
+        ],
+        hot=True,
+    ),
 )

@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 
 from millkernels import runtime
-from millkernels.analyze.registry import TritonVariant, register_triton
+from millkernels.ops.analysis_spec import TritonAnalysis, TritonVariant
 from millkernels.ops.triton_common import cast, dot
 
 LOG2E = 1.4426950408889634
@@ -297,27 +297,29 @@ def _split_variants() -> list[TritonVariant]:
     return out
 
 
-register_triton("attention.decode_split", _decode_split_kernel, _split_variants(), hot=True)
-register_triton(
-    "attention.decode_combine",
-    _decode_combine_kernel,
-    [
-        TritonVariant(
-            {
-                "po_ptr": "*fp32",
-                "plse_ptr": "*fp32",
-                "out_ptr": f"*{dtype}",
-                "lse_ptr": "*fp32",
-                "heads_q": "i32",
-                "stride_ob": "i32",
-                "stride_oh": "i32",
-                "num_splits": "i32",
-            },
-            {"HEAD_DIM": 128, "D_PAD": 128, "SPLITS_PAD": 16},
-            NUM_WARPS,
-            label=f"{dtype} d128 s16",
-        )
-        for dtype in ("bf16", "fp16")
-    ],
-    hot=True,
+ANALYSIS = (
+    TritonAnalysis("attention.decode_split", _decode_split_kernel, _split_variants(), hot=True),
+    TritonAnalysis(
+        "attention.decode_combine",
+        _decode_combine_kernel,
+        [
+            TritonVariant(
+                {
+                    "po_ptr": "*fp32",
+                    "plse_ptr": "*fp32",
+                    "out_ptr": f"*{dtype}",
+                    "lse_ptr": "*fp32",
+                    "heads_q": "i32",
+                    "stride_ob": "i32",
+                    "stride_oh": "i32",
+                    "num_splits": "i32",
+                },
+                {"HEAD_DIM": 128, "D_PAD": 128, "SPLITS_PAD": 16},
+                NUM_WARPS,
+                label=f"{dtype} d128 s16",
+            )
+            for dtype in ("bf16", "fp16")
+        ],
+        hot=True,
+    ),
 )

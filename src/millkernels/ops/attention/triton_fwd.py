@@ -21,9 +21,9 @@ import triton
 import triton.language as tl
 
 from millkernels import runtime
-from millkernels.analyze.registry import (
+from millkernels.ops.analysis_spec import (
+    TritonAnalysis,
     TritonVariant,
-    register_triton,
     variants_from_configs,
     with_spill_allowance,
 )
@@ -588,9 +588,11 @@ def _variants() -> list[TritonVariant]:
 # or a spill anywhere else, fails `analyze --check`.
 FWD_SPILL_ALLOWANCE = {256: {80: 24}}
 
-register_triton(
-    "attention.fwd",
-    _attn_fwd_kernel,
-    with_spill_allowance(_variants(), FWD_SPILL_ALLOWANCE, "fwd head_dim 256: q + acc tiles"),
-    hot=True,
+ANALYSIS = (
+    TritonAnalysis(
+        "attention.fwd",
+        _attn_fwd_kernel,
+        with_spill_allowance(_variants(), FWD_SPILL_ALLOWANCE, "fwd head_dim 256: q + acc tiles"),
+        hot=True,
+    ),
 )

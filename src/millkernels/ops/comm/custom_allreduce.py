@@ -28,10 +28,11 @@ import torch
 import torch.distributed as dist
 
 from millkernels._native import require_gpu, require_native, view
-from millkernels.analyze.registry import register_cuda_hot
+from millkernels.ops.analysis_spec import CudaHot
 from millkernels.ops.comm import capabilities as caps
+from millkernels.ops.comm.groups import group_devices, resolve_group
 
-register_cuda_hot("one_shot_kernel", "two_shot_kernel")  # csrc/comm/custom_allreduce.cu
+ANALYSIS = (CudaHot(("one_shot_kernel", "two_shot_kernel")),)  # csrc/comm/custom_allreduce.cu
 
 DEFAULT_MAX_BYTES = 8 * 2**20  # vLLM's default; two-shot beyond ~0.2-0.8 MB (capabilities)
 MAX_MAX_BYTES = 2**30
@@ -114,8 +115,6 @@ class CustomAllReduce:
         cpu_group: Any = None,
         blocks: int = DEFAULT_BLOCKS,
     ) -> None:
-        from millkernels.ops.comm.api import group_devices, resolve_group
-
         self._closed = True
         g = resolve_group(group)
         self.max_bytes = check_max_bytes(max_bytes)

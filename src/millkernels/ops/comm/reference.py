@@ -211,12 +211,3 @@ def dequant_accumulate_requantize(
     out[0, :length] = q.view(-1)
     out[0, length:] = s.view(torch.int8)
     return out
-
-
-def quantized_all_reduce(
-    x: torch.Tensor, out: torch.Tensor, group, quant: str, group_size: int
-) -> torch.Tensor:
-    """The quantised all-reduce with torch quantisation (see quantized.py for the steps)."""
-    from millkernels.ops.comm.quantized import run_quantized
-
-    return run_quantized(x, out, group, quant, group_size, backend="reference")

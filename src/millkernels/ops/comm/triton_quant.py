@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 
 from millkernels import runtime
-from millkernels.analyze.registry import TritonVariant, register_triton
+from millkernels.ops.analysis_spec import TritonAnalysis, TritonVariant
 from millkernels.ops.comm.reference import AMAX_FLOOR as _AMAX_FLOOR
 from millkernels.ops.comm.reference import QMAX, shard_layout
 from millkernels.ops.triton_common import INTERPRET, cast
@@ -207,64 +207,56 @@ def dequantize_into(buf: torch.Tensor, out: torch.Tensor, group_size: int, quant
     )
 
 
-_INTS = {"n": "i64", "total_groups": "i32", "gps": "i32", "ROW": "i64", "world": "i32"}
-for _x_ty in ("bf16", "fp16", "fp32"):
-    register_triton(
-        f"comm.quantize_{_x_ty}",
-        _quantize_kernel,
-        [
-            TritonVariant(
-                {
-                    "x_ptr": f"*{_x_ty}",
-                    "buf_ptr": "*i8",
-                    **{k: _INTS[k] for k in ("n", "total_groups", "gps", "ROW")},
-                },
-                {"QMAX": q, "G": 128, "BG": _BG_GPU, "FP8": fp8},
-                num_warps=4,
-                label=f"{name} G=128 BG={_BG_GPU} w4",
-                min_arch=89 if fp8 else 80,
-                divisible_by_16=("x_ptr", "buf_ptr"),
-                **_IEEE,
-            )
-            for name, q, fp8 in (("int8", 127.0, False), ("fp8", 448.0, True))
-        ],
-        hot=True,
-    )
-    register_triton(
-        f"comm.dequantize_{_x_ty}",
-        _dequantize_kernel,
-        [
-            TritonVariant(
-                {
-                    "buf_ptr": "*i8",
-                    "out_ptr": f"*{_x_ty}",
-                    **{k: _INTS[k] for k in ("n", "total_groups", "gps", "ROW")},
-                },
-                {"G": 128, "BG": _BG_GPU, "FP8": fp8},
-                num_warps=4,
-                label=f"{name} G=128 BG={_BG_GPU} w4",
-                min_arch=89 if fp8 else 80,
-                divisible_by_16=("buf_ptr", "out_ptr"),
-                **_IEEE,
-            )
-            for name, fp8 in (("int8", False), ("fp8", True))
-        ],
-        hot=True,
-    )
-register_triton(
-    "comm.dequant_accumulate",
-    _dequant_accumulate_kernel,
-    [
+_INTS = {"n": "i64", "total_groups": "i32", "gps": "i32", "ROW": "i64"}
+_FORMATS = (("int8", 127.0, False), ("fp8", 448.0, True))  # name, QMAX, FP8
+
+
+def _variants(sig: dict[str, str], aligned: tuple[str, ...], qmax: bool) -> list[TritonVariant]:
+    """One variant per quantised format (GPU group sizes; ``QMAX`` only where the kernel
+    quantises)."""
+    return [
         TritonVariant(
-            {"recv_ptr": "*i8", "send_ptr": "*i8", "world": "i32", "gps": "i32", "ROW": "i64"},
-            {"QMAX": q, "G": 128, "BG": _BG_GPU, "FP8": fp8},
+            sig,
+            {**({"QMAX": q} if qmax else {}), "G": 128, "BG": _BG_GPU, "FP8": fp8},
             num_warps=4,
             label=f"{name} G=128 BG={_BG_GPU} w4",
             min_arch=89 if fp8 else 80,
-            divisible_by_16=("recv_ptr", "send_ptr"),
+            divisible_by_16=aligned,
             **_IEEE,
         )
-        for name, q, fp8 in (("int8", 127.0, False), ("fp8", 448.0, True))
-    ],
-    hot=True,
-)
+        for name, q, fp8 in _FORMATS
+    ]
+
+
+def _analysis() -> tuple[TritonAnalysis, ...]:
+    out = []
+    for x_ty in ("bf16", "fp16", "fp32"):
+        quantize = {"x_ptr": f"*{x_ty}", "buf_ptr": "*i8", **_INTS}
+        dequantize = {"buf_ptr": "*i8", "out_ptr": f"*{x_ty}", **_INTS}
+        out += [
+            TritonAnalysis(
+                f"comm.quantize_{x_ty}",
+                _quantize_kernel,
+                _variants(quantize, ("x_ptr", "buf_ptr"), qmax=True),
+                hot=True,
+            ),
+            TritonAnalysis(
+                f"comm.dequantize_{x_ty}",
+                _dequantize_kernel,
+                _variants(dequantize, ("buf_ptr", "out_ptr"), qmax=False),
+                hot=True,
+            ),
+        ]
+    accumulate = {"recv_ptr": "*i8", "send_ptr": "*i8", "world": "i32", "gps": "i32", "ROW": "i64"}
+    out.append(
+        TritonAnalysis(
+            "comm.dequant_accumulate",
+            _dequant_accumulate_kernel,
+            _variants(accumulate, ("recv_ptr", "send_ptr"), qmax=True),
+            hot=True,
+        )
+    )
+    return tuple(out)
+
+
+ANALYSIS = _analysis()

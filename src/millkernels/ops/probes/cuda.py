@@ -16,12 +16,17 @@ from __future__ import annotations
 from typing import Any
 
 from millkernels._native import require_native, view
-from millkernels.analyze.registry import register_cuda_hot
+from millkernels.ops.analysis_spec import CudaHot
 
 # The HBM probes must not spill: certification's bandwidth floors assume they run at speed.
-register_cuda_hot(
-    "copy_kernel", "read_kernel", "write_kernel", "pattern_write_kernel", "pattern_check_kernel"
+_HOT = (
+    "copy_kernel",
+    "read_kernel",
+    "write_kernel",
+    "pattern_write_kernel",
+    "pattern_check_kernel",
 )
+ANALYSIS = (CudaHot(_HOT),)
 
 #: (index, expected, actual) of one word that read back wrong.
 BadTriple = tuple[int, int, int]

@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from millkernels.analyze.registry import TritonVariant, register_triton
+from millkernels.ops.analysis_spec import TritonAnalysis, TritonVariant
 
 BLOCK = 4096  # words per program: 16 KiB, 4 x 16-byte accesses per thread at 8 warps
 NUM_WARPS = 8
@@ -61,21 +61,23 @@ def write(dst: torch.Tensor, value: int) -> None:
 
 _WORDS = {"n": "i64", "BLOCK": "constexpr"}
 _CONST = {"BLOCK": BLOCK}
-register_triton(
-    "probes.copy",
-    _copy_kernel,
-    [TritonVariant({"dst_ptr": "*i32", "src_ptr": "*i32", **_WORDS}, _CONST, NUM_WARPS)],
-    hot=True,
-)
-register_triton(
-    "probes.read",
-    _read_kernel,
-    [TritonVariant({"src_ptr": "*i32", "partial_ptr": "*i64", **_WORDS}, _CONST, NUM_WARPS)],
-    hot=True,
-)
-register_triton(
-    "probes.write",
-    _write_kernel,
-    [TritonVariant({"dst_ptr": "*i32", "value": "i32", **_WORDS}, _CONST, NUM_WARPS)],
-    hot=True,
+ANALYSIS = (
+    TritonAnalysis(
+        "probes.copy",
+        _copy_kernel,
+        [TritonVariant({"dst_ptr": "*i32", "src_ptr": "*i32", **_WORDS}, _CONST, NUM_WARPS)],
+        hot=True,
+    ),
+    TritonAnalysis(
+        "probes.read",
+        _read_kernel,
+        [TritonVariant({"src_ptr": "*i32", "partial_ptr": "*i64", **_WORDS}, _CONST, NUM_WARPS)],
+        hot=True,
+    ),
+    TritonAnalysis(
+        "probes.write",
+        _write_kernel,
+        [TritonVariant({"dst_ptr": "*i32", "value": "i32", **_WORDS}, _CONST, NUM_WARPS)],
+        hot=True,
+    ),
 )

@@ -11,8 +11,8 @@ import torch
 
 from millkernels import runtime
 from millkernels._native import cuda_unavailable_reason
-from millkernels.analyze.registry import register_cuda_hot
 from millkernels.dispatch import BackendSpec, CallFacts, CapabilityTable
+from millkernels.ops.analysis_spec import CudaHot
 from millkernels.ops.quant.formats import FP8_SCHEMES, SCHEMES
 
 FP8_MIN_CAPABILITY = (8, 9)  # e4m3 tensor cores: Ada (8.9) and Hopper (9.0)
@@ -166,4 +166,4 @@ TABLE = CapabilityTable(
 )
 
 # csrc/quant/w4a16.cu: `millkernels analyze --check` fails if these spill
-register_cuda_hot("w4a16_small_m_kernel", "w4_repack_kernel")
+ANALYSIS = (CudaHot(("w4a16_small_m_kernel", "w4_repack_kernel")),)

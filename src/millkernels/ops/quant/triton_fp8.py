@@ -19,13 +19,11 @@ widens to float32. Compiled for a GPU both are the plain instructions.
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 import triton
 import triton.language as tl
 
-from millkernels.analyze.registry import TritonVariant, register_triton, variants_from_configs
+from millkernels.ops.analysis_spec import TritonAnalysis, TritonVariant, variants_from_configs
 from millkernels.ops.quant.formats import FP8_BLOCK, FP8_DTYPE, fp8_scale
 from millkernels.ops.triton_common import INTERPRET, cast, dot
 
@@ -298,7 +296,7 @@ def tuned_config() -> dict | None:
     return autotune_config(_fp8_tuned)
 
 
-def _register() -> None:
+def _analysis() -> tuple[TritonAnalysis, ...]:
     sig = {
         "a_ptr": "*fp8e4nv",
         "b_ptr": "*fp8e4nv",
@@ -318,16 +316,12 @@ def _register() -> None:
     }
     # what a launch on LLM shapes specialises on: pointers, K and the row strides 16-divisible
     aligned = (*[k for k, v in sig.items() if v.startswith("*")], "K", "stride_am", "stride_bn")
+    out = []
     for mode, name in ((MODE_TENSOR, "tensor"), (MODE_ROWWISE, "rowwise"), (MODE_BLOCK, "block")):
         consts = {"SCALE_MODE": mode, "HAS_BIAS": False, "EVEN_K": True}
         cfgs = [c for c in CONFIGS if _fits(c, 256, mode)]  # every config autotuning may pick
-        variants = variants_from_configs(cfgs, sig, consts, min_arch=90)
-        register_triton(
-            f"quant.fp8_{name}_gemm",
-            _fp8_gemm_kernel,
-            [dataclasses.replace(v, divisible_by_16=aligned) for v in variants],
-            hot=True,
-        )
+        variants = variants_from_configs(cfgs, sig, consts, min_arch=90, divisible_by_16=aligned)
+        out.append(TritonAnalysis(f"quant.fp8_{name}_gemm", _fp8_gemm_kernel, variants, hot=True))
     act_sig = {
         "x_ptr": "*bf16",
         "q_ptr": "*fp8e4nv",
@@ -338,16 +332,19 @@ def _register() -> None:
         "stride_sm": "i32",
         "group_len": "i32",
     }
-    register_triton(
-        "quant.fp8_act_quant",
-        _act_quant_kernel,
-        [
-            TritonVariant(act_sig, {"STATIC": False, "BLOCK": ACT_BLOCK}, 4, 1, min_arch=90),
-            TritonVariant(act_sig, {"STATIC": False, "BLOCK": FP8_BLOCK}, 4, 1, min_arch=90),
-            TritonVariant(act_sig, {"STATIC": True, "BLOCK": ACT_BLOCK}, 4, 1, min_arch=90),
-        ],
-        hot=True,
+    out.append(
+        TritonAnalysis(
+            "quant.fp8_act_quant",
+            _act_quant_kernel,
+            [
+                TritonVariant(act_sig, {"STATIC": False, "BLOCK": ACT_BLOCK}, 4, 1, min_arch=90),
+                TritonVariant(act_sig, {"STATIC": False, "BLOCK": FP8_BLOCK}, 4, 1, min_arch=90),
+                TritonVariant(act_sig, {"STATIC": True, "BLOCK": ACT_BLOCK}, 4, 1, min_arch=90),
+            ],
+            hot=True,
+        )
     )
+    return tuple(out)
 
 
-_register()
+ANALYSIS = _analysis()

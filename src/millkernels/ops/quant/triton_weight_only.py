@@ -12,7 +12,6 @@ of M (capped at 256), N, K, the group size and the split.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import torch
@@ -20,7 +19,7 @@ import triton
 import triton.language as tl
 
 from millkernels import runtime
-from millkernels.analyze.registry import register_triton, variants_from_configs
+from millkernels.ops.analysis_spec import TritonAnalysis, variants_from_configs
 from millkernels.ops.triton_common import INTERPRET, cast, dot
 
 SPLIT_ALIGN = 128  # K per split is a multiple of this (>= every BLOCK_K)
@@ -300,7 +299,7 @@ def _signature(xdt: str, sdt: str, zdt: str) -> dict[str, str]:
     }
 
 
-def _register() -> None:
+def _analysis() -> tuple[TritonAnalysis, ...]:
     small = [c for c in CONFIGS if c.kwargs["BLOCK_M"] == 16][:3]
     large = [c for c in CONFIGS if c.kwargs["BLOCK_M"] >= 64][:3]
     base = {"HAS_ZEROS": True, "PER_CHANNEL": False, "HAS_BIAS": False}
@@ -308,15 +307,13 @@ def _register() -> None:
     # what a launch on LLM shapes specialises on: pointers, sizes and strides 16-divisible
     aligned = (*[k for k, v in sig.items() if v.startswith("*")], "N", "K", "stride_xm",
                "stride_om", "group_size", "k_per_split")  # fmt: skip
+    out = []
     for bits in (4, 8):
         for label, cfgs, split in (("small_m", small, True), ("large_m", large, False)):
-            variants = variants_from_configs(cfgs, sig, {**base, "BITS": bits, "SPLIT": split})
-            register_triton(
-                f"quant.w{bits}a16_{label}",
-                _wo_kernel,
-                [dataclasses.replace(v, divisible_by_16=aligned) for v in variants],
-                hot=True,
-            )
+            consts = {**base, "BITS": bits, "SPLIT": split}
+            variants = variants_from_configs(cfgs, sig, consts, divisible_by_16=aligned)
+            out.append(TritonAnalysis(f"quant.w{bits}a16_{label}", _wo_kernel, variants, hot=True))
+    return tuple(out)
 
 
-_register()
+ANALYSIS = _analysis()

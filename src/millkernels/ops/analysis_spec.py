@@ -1,0 +1,192 @@
+"""What ``millkernels analyze`` compiles, declared by the kernel modules as plain data.
+
+A kernel module lists its analysis next to its kernels in a module-level ``ANALYSIS`` tuple of
+:class:`TritonAnalysis` (a Triton kernel and its launch variants) and :class:`CudaHot` (CUDA
+kernels from ``csrc/`` that ``--check`` guards). ``millkernels.analyze`` finds every module
+under ``millkernels.ops`` that declares ``ANALYSIS``, imports it and collects the entries;
+kernel modules never import the analysis. This module imports nothing beyond the standard
+library, so declaring costs nothing at import.
+
+Example::
+
+    ANALYSIS = (
+        TritonAnalysis(
+            "probes.copy",
+            _copy_kernel,
+            [TritonVariant({"dst": "*i32", "src": "*i32", "n": "i64"}, {"BLOCK": 4096}, 8)],
+            hot=True,
+        ),
+        CudaHot(("copy_kernel",)),
+    )
+
+A kernel that is autotuned declares one variant per config with :func:`variants_from_configs`.
+CUDA kernels need no declaration (every ``__global__`` function under ``csrc/`` is compiled);
+:class:`CudaHot` only marks the ones ``--check`` guards.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class TritonVariant:
+    """One way a Triton kernel is launched: argument types, constexpr values, launch options.
+
+    Parameters
+    ----------
+    signature
+        Argument name -> Triton type string: ``"*fp32"``, ``"*bf16"``, ``"i32"``, ``"i64"``,
+        ``"fp32"``, ... or ``"constexpr"``. Constexpr arguments may be left out (they are
+        added from ``constexprs``); the order does not matter.
+    constexprs
+        Constexpr argument name -> value (``BLOCK=1024``, ``HEAD_DIM=128``, ``IS_CAUSAL=True``).
+        Constexpr arguments with a default in the kernel's definition may be left out.
+    num_warps, num_stages
+        Launch options, as in ``triton.Config``.
+    label
+        Shown in reports; by default built from the constexprs and options.
+    min_arch
+        Lowest compute capability (80 = sm_80, 90 = sm_90) this variant is valid on; on older
+        architectures the variant is reported as skipped, not compiled.
+    maxnreg
+        Optional register cap per thread (``triton.Config.maxnreg``).
+    spill_allowance, allowance_reason
+        A known spill this variant is allowed, per architecture (compute capability -> bytes
+        per thread, stores plus loads), and why: reported as ``waived`` instead of failing
+        ``--check``, so the debt stays visible and any growth beyond it fails. Empty (the
+        default) allows none.
+    divisible_by_16
+        Arguments Triton may assume 16-divisible (pointers: 16-byte aligned), as it does at a
+        launch whose tensors are aligned. ``None`` (default): every pointer argument, which is
+        what a launch with freshly allocated tensors specialises on.
+    enable_fp_fusion
+        The launch option of that name: False for kernels launched with
+        ``enable_fp_fusion=False`` (no multiply-add contracted into an FMA).
+    """
+
+    signature: Mapping[str, str]
+    constexprs: Mapping[str, Any] = field(default_factory=dict)
+    num_warps: int = 4
+    num_stages: int = 3
+    label: str = ""
+    min_arch: int = 80
+    maxnreg: int | None = None
+    divisible_by_16: Sequence[str] | None = None
+    spill_allowance: Mapping[int, int] = field(default_factory=dict)
+    allowance_reason: str = ""
+    enable_fp_fusion: bool = True
+
+    def __post_init__(self) -> None:
+        if self.spill_allowance and not self.allowance_reason:
+            raise ValueError("spill_allowance: give allowance_reason, the measured why")
+
+    def describe(self) -> str:
+        """The label, or one built from the constexprs and launch options."""
+        if self.label:
+            return self.label
+        parts = [f"{k}={v}" for k, v in self.constexprs.items()]
+        parts.append(f"w{self.num_warps}")
+        parts.append(f"s{self.num_stages}")
+        if self.maxnreg:
+            parts.append(f"r{self.maxnreg}")
+        return " ".join(parts)
+
+
+@dataclass(frozen=True)
+class TritonAnalysis:
+    """A Triton kernel to analyse: its report name, the kernel and its launch variants.
+
+    ``name`` is ``<family>.<kernel>`` (e.g. ``"attention.decode"``), unique. ``fn`` is what
+    ``@triton.jit`` returned, possibly wrapped by ``triton.autotune`` / ``triton.heuristics``,
+    defined at module level (the analysis compiles it in a separate process). ``hot`` kernels
+    fail ``millkernels analyze --check`` when they spill registers, overflow the
+    architecture's shared memory or do not compile. The analysis checks the variants against
+    the kernel's arguments when it collects them.
+    """
+
+    name: str
+    fn: Any
+    variants: Sequence[TritonVariant]
+    hot: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"TritonAnalysis: name is a non-empty str, got {self.name!r}")
+        object.__setattr__(self, "variants", tuple(self.variants))
+
+
+@dataclass(frozen=True)
+class CudaHot:
+    """CUDA kernels (compiled from ``csrc/``) that ``--check`` guards, by plain function name.
+
+    The plain name is the demangled name without namespace, template arguments and parameters
+    (``copy_kernel`` for ``void mk::copy_kernel<4>(...)``); a qualified name
+    (``mk::copy_kernel``) is accepted too.
+    """
+
+    kernels: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if isinstance(self.kernels, str):
+            raise TypeError(f"CudaHot: kernels is a tuple of names, got the str {self.kernels!r}")
+        object.__setattr__(self, "kernels", tuple(self.kernels))
+
+
+def with_spill_allowance(
+    variants: Sequence[TritonVariant], allowance: Mapping[int, Mapping[int, int]], reason: str
+) -> list[TritonVariant]:
+    """Give each variant whose ``HEAD_DIM`` constexpr is a key of ``allowance`` its known
+    spills (capability -> bytes; see :class:`TritonVariant`), with ``reason``."""
+    out = []
+    for v in variants:
+        head_dim = v.constexprs.get("HEAD_DIM")
+        allowed = allowance.get(head_dim) if isinstance(head_dim, int) else None
+        if allowed:
+            v = dataclasses.replace(v, spill_allowance=allowed, allowance_reason=reason)
+        out.append(v)
+    return out
+
+
+def variants_from_configs(
+    configs: Iterable[Any],
+    signature: Mapping[str, str],
+    constexprs: Mapping[str, Any] | None = None,
+    *,
+    min_arch: int | Callable[[Any], int] = 80,
+    divisible_by_16: Sequence[str] | None = None,
+) -> list[TritonVariant]:
+    """One :class:`TritonVariant` per ``triton.Config`` of an autotune list.
+
+    Parameters
+    ----------
+    configs
+        ``triton.Config`` objects (what ``triton.autotune(configs=...)`` got; an autotuned
+        kernel keeps them as ``.configs``). Each config's kwargs are added to ``constexprs``.
+    signature, constexprs
+        As for :class:`TritonVariant`; shared by every config.
+    min_arch
+        The lowest compute capability of every config, or a function ``config -> int`` for
+        lists that hold, e.g., Hopper-only configs.
+    divisible_by_16
+        As for :class:`TritonVariant`, shared by every config.
+    """
+    out = []
+    for cfg in configs:
+        kwargs = dict(getattr(cfg, "kwargs", None) or {})
+        arch = min_arch(cfg) if callable(min_arch) else min_arch
+        out.append(
+            TritonVariant(
+                signature=dict(signature),
+                constexprs={**(constexprs or {}), **kwargs},
+                num_warps=int(getattr(cfg, "num_warps", 4) or 4),
+                num_stages=int(getattr(cfg, "num_stages", 3) or 3),
+                min_arch=int(arch),
+                maxnreg=getattr(cfg, "maxnreg", None),
+                divisible_by_16=divisible_by_16,
+            )
+        )
+    return out
