@@ -39,29 +39,6 @@ FORBIDDEN = (
 #: (test_pending_edges_still_exist says which are gone).
 PENDING = frozenset(
     {
-        ("millkernels.ops.attention.bench", "millkernels.bench.context"),
-        ("millkernels.ops.attention.bench", "millkernels.bench.counts"),
-        ("millkernels.ops.attention.bench", "millkernels.bench.registry"),
-        ("millkernels.ops.attention.bench", "millkernels.bench.rows"),
-        ("millkernels.ops.attention.bench_decode", "millkernels.bench.context"),
-        ("millkernels.ops.attention.bench_decode", "millkernels.bench.registry"),
-        ("millkernels.ops.attention.bench_decode", "millkernels.bench.rows"),
-        ("millkernels.ops.attention.triton_bwd", "millkernels.bench.context"),
-        ("millkernels.ops.attention.triton_fwd", "millkernels.bench.context"),
-        ("millkernels.ops.comm.bench_suite", "millkernels.bench.context"),
-        ("millkernels.ops.comm.bench_suite", "millkernels.bench.registry"),
-        ("millkernels.ops.comm.bench_suite", "millkernels.bench.rows"),
-        ("millkernels.ops.comm.bench_suite", "millkernels.bench.timing"),
-        ("millkernels.ops.quant.bench", "millkernels.bench.ceilings"),
-        ("millkernels.ops.quant.bench", "millkernels.bench.context"),
-        ("millkernels.ops.quant.bench", "millkernels.bench.counts"),
-        ("millkernels.ops.quant.bench", "millkernels.bench.registry"),
-        ("millkernels.ops.quant.bench", "millkernels.bench.rows"),
-        ("millkernels.ops.quant.triton_fp8", "millkernels.bench.context"),
-        ("millkernels.ops.quant.triton_weight_only", "millkernels.bench.context"),
-        # circles
-        ("millkernels.ops.comm.bench", "millkernels.ops.comm.bench_suite"),
-        ("millkernels.bench.report", "millkernels.bench.compare"),
         ("millkernels.ops.attention.capabilities", "millkernels.ops.attention.decode"),
     }
 )
