@@ -66,3 +66,17 @@ def check_backward(grads, q, k, v, dout, kw, dlse=None, varlen=None):
     for name, g, p, r, x in zip(("dq", "dk", "dv"), grads, gpt, g32, (q, k, v), strict=True):
         assert g.shape == x.shape and g.dtype == x.dtype, name
         assert_flash_close(g, p, r, name)
+
+
+def spy_tma(monkeypatch, module, launcher: str) -> list[bool]:
+    """The ``tma`` argument (the table's choice, passed by name by the custom ops) of every
+    call of ``module.<launcher>``, in order."""
+    seen: list[bool] = []
+    real = getattr(module, launcher)
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["tma"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, launcher, spy)
+    return seen

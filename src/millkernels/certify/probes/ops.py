@@ -188,7 +188,8 @@ def _attention_fwd(ctx: ProbeContext, dev: Any) -> None:
     if name == "triton":
         from millkernels.ops.attention import triton_fwd
 
-        info["config"] = triton_fwd.chosen_config()
+        tma = capabilities.use_tma(capabilities.call_facts("attention", q, k, v))
+        info["config"] = triton_fwd.chosen_config(tma)
 
 
 def _attention_decode(ctx: ProbeContext, dev: Any) -> None:
