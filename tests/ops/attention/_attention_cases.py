@@ -2,25 +2,10 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from millkernels.ops.attention import reference as R
-from millkernels.testing import flash_tolerance_ok
-
-
-def assert_flash_close(x, pt, ref32, name="out"):
-    """flash-attn's test rule: ``max|x - ref32| <= 2 * max|pt - ref32| + atol`` with
-    ``atol = 2 * max|(r + 0.3 - 0.3) - r|``, ``r = ref32`` in x's dtype: the dtype's rounding
-    error at the values' magnitude (flash-attn's tests add the same term, so a result one
-    ulp off where PyTorch happened to round right does not fail at tiny sizes)."""
-    r = ref32.to(x.dtype)
-    atol = 2 * ((r + 0.3 - 0.3) - r).double().abs().max().item() if r.numel() else 0.0
-    ok, err, base = flash_tolerance_ok(x, pt, ref32, slack=atol + 1e-5)
-    assert math.isfinite(err), f"{name}: non-finite values in the result"
-    assert ok, f"{name}: max error {err:.3g} > 2 x PyTorch's own error {base:.3g} + {atol:.3g}"
-
+from millkernels.testing import assert_flash_close
 
 HALF = (torch.float16, torch.bfloat16)
 

@@ -132,3 +132,27 @@ def test_descriptor_allocator_respects_an_application_allocator(monkeypatch):
         assert _allocation._allocator.get() is theirs
     finally:
         _allocation._allocator.reset(token)
+
+
+def test_tma_decision_is_the_tables(monkeypatch):
+    """The TMA choice is a rule of the capability table on the call's facts: opt-in, training
+    ops only, sm_90+ (or the interpreter), 16-byte aligned tensors."""
+    from dataclasses import replace
+
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    gpu = capabilities.AttentionCall(
+        op="attention", device="cuda", dtype="bfloat16", capability=(9, 0), head_dim=128,
+        tma_opt_in=True,
+    )  # fmt: skip
+    assert capabilities.use_tma(gpu)
+    assert capabilities.use_tma(replace(gpu, op="attention_varlen"))
+    assert capabilities.TMA_ENV in capabilities.tma_reason(replace(gpu, tma_opt_in=False))
+    assert "sm_90" in capabilities.tma_reason(replace(gpu, capability=(8, 0)))
+    assert "16-byte" in capabilities.tma_reason(replace(gpu, aligned16=False))
+    assert "attention_decode" in capabilities.tma_reason(replace(gpu, op="attention_decode"))
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert capabilities.use_tma(replace(gpu, device="cpu", capability=None))
+    q = torch.randn(1, 3, 2, 64).half()
+    for value, opted in (("1", True), ("0", False)):
+        monkeypatch.setenv(capabilities.TMA_ENV, value)
+        assert capabilities.call_facts("attention", q).tma_opt_in is opted
