@@ -207,7 +207,9 @@ def _fwd_setup(ctx, inputs, output):
 
 def _fwd_backward(ctx, dout, dlse):
     q, k, v, out, lse = ctx.saved_tensors
-    dq, dk, dv = attention_bwd(dout, dlse, q, k, v, out, lse, *ctx.params)
+    # the registered op, not the eager bypass: AOT autograd traces backwards with fake
+    # tensors outside torch.compile, where the bypass would run the kernels on them
+    dq, dk, dv = attention_bwd.op(dout, dlse, q, k, v, out, lse, *ctx.params)
     return dq, dk, dv, None, None, None, None, None
 
 
@@ -312,7 +314,7 @@ def _varlen_setup(ctx, inputs, output):
 def _varlen_backward(ctx, dout, dlse):
     q, k, v, out, lse, cu_q, cu_k = ctx.saved_tensors
     max_q, max_k, *rest = ctx.params
-    dq, dk, dv = attention_varlen_bwd(
+    dq, dk, dv = attention_varlen_bwd.op(  # the registered op, as in _fwd_backward
         dout, dlse, q, k, v, out, lse, cu_q, cu_k, max_q, max_k, *rest
     )
     return dq, dk, dv, None, None, None, None, None, None, None, None, None
