@@ -32,17 +32,6 @@ FORBIDDEN = (
     ("millkernels.dispatch", "millkernels.ops", "dispatch sits below the op families"),
 )
 
-#: Edges that still exist on this branch while other work in the same round removes them:
-#: the family benchmark modules move into bench/suites, kernels read autotune results from
-#: ops instead of bench, bench/compare and bench/report stop importing each other, and the
-#: decode capability rules move into attention/capabilities. Remove each entry with its edge
-#: (test_pending_edges_still_exist says which are gone).
-PENDING = frozenset(
-    {
-        ("millkernels.ops.attention.capabilities", "millkernels.ops.attention.decode"),
-    }
-)
-
 
 @dataclass(frozen=True)
 class Site:
@@ -125,13 +114,11 @@ def _under(module: str, prefix: str) -> bool:
     return module == prefix or module.startswith(prefix + ".")
 
 
-def forbidden_edges(graph: Graph, pending: frozenset = PENDING) -> list[str]:
-    """One line per import that crosses a layer the wrong way (pending edges left out)."""
+def forbidden_edges(graph: Graph) -> list[str]:
+    """One line per import that crosses a layer the wrong way."""
     out = []
     for importer, targets in sorted(graph.items()):
         for imported, sites in sorted(targets.items()):
-            if (importer, imported) in pending:
-                continue
             for src_prefix, dst_prefix, why in FORBIDDEN:
                 if _under(importer, src_prefix) and _under(imported, dst_prefix):
                     out.append(f"{importer} -> {imported} ({sites[0]}): {why}")
@@ -200,14 +187,14 @@ def _shortest_path(graph: dict[str, set[str]], start: str, goal: str, within: se
     return None
 
 
-def cycles(graph: Graph, pending: frozenset = PENDING) -> list[str]:
+def cycles(graph: Graph) -> list[str]:
     """Every import circle, one readable line each: ``a (a.py:3) -> b (b.py:7) -> a``.
 
     For every import inside a strongly connected component, the shortest circle through it;
     circles found twice (the same modules in turn) are listed once, so every import that
     keeps a circle closed appears in some line.
     """
-    edges = {a: {b for b in targets if (a, b) not in pending} for a, targets in graph.items()}
+    edges = {a: set(targets) for a, targets in graph.items()}
     seen = set()
     out = []
     for component in strongly_connected(edges):
@@ -245,14 +232,6 @@ def test_no_import_cycles(graph):
     assert not found, f"{len(found)} import circle(s):\n" + "\n".join(found)
 
 
-def test_pending_edges_still_exist(graph):
-    gone = sorted(f"{a} -> {b}" for a, b in PENDING if b not in graph.get(a, {}))
-    assert not gone, "no longer imported; remove from PENDING:\n" + "\n".join(gone)
-
-
-# ---------------------------------------------------------------------------- the checker
-
-
 def _package(tmp_path: Path, files: dict[str, str]) -> Graph:
     for name, text in files.items():
         path = tmp_path / name
@@ -277,7 +256,7 @@ def test_planted_violations_are_all_listed(tmp_path):
             ),
         },
     )
-    bad = forbidden_edges(graph, frozenset())
+    bad = forbidden_edges(graph)
     assert bad == [
         "millkernels.dispatch -> millkernels.ops.quant (millkernels/dispatch.py:2): "
         "dispatch sits below the op families",
@@ -286,8 +265,6 @@ def test_planted_violations_are_all_listed(tmp_path):
         "millkernels.ops.quant.kern -> millkernels.bench.rows "
         "(millkernels/ops/quant/kern.py:2): kernels do not import the benchmark tools",
     ]
-    pending = frozenset({("millkernels.ops.quant.kern", "millkernels.bench.rows")})
-    assert len(forbidden_edges(graph, pending)) == 2
 
 
 def test_planted_cycles_are_listed_as_paths(tmp_path):
@@ -305,9 +282,8 @@ def test_planted_cycles_are_listed_as_paths(tmp_path):
             "millkernels/lazy/sub.py": "from millkernels.lazy import x\n",  # a name, not a module
         },
     )
-    assert cycles(graph, frozenset()) == [
+    assert cycles(graph) == [
         "millkernels.a (millkernels/a.py:1) -> millkernels.b (millkernels/b.py:2) "
         "-> millkernels.c (millkernels/c.py:1) -> millkernels.a",
         "millkernels.b (millkernels/b.py:2) -> millkernels.c (millkernels/c.py:2) -> millkernels.b",
     ]
-    assert cycles(graph, frozenset({("millkernels.b", "millkernels.c")})) == []

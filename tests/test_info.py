@@ -124,3 +124,23 @@ def test_triton_without_gpu_or_interpreter_is_unusable_with_the_calls_reason(mon
     assert why in str(err.value)
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     assert runtime.triton_unavailable_reason() is None  # the interpreter runs it on the CPU
+
+
+@pytest.mark.parametrize(
+    ("opt_in", "expected"),
+    [("1", "on (training kernels"), ("0", "off: MILLKERNELS_ATTENTION_TMA is not 1")],
+)
+def test_info_shows_the_attention_tma_choice(monkeypatch, opt_in, expected):
+    """`millkernels info` says whether the attention training kernels use TMA here (the
+    interpreter emulates tensor descriptors, so the opt-in alone decides on this machine)."""
+    from rich.console import Console
+
+    from millkernels.info_table import print_info
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setenv("MILLKERNELS_ATTENTION_TMA", opt_in)
+    summary = json.loads(CliRunner().invoke(app, ["info", "--format", "json"]).output)
+    console = Console(width=1000, record=True)
+    print_info(summary, console)
+    lines = [ln for ln in console.export_text().splitlines() if "attention TMA kernels" in ln]
+    assert len(lines) == 1 and expected in lines[0], lines

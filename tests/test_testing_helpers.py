@@ -20,6 +20,22 @@ def test_flash_rule_accepts_pytorch_level_error_and_rejects_worse():
         testing.assert_flash_close(worse, lowp, ref32)
 
 
+def test_flash_rule_allows_one_rounding_where_pytorch_rounded_exactly():
+    """The dtype's rounding at the values' magnitude is allowed on top of 2x PyTorch's own
+    error: values PyTorch happened to get exact (its error 0) may come back one unit off."""
+    exact = torch.randn(64, 64).half()
+    ref32 = exact.double()  # PyTorch's result is exact: its own error is 0
+    one_off = exact.clone()
+    big = int(exact.abs().argmax())  # one unit there is well above the 1e-5 slack
+    one_off.view(torch.int16).view(-1)[big] += 1  # the next float16 away from zero
+    ok, err, base = testing.flash_tolerance_ok(one_off, exact, ref32)
+    assert base == 0 and err > 1e-5 and ok
+    testing.assert_flash_close(one_off, exact, ref32)
+    far = exact.clone()
+    far.view(-1)[big] += 0.25
+    assert not testing.flash_tolerance_ok(far, exact, ref32)[0]
+
+
 def test_flash_rule_rejects_nan():
     ref32 = torch.randn(8, dtype=torch.float64)
     bad = ref32.clone()

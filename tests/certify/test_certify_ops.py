@@ -129,7 +129,7 @@ def test_wrong_attention_output_is_counted_and_not_timed(monkeypatch):
 
 
 def test_nan_in_decode_and_quant_outputs_counts_as_wrong(monkeypatch):
-    from millkernels.ops.attention import decode
+    from millkernels.ops.attention import api as decode
     from millkernels.ops.quant import api as qapi
 
     real_decode, real_mm = decode.attention_decode, qapi.matmul

@@ -2,25 +2,10 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from millkernels.ops.attention import reference as R
-from millkernels.testing import flash_tolerance_ok
-
-
-def assert_flash_close(x, pt, ref32, name="out"):
-    """flash-attn's test rule: ``max|x - ref32| <= 2 * max|pt - ref32| + atol`` with
-    ``atol = 2 * max|(r + 0.3 - 0.3) - r|``, ``r = ref32`` in x's dtype: the dtype's rounding
-    error at the values' magnitude (flash-attn's tests add the same term, so a result one
-    ulp off where PyTorch happened to round right does not fail at tiny sizes)."""
-    r = ref32.to(x.dtype)
-    atol = 2 * ((r + 0.3 - 0.3) - r).double().abs().max().item() if r.numel() else 0.0
-    ok, err, base = flash_tolerance_ok(x, pt, ref32, slack=atol + 1e-5)
-    assert math.isfinite(err), f"{name}: non-finite values in the result"
-    assert ok, f"{name}: max error {err:.3g} > 2 x PyTorch's own error {base:.3g} + {atol:.3g}"
-
+from millkernels.testing import assert_flash_close
 
 HALF = (torch.float16, torch.bfloat16)
 
@@ -66,3 +51,17 @@ def check_backward(grads, q, k, v, dout, kw, dlse=None, varlen=None):
     for name, g, p, r, x in zip(("dq", "dk", "dv"), grads, gpt, g32, (q, k, v), strict=True):
         assert g.shape == x.shape and g.dtype == x.dtype, name
         assert_flash_close(g, p, r, name)
+
+
+def spy_tma(monkeypatch, module, launcher: str) -> list[bool]:
+    """The ``tma`` argument (the table's choice, passed by name by the custom ops) of every
+    call of ``module.<launcher>``, in order."""
+    seen: list[bool] = []
+    real = getattr(module, launcher)
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["tma"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, launcher, spy)
+    return seen

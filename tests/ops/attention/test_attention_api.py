@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import ast
+from dataclasses import replace
+from pathlib import Path
+
 import pytest
 import torch
 
 from millkernels.dispatch import BackendUnavailable
 from millkernels.ops import tables
 from millkernels.ops.attention import TABLE, attention, attention_varlen
-from millkernels.ops.attention.capabilities import call_facts
+from millkernels.ops.attention.capabilities import AttentionCall, call_facts
 
 F16 = torch.float16
 
@@ -112,12 +116,14 @@ def test_attention_varlen_bad_input(which, value, exc, match):
         )  # fmt: skip
 
 
-def test_table_is_registered_and_routes_decode():
+def test_table_is_registered_and_answers_every_op():
     assert tables()["attention"] is TABLE
     assert TABLE.names() == ("triton", "cuda", "reference")
     q = torch.randn(1, 3, 2, 64).half()
     facts = call_facts("attention", q)
-    assert facts == {"op": "attention", "device": "cpu", "dtype": F16, "head_dim": 64, "arch": None}
+    assert facts == AttentionCall(
+        op="attention", device="cpu", dtype="float16", capability=None, head_dim=64
+    )
     assert "no CUDA C++ training kernel" in TABLE.spec("cuda").serves(facts)
     assert TABLE.reason("reference", facts) is None
     # float32 is served by the reference only, with the reason given for triton
@@ -125,9 +131,21 @@ def test_table_is_registered_and_routes_decode():
     assert "float16 or bfloat16" in TABLE.spec("triton").serves(f32)
     with pytest.raises(BackendUnavailable, match="cuda"):
         attention(q, q, q, backend="cuda")
-    # decode calls are answered by the decode module (or say why it cannot load)
-    why = TABLE.spec("cuda").serves({**facts, "op": "attention_decode"})
-    assert why is None or isinstance(why, str)
+    # decode's rules live in the same table
+    decode = replace(facts, op="attention_decode")
+    assert "needs CUDA tensors" in TABLE.spec("cuda").serves(decode)
+    assert TABLE.spec("reference").serves(decode) is None
+
+
+def test_capabilities_imports_nothing_of_its_family():
+    """The table answers every op (decode's included) on its own: capabilities.py imports no
+    other attention module, so nothing there can import it back in a loop."""
+    from millkernels.ops.attention import capabilities
+
+    tree = ast.parse(Path(capabilities.__file__).read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert not {m for m in imported if m and m.startswith("millkernels.ops")}, imported
 
 
 def test_float32_runs_on_reference_under_auto(monkeypatch):

@@ -19,11 +19,13 @@ def _grad(*ts):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_opcheck_dense(backend, device):
     q, k, v = dense_inputs(1, 17, 9, 4, 2, 32, F16, device)
-    torch.library.opcheck(custom_ops.attention_fwd, (*_grad(q, k, v), 0.125, -1, 0, 0.0, backend))
+    torch.library.opcheck(
+        custom_ops.attention_fwd.op, (*_grad(q, k, v), 0.125, -1, 0, 0.0, backend)
+    )
     out, lse = custom_ops.attention_fwd(q, k, v, 0.125, -1, 0, 0.0, backend)
     dout, dlse = torch.randn_like(out), torch.randn_like(lse)
     torch.library.opcheck(
-        custom_ops.attention_bwd, (dout, dlse, q, k, v, out, lse, 0.125, -1, 0, 0.0, backend)
+        custom_ops.attention_bwd.op, (dout, dlse, q, k, v, out, lse, 0.125, -1, 0, 0.0, backend)
     )
 
 
@@ -34,10 +36,10 @@ def test_opcheck_varlen(backend, device):
     k = torch.randn(18, 1, 32).to(dtype=BF16, device=device)
     v = torch.randn(18, 1, 32).to(dtype=BF16, device=device)
     args = (cu, cu, 17, 17, 0.125, 5, -1, 0.0, backend)
-    torch.library.opcheck(custom_ops.attention_varlen_fwd, (*_grad(q, k, v), *args))
+    torch.library.opcheck(custom_ops.attention_varlen_fwd.op, (*_grad(q, k, v), *args))
     out, lse = custom_ops.attention_varlen_fwd(q, k, v, *args)
     torch.library.opcheck(
-        custom_ops.attention_varlen_bwd, (torch.randn_like(out), None, q, k, v, out, lse, *args)
+        custom_ops.attention_varlen_bwd.op, (torch.randn_like(out), None, q, k, v, out, lse, *args)
     )
 
 

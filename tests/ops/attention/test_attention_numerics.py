@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _attention_cases import assert_flash_close, check_backward, check_forward, dense_inputs
+from _attention_cases import check_backward, check_forward, dense_inputs
 
 from millkernels.ops.attention import attention, attention_varlen
 from millkernels.ops.attention import reference as R
-from millkernels.testing import assert_flash_close as flash_close
+from millkernels.testing import assert_flash_close
 
 F16, BF16 = torch.float16, torch.bfloat16
 
@@ -212,11 +212,11 @@ def test_triton_bf16_rounds_like_the_gpu_decode_shape(triton_device):
     out, _, dout, _, grads = _run(attention, "triton", q, k, v, kw)
     ref64, _ = R.attention_ref(q, k, v, compute_dtype=torch.float64, causal=True)
     ref_pt, _ = R.attention_ref(q, k, v, compute_dtype=None, causal=True)
-    flash_close(out, ref_pt, ref64, "out")
+    assert_flash_close(out, ref_pt, ref64, "out")
     g64 = R.attention_backward_ref(dout, None, q, k, v, compute_dtype=torch.float64, causal=True)
     g_pt = R.attention_backward_ref(dout, None, q, k, v, compute_dtype=None, causal=True)
     for name, g, p, r in zip(("dq", "dk", "dv"), grads, g_pt, g64, strict=True):
-        flash_close(g, p, r, name)
+        assert_flash_close(g, p, r, name)
     for name, x, r in zip(("out", "dq", "dk", "dv"), (out, *grads), (ref64, *g64), strict=True):
         share = _toward_zero_share(x.cpu(), r.cpu())
         assert share < 0.7, f"{name}: {share:.2f} of the rounded values lie toward zero"

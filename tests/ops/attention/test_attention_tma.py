@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _attention_cases import check_forward, dense_inputs
+from _attention_cases import check_forward, dense_inputs, spy_tma
 
-from millkernels.ops.attention import attention
+from millkernels.ops.attention import attention, capabilities
 from millkernels.ops.attention import triton_fwd as F
 
 F16, BF16 = torch.float16, torch.bfloat16
@@ -48,10 +48,8 @@ def test_tma_forward_matches_pointer_kernel_and_reference(
     q, k, v = dense_inputs(b, sq, sk, hq, hkv, d, dtype, triton_device)
     kw = dict(causal=causal, window=window, softcap=softcap)
     out, lse = _forward(q, k, v, True, **kw)
-    assert F._last_tma, "the TMA kernel did not run"
     check_forward(out.cpu(), lse.cpu(), q.cpu(), k.cpu(), v.cpu(), kw)
     ref_out, ref_lse = _forward(q, k, v, False, **kw)
-    assert not F._last_tma
     # The same arithmetic up to the summation order of the matmuls (K arrives transposed): a
     # last-bit difference in a score can flip the rounding of p to 16 bits, so the outputs
     # agree to a few units of the dtype's precision and lse to float32's.
@@ -73,7 +71,6 @@ def test_tma_varlen_keeps_sequences_apart(triton_device):
     v = torch.randn(76, 2, 64, device=triton_device).to(BF16)
     varlen = (cu_q, cu_k, max(lens_q), max(lens_k))
     out, lse = _forward(q, k, v, True, causal=True, varlen=varlen)
-    assert F._last_tma
     kw = dict(causal=True, window=(-1, -1), softcap=0.0)
     check_forward(
         out[:58].cpu(), lse[:, :58].cpu(), q[:58].cpu(), k.cpu(), v.cpu(), kw,
@@ -82,17 +79,22 @@ def test_tma_varlen_keeps_sequences_apart(triton_device):
     assert torch.all(out[58:] == 0)
 
 
-def test_tma_falls_back_where_descriptors_cannot_address(triton_device):
-    """A view whose rows are not 16-byte aligned runs the pointer kernel, with the same
-    result as its contiguous copy."""
+def test_tma_falls_back_where_descriptors_cannot_address(triton_device, monkeypatch):
+    """A view whose rows are not 16-byte aligned: the table chooses the pointer kernel (same
+    result as its contiguous copy), and the launcher refuses to be told otherwise."""
     q, k, v = dense_inputs(1, 17, 17, 2, 2, 64, F16, triton_device)
     wide = torch.randn(1, 17, 2, 64 + 4, device=triton_device).to(F16)
     wide[..., :64] = q
     q_odd = wide[..., :64]  # row stride 68 halves = 136 bytes: not a multiple of 16
-    assert not F.tma_allowed(q_odd)
-    out, _ = _forward(q_odd, k, v, True)
-    assert not F._last_tma
+    monkeypatch.setenv(capabilities.TMA_ENV, "1")
+    why = capabilities.tma_reason(capabilities.call_facts("attention", q_odd, k, v))
+    assert why and "16-byte" in why
+    with pytest.raises(ValueError, match="tma: tensor descriptors need 16-byte"):
+        _forward(q_odd, k, v, True)
     ref, _ = _forward(q, k, v, False)
+    seen = spy_tma(monkeypatch, F, "forward")
+    out = attention(q_odd, k, v, backend="triton")
+    assert seen == [False]
     assert torch.equal(out, ref)  # the same kernel, same inputs
 
 
@@ -100,12 +102,15 @@ def test_env_switch_reaches_the_public_op(triton_device, monkeypatch):
     if triton_device == "cuda" and torch.cuda.get_device_capability()[0] < 9:
         pytest.skip("tensor descriptors need sm_90")
     q, k, v = dense_inputs(1, 17, 17, 2, 2, 64, BF16, triton_device)
-    monkeypatch.setenv(F.TMA_ENV, "1")
+    seen = spy_tma(monkeypatch, F, "forward")
+    monkeypatch.setenv(capabilities.TMA_ENV, "1")
     with_tma = attention(q, k, v, backend="triton")
-    assert F.chosen_config()["TMA"] is True
-    monkeypatch.setenv(F.TMA_ENV, "0")
+    assert F.chosen_config(True)["TMA"] is True
+    monkeypatch.setenv(capabilities.TMA_ENV, "0")
     without = attention(q, k, v, backend="triton")
-    assert F.chosen_config()["TMA"] is False
+    monkeypatch.delenv(capabilities.TMA_ENV)
+    attention(q, k, v, backend="triton")
+    assert seen == [True, False, False]  # off unless opted in
     torch.testing.assert_close(with_tma, without, atol=TOL[BF16], rtol=TOL[BF16])
 
 
@@ -127,3 +132,27 @@ def test_descriptor_allocator_respects_an_application_allocator(monkeypatch):
         assert _allocation._allocator.get() is theirs
     finally:
         _allocation._allocator.reset(token)
+
+
+def test_tma_decision_is_the_tables(monkeypatch):
+    """The TMA choice is a rule of the capability table on the call's facts: opt-in, training
+    ops only, sm_90+ (or the interpreter), 16-byte aligned tensors."""
+    from dataclasses import replace
+
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    gpu = capabilities.AttentionCall(
+        op="attention", device="cuda", dtype="bfloat16", capability=(9, 0), head_dim=128,
+        tma_opt_in=True,
+    )  # fmt: skip
+    assert capabilities.use_tma(gpu)
+    assert capabilities.use_tma(replace(gpu, op="attention_varlen"))
+    assert capabilities.TMA_ENV in capabilities.tma_reason(replace(gpu, tma_opt_in=False))
+    assert "sm_90" in capabilities.tma_reason(replace(gpu, capability=(8, 0)))
+    assert "16-byte" in capabilities.tma_reason(replace(gpu, aligned16=False))
+    assert "attention_decode" in capabilities.tma_reason(replace(gpu, op="attention_decode"))
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert capabilities.use_tma(replace(gpu, device="cpu", capability=None))
+    q = torch.randn(1, 3, 2, 64).half()
+    for value, opted in (("1", True), ("0", False)):
+        monkeypatch.setenv(capabilities.TMA_ENV, value)
+        assert capabilities.call_facts("attention", q).tma_opt_in is opted

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _attention_cases import check_backward, dense_inputs
+from _attention_cases import check_backward, dense_inputs, spy_tma
 
-from millkernels.ops.attention import attention
+from millkernels.ops.attention import attention, capabilities
 from millkernels.ops.attention import triton_bwd as B
 from millkernels.ops.attention import triton_fwd as F
 
@@ -68,11 +68,9 @@ def test_tma_backward_matches_reference_and_pointer_kernels(
     dout = torch.randn_like(q)
     kw = dict(causal=causal, window=window, softcap=softcap)
     grads = _grads(q, k, v, dout, True, **kw)
-    assert B._last_tma, "the TMA kernels did not run"
-    assert B.chosen_configs()["TMA"] is True
+    assert B.chosen_configs(True)["TMA"] is True
     check_backward([g.cpu() for g in grads], q.cpu(), k.cpu(), v.cpu(), dout.cpu(), kw)
     ref = _grads(q, k, v, dout, False, **kw)
-    assert not B._last_tma
     for name, g, r in zip(("dq", "dk", "dv"), grads, ref, strict=True):
         _close(g, r, dtype, name)
 
@@ -91,7 +89,6 @@ def test_tma_backward_varlen_keeps_sequences_apart(triton_device):
     dout = torch.randn_like(q)
     varlen = (cu_q, cu_k, max(lens_q), max(lens_k))
     dq, dk, dv = _grads(q, k, v, dout, True, causal=True, varlen=varlen)
-    assert B._last_tma
     assert torch.all(dq[58:] == 0) and torch.all(dk[76:] == 0) and torch.all(dv[76:] == 0)
     kw = dict(causal=True, window=(-1, -1), softcap=0.0)
     cpu = [t.cpu() for t in (dq[:58], dk[:76], dv[:76], q[:58], k[:76], v[:76], dout[:58])]
@@ -106,23 +103,36 @@ def test_tma_backward_is_deterministic(triton_device):
     dout = torch.randn_like(q)
     first = _grads(q, k, v, dout, True, causal=True)
     second = _grads(q, k, v, dout, True, causal=True)
-    assert B._last_tma
     for a, b in zip(first, second, strict=True):
         assert torch.equal(a, b)
 
 
-def test_tma_backward_falls_back_where_descriptors_cannot_address(triton_device):
+def _public_grads(q, k, v, dout):
+    """Gradients through the public op; a q that already requires grad is used as it is."""
+    qg, kg, vg = (t if t.requires_grad else t.detach().clone().requires_grad_() for t in (q, k, v))
+    attention(qg, kg, vg, causal=True, backend="triton").backward(dout)
+    return qg.grad, kg.grad, vg.grad
+
+
+def test_tma_backward_falls_back_where_descriptors_cannot_address(triton_device, monkeypatch):
     """A q whose data starts 2 bytes past a 16-byte boundary (contiguous, so the launcher
-    keeps it) runs the pointer kernels, with the same result as its aligned copy."""
+    keeps it): the table chooses the pointer kernels, with the same result as its aligned
+    copy, and the launcher refuses to be told otherwise."""
     q, k, v = dense_inputs(1, 17, 17, 2, 2, 64, F16, triton_device)
     dout = torch.randn_like(q)
     flat = torch.empty(q.numel() + 1, dtype=F16, device=triton_device)
     odd = flat[1:].view(q.shape)
     odd.copy_(q)
-    assert odd.is_contiguous() and not F.tma_allowed(odd)
-    got = _grads(odd, k, v, dout, True)
-    assert not B._last_tma
-    ref = _grads(q, k, v, dout, False)
+    assert odd.is_contiguous()
+    monkeypatch.setenv(capabilities.TMA_ENV, "1")
+    assert "16-byte" in capabilities.tma_reason(capabilities.call_facts("attention", odd, k, v))
+    with pytest.raises(ValueError, match="tma: tensor descriptors need 16-byte"):
+        _grads(odd, k, v, dout, True)
+    seen = spy_tma(monkeypatch, B, "backward")
+    got = _public_grads(odd.requires_grad_(), k, v, dout)
+    assert seen == [False]
+    monkeypatch.setenv(capabilities.TMA_ENV, "0")
+    ref = _public_grads(q, k, v, dout)
     for a, b in zip(got, ref, strict=True):
         assert torch.equal(a, b)
 
@@ -130,18 +140,12 @@ def test_tma_backward_falls_back_where_descriptors_cannot_address(triton_device)
 def test_env_switch_reaches_the_backward(triton_device, monkeypatch):
     q, k, v = dense_inputs(1, 17, 17, 2, 1, 64, BF16, triton_device)
     dout = torch.randn_like(q)
-
-    def grads():
-        qg, kg, vg = (t.detach().clone().requires_grad_(True) for t in (q, k, v))
-        attention(qg, kg, vg, causal=True, backend="triton").backward(dout)
-        return qg.grad, kg.grad, vg.grad
-
-    monkeypatch.setenv(F.TMA_ENV, "1")
-    with_tma = grads()
-    assert B.chosen_configs()["TMA"] is True
-    monkeypatch.setenv(F.TMA_ENV, "0")
-    without = grads()
-    assert B.chosen_configs()["TMA"] is False
+    seen = spy_tma(monkeypatch, B, "backward")
+    monkeypatch.setenv(capabilities.TMA_ENV, "1")
+    with_tma = _public_grads(q, k, v, dout)
+    monkeypatch.setenv(capabilities.TMA_ENV, "0")
+    without = _public_grads(q, k, v, dout)
+    assert seen == [True, False]
     for name, a, b in zip(("dq", "dk", "dv"), with_tma, without, strict=True):
         _close(a, b, BF16, name)
 

@@ -8,14 +8,15 @@ GPU (marked): cuda and triton against the reference on serving-sized shapes.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 
 from millkernels.dispatch import BackendUnavailable
-from millkernels.ops.attention import decode as dec
-from millkernels.ops.attention.decode import attention_decode, decode_reason
-from millkernels.ops.attention.decode_reference import attention_decode_reference
+from millkernels.ops.attention import TABLE, attention_decode, custom_ops, decode_plan
+from millkernels.ops.attention.capabilities import AttentionCall
+from millkernels.ops.attention.reference import attention_decode_reference
 from millkernels.testing import assert_flash_close, empty_poisoned
 
 F16, BF16 = torch.float16, torch.bfloat16
@@ -110,6 +111,59 @@ def test_triton_split_counts(splits, triton_device, poisoned):
 
     args = make_case(3, 4, 2, 64, 16, [50, 3, 0], F16, triton_device)
     out, lse = triton_decode.attention_decode(*args, 0.125, 0.0, splits=splits)
+    check_against_reference(args, out, lse, 0.125)
+
+
+PLAN_SHAPES = [
+    # batch, heads_q, heads_kv, capacity, sms
+    (1, 32, 8, 4096, 132),
+    (64, 32, 8, 4096, 132),
+    (3, 4, 4, 17, 108),
+    (2, 64, 2, 100_000, 132),
+    (1, 6, 2, 1_000_000, 132),
+    (512, 8, 1, 256, 8),
+]
+
+
+@pytest.mark.parametrize("batch, heads_q, heads_kv, capacity, sms", PLAN_SHAPES)
+def test_split_plan_is_shared_and_within_limits(batch, heads_q, heads_kv, capacity, sms):
+    """Triton and CUDA decode take their split counts from one plan: the same count where a
+    program and a CTA cover the same query heads, always within [1, MAX_SPLITS] and with at
+    least MIN_TOKENS_PER_SPLIT tokens of capacity per split."""
+    from millkernels.ops.attention import cuda_decode
+
+    group = heads_q // heads_kv
+    cuda = cuda_decode.num_splits(batch, heads_q, heads_kv, capacity, sms)
+    per_cta = decode_plan.heads_per_cta(group)
+    assert cuda == decode_plan.num_splits(batch, heads_q, heads_kv, capacity, sms, per_cta)
+    triton = decode_plan.num_splits(batch, heads_q, heads_kv, capacity, sms, group)
+    if per_cta == group:  # a group of 1, 2, 4 or 8 heads: one CTA, like one Triton program
+        assert cuda == triton
+    for splits in (cuda, triton):
+        assert 1 <= splits <= decode_plan.MAX_SPLITS
+        assert splits == 1 or capacity // splits >= decode_plan.MIN_TOKENS_PER_SPLIT
+    cpu = decode_plan.num_splits(batch, heads_q, heads_kv, capacity, None, group)
+    assert 1 <= cpu <= decode_plan.CPU_SPLITS
+
+
+def test_triton_launcher_uses_the_plan(monkeypatch, poisoned):
+    """The Triton launcher launches the plan's split count (seen in the workspace shape)."""
+    from millkernels.ops.attention import triton_decode
+
+    if not __import__("millkernels").runtime.triton_interpret():
+        pytest.skip("needs the Triton interpreter")
+    monkeypatch.setattr(decode_plan, "num_splits", lambda *a: 3)
+    shapes = []
+    real = triton_decode._empty
+
+    def record(shape, dtype, device):
+        shapes.append(tuple(shape))
+        return real(shape, dtype, device)
+
+    monkeypatch.setattr(triton_decode, "_empty", record)
+    args = make_case(2, 4, 2, 64, 16, [20, 7], F16)
+    out, lse = triton_decode.attention_decode(*args, 0.125, 0.0)
+    assert (2, 4, 3, 64) in shapes  # the partial outputs of 3 splits
     check_against_reference(args, out, lse, 0.125)
 
 
@@ -330,14 +384,34 @@ def test_nan_in_a_used_row_propagates(which, kernel, triton_device):
 # ---------------------------------------------------------------------------- dispatch
 
 
-def test_decode_reason():
-    facts = {"op": "attention_decode", "device": "cuda", "dtype": BF16, "head_dim": 128}
-    assert decode_reason("reference", facts) is None
-    assert "head_dim" in decode_reason("cuda", {**facts, "head_dim": 80})
-    assert "CUDA tensors" in decode_reason("cuda", {**facts, "device": "cpu"})
-    assert "sm_80" in decode_reason("cuda", {**facts, "arch": (7, 5)})
-    assert "16-byte" in decode_reason("cuda", {**facts, "aligned16": False, "arch": 90})
-    assert decode_reason("unknown", facts) is not None
+def test_decode_rules_live_in_the_table(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # judge GPU facts as on a GPU machine
+    facts = AttentionCall(
+        op="attention_decode", device="cuda", dtype="bfloat16", capability=(9, 0), head_dim=128
+    )
+
+    def why(backend, **changes):
+        return TABLE.spec(backend).serves(replace(facts, **changes))
+
+    assert why("reference") is None
+    assert "head_dim" in why("cuda", head_dim=80)
+    assert "CUDA tensors" in why("cuda", device="cpu")
+    assert "sm_80" in why("cuda", capability=(7, 5))
+    assert "16-byte" in why("cuda", aligned16=False)
+    assert "bf16 needs sm_80" in why("triton", capability=(7, 5), device="cuda")
+    assert "unknown attention op" in why("triton", op="nope")
+
+
+def test_misaligned_cache_is_not_offered_to_cuda():
+    """A k_cache view starting 2 bytes past a 16-byte boundary: aligned16 is False in the
+    facts the public function resolves the backend with."""
+    from millkernels.ops.attention.capabilities import call_facts
+
+    q, k, v, _, _ = make_case(1, 2, 1, 64, 16, [5], F16)
+    flat = torch.empty(k.numel() + 1, dtype=F16)
+    k_odd = flat[1:].view(k.shape)
+    assert call_facts("attention_decode", q, k, v).aligned16
+    assert not call_facts("attention_decode", q, k_odd, v).aligned16
 
 
 def test_named_backend_that_cannot_serve_raises():
@@ -363,7 +437,7 @@ def test_env_override_forces_backend(monkeypatch):
 def test_opcheck(backend, triton_device):
     device = "cpu" if backend == "reference" else triton_device
     args = make_case(2, 4, 2, 64, 16, [20, 0], BF16, device)
-    torch.library.opcheck(dec.attention_decode_op, (*args, 0.125, 0.0, backend))
+    torch.library.opcheck(custom_ops.attention_decode.op, (*args, 0.125, 0.0, backend))
 
 
 def test_torch_compile_fullgraph():

@@ -103,7 +103,7 @@ def _with_tma(fn: Callable) -> Callable:
     in a forward+backward call, the backward)."""
     import os
 
-    from millkernels.ops.attention.triton_fwd import TMA_ENV
+    from millkernels.ops.attention.capabilities import TMA_ENV
 
     def run(*args):
         old = os.environ.get(TMA_ENV)
@@ -205,7 +205,7 @@ def _check(ctx: BenchContext, name: str, fn: Callable, q, k, v, causal: bool) ->
 def attention_suite(ctx: BenchContext) -> Iterator[Row]:
     import torch
 
-    from millkernels.ops.attention import triton_bwd, triton_fwd
+    from millkernels.ops.attention import capabilities, triton_bwd, triton_fwd
 
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[ctx.option("attention.dtype", "bf16")]
     dname = "bf16" if dtype == torch.bfloat16 else "fp16"
@@ -248,9 +248,11 @@ def attention_suite(ctx: BenchContext) -> Iterator[Row]:
                         ctx.skip(what, f"raised {type(exc).__name__}: {str(exc)[:200]}")
                         continue
                     if name in ("triton", "triton_tma"):  # what it ran, read before the next
-                        configs[name] = {"fwd": triton_fwd.chosen_config()}
+                        facts = capabilities.call_facts("attention", q, k, v)
+                        tma = name == "triton_tma" or capabilities.use_tma(facts)
+                        configs[name] = {"fwd": triton_fwd.chosen_config(tma)}
                         if direction != "fwd":
-                            configs[name].update(triton_bwd.chosen_configs())
+                            configs[name].update(triton_bwd.chosen_configs(tma))
                 sdpa = {n: t for n, t in timed.items() if n.startswith("sdpa_")}
                 best = min(sdpa, key=lambda n: sdpa[n].median_us) if sdpa else None
                 for name, t in timed.items():

@@ -103,8 +103,9 @@ def attention_decode_suite(ctx: BenchContext) -> Iterator[Row]:
     import torch.nn.functional as F
 
     from millkernels.ops import tables
-    from millkernels.ops.attention.decode import attention_decode, call_facts
-    from millkernels.ops.attention.decode_reference import attention_decode_reference
+    from millkernels.ops.attention.api import attention_decode
+    from millkernels.ops.attention.capabilities import DECODE_OP, call_facts
+    from millkernels.ops.attention.reference import attention_decode_reference
     from millkernels.testing import flash_tolerance_ok
 
     table_ = tables()["attention"]
@@ -164,7 +165,7 @@ def attention_decode_suite(ctx: BenchContext) -> Iterator[Row]:
                     baseline_timing=base_t, notes=notes,
                 )  # fmt: skip
 
-        facts = call_facts(q, k, v)
+        facts = call_facts(DECODE_OP, q, k, v)
         for backend in table_.names():
             if backend not in wanted or (backend == "reference" and ctx.gpu):
                 continue  # the reference syncs (cannot be graph-captured): it is the check

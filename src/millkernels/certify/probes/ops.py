@@ -189,7 +189,8 @@ def _attention_fwd(ctx: ProbeContext, dev: Any) -> None:
     if name == "triton":
         from millkernels.ops.attention import triton_fwd
 
-        info["config"] = triton_fwd.chosen_config()
+        tma = capabilities.use_tma(capabilities.call_facts("attention", q, k, v))
+        info["config"] = triton_fwd.chosen_config(tma)
 
 
 def _attention_decode(ctx: ProbeContext, dev: Any) -> None:
@@ -197,8 +198,9 @@ def _attention_decode(ctx: ProbeContext, dev: Any) -> None:
 
     from millkernels.bench.counts import gbps
     from millkernels.ops.attention import capabilities
-    from millkernels.ops.attention.decode import attention_decode, call_facts
-    from millkernels.ops.attention.decode_reference import attention_decode_reference
+    from millkernels.ops.attention.api import attention_decode
+    from millkernels.ops.attention.capabilities import DECODE_OP, call_facts
+    from millkernels.ops.attention.reference import attention_decode_reference
 
     # batch, context, block size, heads_q, heads_kv, head_dim: the decode target shape
     # (batch 64, context 4096, block 16; GQA 32/8, head_dim 128): 1 GiB of bf16 KV.
@@ -214,7 +216,7 @@ def _attention_decode(ctx: ProbeContext, dev: Any) -> None:
     vc = torch.randn(num_blocks, block, heads_kv, d, device=dev, dtype=dtype)
     table = torch.randperm(num_blocks, device=dev).to(torch.int32).reshape(batch, per_seq)
     lens = torch.full((batch,), context, dtype=torch.int32, device=dev)
-    facts = call_facts(q, kc, vc)
+    facts = call_facts(DECODE_OP, q, kc, vc)
     name = _kernel_backend(
         capabilities.TABLE, "attention_decode", facts, ctx.params.get("backend", "auto")
     )

@@ -5,8 +5,7 @@ with fake kernels and registered autograd) and :func:`attention_decode`. The fam
 backends are in :data:`TABLE` (:mod:`.capabilities`).
 """
 
-from millkernels.ops.attention.api import attention, attention_varlen
+from millkernels.ops.attention.api import attention, attention_decode, attention_varlen
 from millkernels.ops.attention.capabilities import TABLE
-from millkernels.ops.attention.decode import attention_decode
 
 __all__ = ["TABLE", "attention", "attention_decode", "attention_varlen"]

@@ -1,8 +1,14 @@
-"""Public attention functions: ``attention`` and ``attention_varlen`` (forward and backward).
+"""Public attention functions: ``attention`` and ``attention_varlen`` (forward and backward)
+and ``attention_decode`` (paged KV cache).
 
-Both validate their arguments (``TypeError`` / ``ValueError`` naming the argument), resolve
-the backend through the family's capability table (:mod:`.capabilities`), and call the
-custom ops of :mod:`.custom_ops`, which carry autograd and ``torch.compile`` support.
+Each validates its arguments (``TypeError`` / ``ValueError`` naming the argument), resolves
+the backend once through the family's capability table (:mod:`.capabilities`), and calls the
+custom op of :mod:`.custom_ops` with the resolved name; the ops carry autograd and
+``torch.compile`` support. The values inside index tensors (``cu_seqlens_*``,
+``block_table``, ``cache_seqlens``) are checked by the ops when they run.
+
+Decode fast path: inside a captured CUDA graph (``torch.cuda.graph``, ``torch.compile(mode=
+"reduce-overhead")``) a replay runs only the kernels: no validation, no dispatch, no sync.
 """
 
 from __future__ import annotations
@@ -15,8 +21,24 @@ import torch
 from millkernels import runtime
 from millkernels.dispatch import constant_under_compile
 from millkernels.ops.attention import custom_ops, reference
-from millkernels.ops.attention.capabilities import MAX_HEAD_DIM, REFERENCE_DTYPES, TABLE
-from millkernels.ops.attention.custom_ops import check_varlen_values
+from millkernels.ops.attention.capabilities import (
+    DECODE_OP,
+    MAX_HEAD_DIM,
+    REFERENCE_DTYPES,
+    TABLE,
+    aligned16,
+    facts_from_values,
+)
+from millkernels.ops.attention.custom_ops import check_decode_values, check_varlen_values
+
+__all__ = [
+    "attention",
+    "attention_decode",
+    "attention_varlen",
+    "check_decode_values",
+    "check_varlen_values",
+    "scale_and_softcap",
+]
 
 _Out = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
@@ -29,7 +51,7 @@ def _tensor(name: str, x: Any, ndim: int, layout: str) -> torch.Tensor:
         raise TypeError(f"{name}: expected a torch.Tensor {layout}, got {type(x).__name__}")
     if x.dim() != ndim:
         raise ValueError(f"{name}: expected a {ndim}-d tensor {layout}, got shape {tuple(x.shape)}")
-    if x.dtype not in REFERENCE_DTYPES:
+    if str(x.dtype).removeprefix("torch.") not in REFERENCE_DTYPES:
         raise TypeError(
             f"{name}: expected float16 or bfloat16 (float32 on the reference backend), "
             f"got {x.dtype}"
@@ -134,20 +156,102 @@ def _cu_seqlens(name: str, cu: Any, q: torch.Tensor, total: int, what: str) -> t
     return cu
 
 
-def _select(op: str, q: torch.Tensor, backend: str) -> str:
+def _select(op: str, q: torch.Tensor, backend: str, aligned: bool = True) -> str:
     index = q.device.index if q.device.type == "cuda" else None
-    return _select_constant(op, q.device.type, index, q.dtype, int(q.shape[-1]), backend)
+    dtype = str(q.dtype).removeprefix("torch.")
+    return _select_constant(op, q.device.type, index, dtype, int(q.shape[-1]), aligned, backend)
 
 
 @constant_under_compile
 def _select_constant(
-    op: str, device: str, index: int | None, dtype: torch.dtype, head_dim: int, backend: str
+    op: str, device: str, index: int | None, dtype: str, head_dim: int, aligned: bool, backend: str
 ) -> str:
     """Backend choice from plain facts; under torch.compile it runs once at trace time and
     its answer is baked into the graph (the capability queries are not traceable)."""
-    arch = runtime.capability(index if index is not None else None) if device == "cuda" else None
-    facts = {"op": op, "device": device, "dtype": dtype, "head_dim": head_dim, "arch": arch}
+    cap = runtime.capability(index) if device == "cuda" else None
+    facts = facts_from_values(op, device, dtype, head_dim, capability=cap, aligned=aligned)
     return TABLE.select(backend, facts, op)
+
+
+# ---------------------------------------------------------------------------- decode validation
+
+
+def _decode_tensor(name: str, t: Any, ndim: int, what: str) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor {what}, got {type(t).__name__}")
+    if t.dim() != ndim:
+        raise ValueError(f"{name}: expected {ndim} dimensions {what}, got shape {tuple(t.shape)}")
+    if t.numel() and t.stride(-1) != 1:
+        raise ValueError(
+            f"{name}: expected a unit stride in the last dimension, got strides {t.stride()}"
+        )
+
+
+def _decode_arguments(
+    q: Any,
+    k_cache: Any,
+    v_cache: Any,
+    block_table: Any,
+    cache_seqlens: Any,
+    softmax_scale: Any,
+    softcap: Any,
+) -> float:
+    """Validate everything but the values of block_table / cache_seqlens; return the scale.
+
+    Raises TypeError (a non-tensor, an unsupported or mixed dtype) or ValueError (ranks,
+    shapes, devices, head_dim, strides, scale, softcap), naming the argument. The scale and
+    softcap rules are the training ops' (:func:`~millkernels.ops.attention.api.
+    scale_and_softcap`).
+    """
+    _decode_tensor("q", q, 3, "(batch, heads_q, head_dim)")
+    layout = "(num_blocks, block_size, heads_kv, head_dim)"
+    _decode_tensor("k_cache", k_cache, 4, layout)
+    _decode_tensor("v_cache", v_cache, 4, layout)
+    _decode_tensor("block_table", block_table, 2, "(batch, max_blocks_per_seq)")
+    _decode_tensor("cache_seqlens", cache_seqlens, 1, "(batch,)")
+    if q.dtype not in (torch.float16, torch.bfloat16):
+        raise TypeError(f"q: expected dtype float16 or bfloat16, got {q.dtype}")
+    for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
+        if t.dtype != q.dtype:
+            raise TypeError(f"{name}: expected q's dtype {q.dtype}, got {t.dtype}")
+    for name, t in (("block_table", block_table), ("cache_seqlens", cache_seqlens)):
+        if t.dtype != torch.int32:
+            raise TypeError(f"{name}: expected dtype int32, got {t.dtype}")
+    for name, t in (
+        ("k_cache", k_cache),
+        ("v_cache", v_cache),
+        ("block_table", block_table),
+        ("cache_seqlens", cache_seqlens),
+    ):
+        if t.device != q.device:
+            raise ValueError(f"{name}: expected q's device {q.device}, got {t.device}")
+    batch, heads_q, head_dim = q.shape
+    _, block_size, heads_kv, kv_dim = k_cache.shape
+    if tuple(v_cache.shape) != tuple(k_cache.shape):
+        raise ValueError(
+            f"v_cache: expected k_cache's shape {tuple(k_cache.shape)}, got {tuple(v_cache.shape)}"
+        )
+    if head_dim % 8 or not 8 <= head_dim <= MAX_HEAD_DIM:
+        raise ValueError(
+            f"q: expected head_dim a multiple of 8 in [8, {MAX_HEAD_DIM}], got {head_dim}"
+        )
+    if kv_dim != head_dim:
+        raise ValueError(f"k_cache: expected q's head_dim {head_dim}, got {kv_dim}")
+    if block_size < 1:
+        raise ValueError(f"k_cache: expected block_size >= 1, got {block_size}")
+    if heads_kv < 1 or heads_q % heads_kv:
+        raise ValueError(
+            f"q: expected heads_q a multiple of k_cache's heads_kv {heads_kv}, got {heads_q}"
+        )
+    if block_table.shape[0] != batch:
+        raise ValueError(
+            f"block_table: expected q's batch {batch} rows, got shape {tuple(block_table.shape)}"
+        )
+    if cache_seqlens.shape[0] != batch:
+        raise ValueError(
+            f"cache_seqlens: expected q's batch {batch} entries, got {cache_seqlens.shape[0]}"
+        )
+    return scale_and_softcap(softmax_scale, softcap, head_dim)[0]
 
 
 # ---------------------------------------------------------------------------- public
@@ -290,5 +394,69 @@ def attention_varlen(
     name = _select("attention_varlen", q, backend)
     out, lse = custom_ops.attention_varlen_fwd(
         q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale, wl, wr, cap, name
+    )
+    return (out, lse) if return_lse else out
+
+
+def attention_decode(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_table: torch.Tensor,
+    cache_seqlens: torch.Tensor,
+    *,
+    softmax_scale: float | None = None,
+    softcap: float = 0.0,
+    return_lse: bool = False,
+    backend: str = "auto",
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Attention of one new query token per sequence over a paged KV cache.
+
+    Parameters
+    ----------
+    q
+        (batch, heads_q, head_dim), float16 or bfloat16; head_dim a multiple of 8, <= 256.
+    k_cache, v_cache
+        (num_blocks, block_size, heads_kv, head_dim), q's dtype and device; heads_q a multiple
+        of heads_kv (GQA; MQA with heads_kv = 1). The new token's key and value are already in.
+    block_table
+        int32 (batch, max_blocks_per_seq): token t of sequence b is row ``t % block_size`` of
+        page ``block_table[b, t // block_size]``. Entries past a sequence's last page are not
+        read and may hold anything (e.g. -1 padding).
+    cache_seqlens
+        int32 (batch,): valid cached tokens per sequence, 0 <= n <= max_blocks_per_seq *
+        block_size. A sequence with 0 tokens gives zeros and lse = -inf.
+    softmax_scale
+        Scores are ``(q . k) * softmax_scale``, a finite float > 0; default
+        ``1 / sqrt(head_dim)``.
+    softcap
+        When > 0, each score x becomes ``softcap * tanh(x / softcap)``.
+    return_lse
+        Also return ``lse`` (batch, heads_q) float32: the natural log of the sum of
+        exp(scores).
+    backend
+        "auto", "cuda", "triton" or "reference" (``MILLKERNELS_BACKEND`` overrides "auto").
+
+    Returns
+    -------
+    out, or (out, lse)
+        out: (batch, heads_q, head_dim), q's dtype, contiguous.
+
+    Raises
+    ------
+    TypeError, ValueError
+        A bad argument (rank, shape, dtype, device, head_dim, stride, a block_table entry out
+        of range, cache_seqlens beyond the table's capacity), naming it. The value checks of
+        block_table and cache_seqlens cost one device sync and are skipped while a CUDA graph
+        is being captured.
+    BackendUnavailable
+        The named backend cannot serve the call (the message says why).
+    """
+    scale = _decode_arguments(
+        q, k_cache, v_cache, block_table, cache_seqlens, softmax_scale, softcap
+    )
+    name = _select(DECODE_OP, q, backend, aligned16(q, k_cache, v_cache))
+    out, lse = custom_ops.attention_decode(
+        q, k_cache, v_cache, block_table, cache_seqlens, scale, float(softcap), name
     )
     return (out, lse) if return_lse else out

@@ -1,64 +1,175 @@
-"""The attention family's one capability table (attention, attention_varlen, attention_decode).
+"""The attention family's one capability table and every rule behind it.
 
-Calls carry a facts dict with at least ``op`` ("attention", "attention_varlen" or
-"attention_decode"), ``device`` ("cuda", "cpu", ...), ``dtype`` (a torch dtype),
-``head_dim`` and ``arch`` (the GPU's compute capability tuple, None off a GPU). Decode calls
-are answered by :func:`millkernels.ops.attention.decode.decode_reason`, owned by the decode
-module; this module only routes them.
+Ops: ``attention`` and ``attention_varlen`` (training: forward and backward) and
+``attention_decode`` (paged KV cache). Every rule takes an :class:`AttentionCall`, built by
+:func:`call_facts` from validated arguments. Besides the backend rules (``serves``) this
+module owns the one launch choice the table makes inside a backend: whether the Triton
+training kernels load through tensor descriptors (TMA), :func:`tma_reason`.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import os
+from dataclasses import dataclass
 
 import torch
 
 from millkernels import runtime
-from millkernels.dispatch import BackendSpec, CapabilityTable
+from millkernels.dispatch import BackendSpec, CallFacts, CapabilityTable
 
 TRAINING_OPS = ("attention", "attention_varlen")
-#: dtypes the kernels take; float32 is served by the reference only.
-KERNEL_DTYPES = (torch.float16, torch.bfloat16)
-REFERENCE_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+DECODE_OP = "attention_decode"
+OPS = (*TRAINING_OPS, DECODE_OP)
+#: dtypes the kernels take; float32 is served by the reference only (training ops).
+KERNEL_DTYPES = ("float16", "bfloat16")
+REFERENCE_DTYPES = ("float16", "bfloat16", "float32")
 MAX_HEAD_DIM = 256
+#: head_dim values the CUDA decode kernel is compiled for (a template per value).
+CUDA_DECODE_HEAD_DIMS = (64, 128, 256)
+#: The CUDA decode kernel and TMA both move 16 bytes at a time: pointers and strides must allow.
+ALIGN_BYTES = 16
+#: Opt-in switch for the tensor-descriptor (TMA) training kernels on sm_90+: "1" to use them
+#: where the tensors allow. Off by default until GPU measurements show them ahead of the
+#: pointer kernels (`millkernels bench attention` reports both).
+TMA_ENV = "MILLKERNELS_ATTENTION_TMA"
 
 
-def _decode_reason(backend: str, call: dict[str, Any]) -> str | None:
-    try:
-        from millkernels.ops.attention.decode import decode_reason
-    except ImportError as exc:
-        return f"attention_decode is not available: {exc}"
-    return decode_reason(backend, call)
+@dataclass(frozen=True)
+class AttentionCall(CallFacts):
+    """The facts of one attention call (``op`` is one of :data:`OPS`).
+
+    ``aligned16``: every data pointer of the call's tensors is 16-byte aligned and every
+    stride but the last is a multiple of 16 bytes (the CUDA decode kernel's and TMA's rule).
+    ``tma_opt_in``: :data:`TMA_ENV` was "1" when the facts were taken.
+    """
+
+    head_dim: int = 0
+    aligned16: bool = True
+    tma_opt_in: bool = False
 
 
-def _triton_serves(call: dict[str, Any]) -> str | None:
-    if call["op"] == "attention_decode":
-        return _decode_reason("triton", call)
-    if call["op"] not in TRAINING_OPS:
-        return f"unknown attention op {call['op']!r}"
-    device = call["device"]
-    if device == "cpu":
+def aligned16(*tensors: torch.Tensor) -> bool:
+    """Whether 16-byte loads can address every tensor: aligned data, outer strides multiples
+    of 16 bytes. While torch.compile traces, the data pointers are unknown and only the
+    strides are judged (the CUDA decode kernel still refuses a misaligned pointer with a
+    ValueError when it runs)."""
+    tracing = torch.compiler.is_compiling()
+    for t in tensors:
+        elem = t.element_size()
+        if any((s * elem) % ALIGN_BYTES for s in t.stride()[:-1]):
+            return False
+        if not tracing and t.data_ptr() % ALIGN_BYTES:
+            return False
+    return True
+
+
+def facts_from_values(
+    op: str,
+    device: str,
+    dtype: str,
+    head_dim: int,
+    *,
+    capability: tuple[int, int] | None = None,
+    aligned: bool = True,
+) -> AttentionCall:
+    """The facts from plain values: what :func:`call_facts` reads off the tensors, or what a
+    backend choice that must stay constant under torch.compile receives."""
+    return AttentionCall(
+        op=op,
+        device=device,
+        dtype=dtype,
+        capability=capability,
+        head_dim=int(head_dim),
+        aligned16=aligned,
+        tma_opt_in=os.environ.get(TMA_ENV, "0") == "1",
+    )
+
+
+def call_facts(op: str, q: torch.Tensor, *others: torch.Tensor) -> AttentionCall:
+    """The facts of a call whose query is ``q`` (validated arguments); ``others`` (k, v,
+    dO...) count towards ``aligned16`` with ``q``."""
+    where = CallFacts.of_tensor(q)
+    return facts_from_values(
+        op,
+        where["device"],
+        where["dtype"],
+        q.shape[-1],
+        capability=where["capability"],
+        aligned=aligned16(q, *others),
+    )
+
+
+# ---------------------------------------------------------------------------- rules
+
+
+def _sm(cap: tuple[int, int]) -> str:
+    return f"sm_{cap[0]}{cap[1]}"
+
+
+def _triton_device_reason(call: AttentionCall) -> str | None:
+    if call.device == "cpu":
         if not runtime.triton_interpret():
             return "CPU tensors need the Triton interpreter (TRITON_INTERPRET=1)"
-    elif device == "cuda":
+    elif call.device == "cuda":
         if runtime.triton_interpret():
             return "TRITON_INTERPRET=1 is set, so Triton cannot launch on the GPU"
-        arch = call.get("arch")
-        if arch is not None and tuple(arch) < (8, 0):
-            return f"the Triton kernels need sm_80 or newer; this GPU is sm_{arch[0]}{arch[1]}"
     else:
-        return f"Triton runs on CUDA GPUs (or the CPU interpreter), not on {device!r}"
-    if call["dtype"] not in KERNEL_DTYPES:
-        return f"the Triton kernels take float16 or bfloat16, not {call['dtype']}"
-    if call["head_dim"] > MAX_HEAD_DIM:
-        return f"head_dim {call['head_dim']} > {MAX_HEAD_DIM}"
+        return f"Triton runs on CUDA GPUs (or the CPU interpreter), not on {call.device!r}"
     return None
 
 
-def _cuda_serves(call: dict[str, Any]) -> str | None:
-    if call["op"] == "attention_decode":
-        return _decode_reason("cuda", call)
-    return "no CUDA C++ training kernel (use triton)"
+def _triton_serves(call: AttentionCall) -> str | None:
+    if call.op not in OPS:
+        return f"unknown attention op {call.op!r}"
+    why = _triton_device_reason(call)
+    if why:
+        return why
+    cap = call.capability if call.device == "cuda" else None
+    if call.op == DECODE_OP:  # fp16 decode runs on older GPUs too
+        if cap is not None and cap < (8, 0) and call.dtype == "bfloat16":
+            return f"bf16 needs sm_80 or newer, this GPU is {_sm(cap)}"
+        return None
+    if cap is not None and cap < (8, 0):
+        return f"the Triton kernels need sm_80 or newer; this GPU is {_sm(cap)}"
+    if call.dtype not in KERNEL_DTYPES:
+        return f"the Triton kernels take float16 or bfloat16, not {call.dtype}"
+    if call.head_dim > MAX_HEAD_DIM:
+        return f"head_dim {call.head_dim} > {MAX_HEAD_DIM}"
+    return None
+
+
+def _native_decode_missing() -> str | None:
+    try:
+        import importlib
+
+        native = importlib.import_module("millkernels._C")
+    except ImportError as exc:
+        return f"the native extension millkernels._C is not built ({exc})"
+    if not hasattr(native, "attention_decode"):
+        return "millkernels._C was built without the attention_decode kernel (rebuild it)"
+    return None
+
+
+def _cuda_serves(call: AttentionCall) -> str | None:
+    if call.op != DECODE_OP:
+        return "no CUDA C++ training kernel (use triton)"
+    if call.device != "cuda":
+        return f"needs CUDA tensors, got device {call.device!r}"
+    if call.dtype not in KERNEL_DTYPES:
+        return f"the CUDA decode kernel supports float16 and bfloat16, got {call.dtype}"
+    if call.head_dim not in CUDA_DECODE_HEAD_DIMS:
+        return (
+            f"the CUDA decode kernel is compiled for head_dim {CUDA_DECODE_HEAD_DIMS}, got "
+            f"{call.head_dim} (use the triton backend)"
+        )
+    if call.capability is not None and call.capability < (8, 0):
+        return f"the CUDA decode kernel needs sm_80 or newer, this GPU is {_sm(call.capability)}"
+    if not call.aligned16:
+        return (
+            "the CUDA decode kernel needs 16-byte aligned data pointers and strides that "
+            "are multiples of 8 elements (q, k_cache, v_cache)"
+        )
+    return _native_decode_missing()
 
 
 def _cuda_available() -> str | None:
@@ -67,31 +178,78 @@ def _cuda_available() -> str | None:
     return cuda_unavailable_reason()
 
 
-def _reference_serves(call: dict[str, Any]) -> str | None:
-    if call["op"] == "attention_decode":
-        return _decode_reason("reference", call)
-    if call["dtype"] not in REFERENCE_DTYPES:
-        return f"the reference takes float16, bfloat16 or float32, not {call['dtype']}"
+def _reference_serves(call: AttentionCall) -> str | None:
+    if call.op == DECODE_OP:
+        return None
+    if call.dtype not in REFERENCE_DTYPES:
+        return f"the reference takes float16, bfloat16 or float32, not {call.dtype}"
     return None
+
+
+def _triton_has_descriptors() -> bool:
+    import triton.language as tl
+
+    return hasattr(tl, "make_tensor_descriptor")
+
+
+def tma_reason(call: AttentionCall) -> str | None:
+    """Why the Triton training kernels load without tensor descriptors (TMA) for ``call``;
+    None: they use them. TMA needs the opt-in (:data:`TMA_ENV`), a training op, sm_90+ (or
+    the interpreter, which emulates descriptors), 16-byte aligned tensors and a Triton with
+    ``tl.make_tensor_descriptor``."""
+    if not call.tma_opt_in:
+        return f"{TMA_ENV} is not 1 (the TMA kernels are opt-in)"
+    if call.op not in TRAINING_OPS:
+        return f"no TMA kernels for {call.op}"
+    if not runtime.triton_interpret():
+        cap = call.capability if call.device == "cuda" else None
+        if cap is None:
+            return "needs an sm_90+ GPU (or the Triton interpreter)"
+        if cap < (9, 0):
+            return f"needs sm_90 or newer, this GPU is {_sm(cap)}"
+    if not call.aligned16:
+        return "the tensors are not 16-byte aligned (data or outer strides)"
+    if not _triton_has_descriptors():
+        return "this Triton has no tl.make_tensor_descriptor"
+    return None
+
+
+def use_tma(call: AttentionCall) -> bool:
+    """The TMA decision for ``call`` (see :func:`tma_reason`)."""
+    return tma_reason(call) is None
+
+
+def tma_setting() -> str:
+    """The TMA choice on this machine for aligned tensors, in words (``millkernels info``)."""
+    if runtime.triton_interpret():
+        device, cap = "cpu", None
+    else:
+        device, cap = "cuda", runtime.capability()
+    call = facts_from_values(TRAINING_OPS[0], device, "bfloat16", 128, capability=cap)
+    why = tma_reason(call)
+    if why is None:
+        return "on (training kernels, where q, k, v and dO are 16-byte aligned)"
+    return f"off: {why}"
 
 
 TABLE = CapabilityTable(
     family="attention",
-    ops=("attention", "attention_varlen", "attention_decode"),
+    ops=OPS,
     backends=(
         BackendSpec(
             "triton",
             archs="sm_80+ (autotuned per arch; sm_90 wgmma); CPU under TRITON_INTERPRET=1",
-            dtypes=("float16", "bfloat16"),
+            dtypes=KERNEL_DTYPES,
             notes="FlashAttention-2 forward and deterministic backward, varlen, GQA, windows, "
-            "softcap, head_dim multiple of 8 up to 256",
+            "softcap, head_dim multiple of 8 up to 256; paged-KV decode (split-KV); "
+            f"tensor-descriptor (TMA) training kernels on sm_90+ with {TMA_ENV}=1",
             available=runtime.triton_unavailable_reason,
             serves=_triton_serves,
         ),
         BackendSpec(
             "cuda",
             archs="sm_80, sm_90a (the archs _C was built for)",
-            dtypes=("float16", "bfloat16"),
+            dtypes=KERNEL_DTYPES,
             notes="paged-KV decode only",
             available=_cuda_available,
             serves=_cuda_serves,
@@ -99,7 +257,7 @@ TABLE = CapabilityTable(
         BackendSpec(
             "reference",
             archs="any (PyTorch)",
-            dtypes=("float16", "bfloat16", "float32"),
+            dtypes=REFERENCE_DTYPES,
             notes="plain PyTorch in float32; the semantics every backend matches",
             serves=_reference_serves,
         ),
@@ -110,16 +268,3 @@ TABLE = CapabilityTable(
         "a GPU measurement in benchmarks/results/."
     ),
 )
-
-
-def call_facts(op: str, q: torch.Tensor, **extra: Any) -> dict[str, Any]:
-    """The facts dict for a call whose query is ``q``."""
-    arch = runtime.capability(q.device) if q.device.type == "cuda" else None
-    return {
-        "op": op,
-        "device": q.device.type,
-        "dtype": q.dtype,
-        "head_dim": int(q.shape[-1]),
-        "arch": arch,
-        **extra,
-    }

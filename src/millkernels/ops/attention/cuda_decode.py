@@ -5,42 +5,29 @@ number of query heads a CTA handles (1, 2, 4 or 8 of a GQA group); K and V rows 
 per lane. The C++ side checks ranks, dtypes, shapes, head_dim, strides, 16-byte alignment and
 devices (``ValueError`` naming the argument), then that a GPU exists (``RuntimeError``). The
 values inside ``block_table`` / ``cache_seqlens`` are checked by
-:func:`millkernels.ops.attention.decode.check_values`.
+:func:`millkernels.ops.attention.api.check_decode_values`.
 """
 
 from __future__ import annotations
 
 import torch
 
-from millkernels import runtime
 from millkernels._native import require_native, view
+from millkernels.ops.analysis_spec import CudaHot
+from millkernels.ops.attention import decode_plan
+from millkernels.ops.attention.decode_plan import heads_per_cta
 
-#: Most splits per sequence (the combine reads all of them per output element).
-MAX_SPLITS = 64
-#: Fewest tokens of the table's capacity per split (not yet measured on a GPU).
-MIN_TOKENS_PER_SPLIT = 256
-#: CTAs per SM the split count aims for. The G=4 kernel fits 3 CTAs per SM (147 registers);
-#: ~8 CTAs per SM means many short waves, so the last partial wave costs little (512 CTAs on
-#: 132 SMs would be 1.3 waves). Estimated from the compile report, not yet measured on a GPU.
-CTAS_PER_SM = 8
+__all__ = ["attention_decode", "heads_per_cta", "launch", "num_splits"]
 
-
-def heads_per_cta(group: int) -> int:
-    """Query heads one CTA handles (mirrors decode_heads_per_cta in decode.cu)."""
-    g = 1
-    while g < group and g < 8:
-        g *= 2
-    return g
+# csrc/attention/decode.cu: `millkernels analyze --check` fails if these spill.
+ANALYSIS = (CudaHot(("decode_split_kernel", "decode_combine_kernel")),)
 
 
-def num_splits(batch: int, heads_q: int, heads_kv: int, capacity: int, sms: int) -> int:
-    """Splits per sequence for about CTAS_PER_SM CTAs per SM in all, each split getting at
-    least MIN_TOKENS_PER_SPLIT tokens of the table's capacity."""
-    group = heads_q // heads_kv
-    ctas = max(batch * heads_kv * -(-group // heads_per_cta(group)), 1)
-    want = -(-CTAS_PER_SM * sms // ctas)
-    most = max(capacity // MIN_TOKENS_PER_SPLIT, 1)
-    return int(max(1, min(want, most, MAX_SPLITS)))
+def num_splits(batch: int, heads_q: int, heads_kv: int, capacity: int, sms: int | None) -> int:
+    """Splits per sequence (:func:`.decode_plan.num_splits`); a CTA handles
+    :func:`.decode_plan.heads_per_cta` query heads of one key/value head."""
+    per_cta = heads_per_cta(heads_q // heads_kv)
+    return decode_plan.num_splits(batch, heads_q, heads_kv, capacity, sms, per_cta)
 
 
 def launch(
@@ -79,8 +66,8 @@ def attention_decode(
     out = _empty((batch, heads_q, head_dim), q.dtype, q.device)
     lse = _empty((batch, heads_q), torch.float32, q.device)
     if splits is None:
-        sms = runtime.sm_count(q.device.index or 0) if q.device.type == "cuda" else 1
-        splits = num_splits(batch, heads_q, heads_kv, block_table.shape[1] * block_size, sms)
+        capacity = block_table.shape[1] * block_size
+        splits = num_splits(batch, heads_q, heads_kv, capacity, decode_plan.sm_count(q.device))
     if splits > 1:
         po = _empty((batch, heads_q, splits, head_dim), torch.float32, q.device)
         plse = _empty((batch, heads_q, splits), torch.float32, q.device)

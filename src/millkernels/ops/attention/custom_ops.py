@@ -9,11 +9,15 @@ Ops (``torch.ops.millkernels.*``):
   softcap, backend) -> (dq, dk, dv)``
 - ``attention_varlen_fwd`` / ``attention_varlen_bwd``: the same with ``cu_seqlens_q``,
   ``cu_seqlens_k``, ``max_seqlen_q``, ``max_seqlen_k`` after ``v``.
+- ``attention_decode(q, k_cache, v_cache, block_table, cache_seqlens, softmax_scale, softcap,
+  backend) -> (out, lse)``.
 
 ``causal`` is folded into the window (``right = min(right, 0)``) before these ops; ``-1``
-means unbounded. ``backend`` is "triton" or "reference" (already resolved by the public
-functions). ``torch.library.custom_op`` is used rather than ``triton_op``: under the Triton
-interpreter ``triton_op`` hands fake tensors to the interpreter (see DESIGN.md).
+means unbounded. ``backend`` is already resolved by the public functions (:mod:`.api`):
+"triton" or "reference" for the training ops, also "cuda" for decode. The Triton training
+launchers get the table's TMA decision (:func:`.capabilities.use_tma`), taken here on the
+real tensors. Each op is made by :func:`millkernels.ops.custom_op.family_op` (eager calls
+that record no gradient skip the dispatcher).
 """
 
 from __future__ import annotations
@@ -23,14 +27,35 @@ import itertools
 import torch
 from torch import Tensor
 
-from millkernels.ops.attention import reference
+from millkernels.ops.attention import capabilities, reference
+from millkernels.ops.custom_op import family_op
 
 _NAMES = ("triton", "reference")
+_DECODE_NAMES = ("triton", "cuda", "reference")
 
 
-def _check_backend(backend: str) -> None:
-    if backend not in _NAMES:
-        raise ValueError(f"backend: the attention ops take one of {_NAMES}, got {backend!r}")
+def _check_backend(backend: str, names: tuple[str, ...] = _NAMES) -> None:
+    if backend not in names:
+        raise ValueError(f"backend: the attention ops take one of {names}, got {backend!r}")
+
+
+def _tma(op: str, *tensors: Tensor) -> bool:
+    """The table's TMA decision for a Triton training launch on these tensors."""
+    return capabilities.use_tma(capabilities.call_facts(op, *tensors))
+
+
+def _like(x: Tensor, ref: Tensor) -> Tensor:
+    """``x`` with exactly ``empty_like(ref)``'s strides (what the fake kernels promise)."""
+    out = torch.empty_like(ref)
+    if out.stride() == x.stride() and x.dtype == ref.dtype:
+        return x
+    return out.copy_(x)
+
+
+# ---------------------------------------------------------------------------- value checks
+#
+# Checks of the values inside index tensors: they read them on the host (a device sync), so
+# they run here, when the op runs, rather than while torch.compile traces the public function.
 
 
 def check_varlen_values(
@@ -45,7 +70,7 @@ def check_varlen_values(
     longer than ``max_seqlen_*`` (the kernels' grid: longer ones would lose rows silently).
 
     Reads the offsets on the host: one synchronisation for GPU tensors. Skipped while
-    torch.compile traces; the varlen ops repeat it at run time for CPU tensors (free there).
+    torch.compile traces; the custom op repeats it at run time for CPU tensors (free there).
     """
     _check_cu_values("cu_seqlens_q", cu_seqlens_q, total_q, max_seqlen_q, "q")
     _check_cu_values("cu_seqlens_k", cu_seqlens_k, total_k, max_seqlen_k, "k")
@@ -69,18 +94,41 @@ def _check_cu_values(name: str, cu: torch.Tensor, total: int, max_len: int, what
         )
 
 
-def _like(x: Tensor, ref: Tensor) -> Tensor:
-    """``x`` with exactly ``empty_like(ref)``'s strides (what the fake kernels promise)."""
-    out = torch.empty_like(ref)
-    if out.stride() == x.stride() and x.dtype == ref.dtype:
-        return x
-    return out.copy_(x)
+def check_decode_values(
+    k_cache: torch.Tensor, block_table: torch.Tensor, cache_seqlens: torch.Tensor
+) -> None:
+    """ValueError unless 0 <= cache_seqlens[b] <= capacity and every block_table entry a
+    sequence reads (its first ceil(cache_seqlens[b] / block_size) entries) is a page index in
+    [0, num_blocks). One device sync; entries past a sequence's last page are not read."""
+    num_blocks, block_size = k_cache.shape[:2]
+    batch, max_blocks = block_table.shape
+    if batch == 0:
+        return
+    capacity = max_blocks * block_size
+    lens = cache_seqlens.long()
+    bad_len = (lens < 0) | (lens > capacity)
+    cols = torch.arange(max_blocks, device=lens.device)
+    needed = cols[None, :] * block_size < lens[:, None]
+    bad_page = needed & ((block_table < 0) | (block_table >= num_blocks))
+    flags = torch.stack([bad_len.any(), bad_page.any()]).tolist()  # the one sync
+    if flags[0]:
+        b = int(bad_len.nonzero()[0, 0])
+        raise ValueError(
+            f"cache_seqlens: expected 0 <= cache_seqlens[b] <= max_blocks_per_seq * block_size "
+            f"= {capacity}, got cache_seqlens[{b}] = {int(lens[b])}"
+        )
+    if flags[1]:
+        b, j = (int(x) for x in bad_page.nonzero()[0])
+        raise ValueError(
+            f"block_table: expected page indices in [0, num_blocks={num_blocks}) for the pages "
+            f"a sequence uses, got block_table[{b}, {j}] = {int(block_table[b, j])}"
+        )
 
 
 # ---------------------------------------------------------------------------- dense
 
 
-@torch.library.custom_op("millkernels::attention_fwd", mutates_args=())
+@family_op("millkernels::attention_fwd")
 def attention_fwd(
     q: Tensor,
     k: Tensor,
@@ -97,8 +145,9 @@ def attention_fwd(
         from millkernels.ops.attention import triton_fwd
 
         out, lse = triton_fwd.forward(
-            q, k, v, None, None, q.shape[1], k.shape[1], softmax_scale, window, softcap
-        )
+            q, k, v, None, None, q.shape[1], k.shape[1], softmax_scale, window, softcap,
+            tma=_tma("attention", q, k, v),
+        )  # fmt: skip
     else:
         out, lse = reference.attention_ref(
             q, k, v, softmax_scale=softmax_scale, window=window, softcap=softcap
@@ -112,7 +161,7 @@ def _(q, k, v, softmax_scale, window_left, window_right, softcap, backend):
     return torch.empty_like(q), lse
 
 
-@torch.library.custom_op("millkernels::attention_bwd", mutates_args=())
+@family_op("millkernels::attention_bwd")
 def attention_bwd(
     dout: Tensor,
     dlse: Tensor | None,
@@ -135,7 +184,7 @@ def attention_bwd(
 
         dq, dk, dv = triton_bwd.backward(
             dout, dlse, q, k, v, out, lse, None, None, q.shape[1], k.shape[1],
-            softmax_scale, window, softcap,
+            softmax_scale, window, softcap, tma=_tma("attention", q, k, v, dout),
         )  # fmt: skip
     else:
         dq, dk, dv = reference.attention_grad_ref(
@@ -158,7 +207,9 @@ def _fwd_setup(ctx, inputs, output):
 
 def _fwd_backward(ctx, dout, dlse):
     q, k, v, out, lse = ctx.saved_tensors
-    dq, dk, dv = attention_bwd(dout, dlse, q, k, v, out, lse, *ctx.params)
+    # the registered op, not the eager bypass: AOT autograd traces backwards with fake
+    # tensors outside torch.compile, where the bypass would run the kernels on them
+    dq, dk, dv = attention_bwd.op(dout, dlse, q, k, v, out, lse, *ctx.params)
     return dq, dk, dv, None, None, None, None, None
 
 
@@ -168,7 +219,7 @@ attention_fwd.register_autograd(_fwd_backward, setup_context=_fwd_setup)
 # ---------------------------------------------------------------------------- varlen
 
 
-@torch.library.custom_op("millkernels::attention_varlen_fwd", mutates_args=())
+@family_op("millkernels::attention_varlen_fwd")
 def attention_varlen_fwd(
     q: Tensor,
     k: Tensor,
@@ -194,7 +245,7 @@ def attention_varlen_fwd(
 
         out, lse = triton_fwd.forward(
             q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
-            softmax_scale, window, softcap,
+            softmax_scale, window, softcap, tma=_tma("attention_varlen", q, k, v),
         )  # fmt: skip
     else:
         out, lse = reference.attention_varlen_ref(
@@ -210,7 +261,7 @@ def _(q, k, v, cu_q, cu_k, max_q, max_k, softmax_scale, window_left, window_righ
     return torch.empty_like(q), lse
 
 
-@torch.library.custom_op("millkernels::attention_varlen_bwd", mutates_args=())
+@family_op("millkernels::attention_varlen_bwd")
 def attention_varlen_bwd(
     dout: Tensor,
     dlse: Tensor | None,
@@ -238,6 +289,7 @@ def attention_varlen_bwd(
         dq, dk, dv = triton_bwd.backward(
             dout, dlse, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
             max_seqlen_k, softmax_scale, window, softcap,
+            tma=_tma("attention_varlen", q, k, v, dout),
         )  # fmt: skip
     else:
         dq, dk, dv = reference.attention_varlen_grad_ref(
@@ -262,10 +314,53 @@ def _varlen_setup(ctx, inputs, output):
 def _varlen_backward(ctx, dout, dlse):
     q, k, v, out, lse, cu_q, cu_k = ctx.saved_tensors
     max_q, max_k, *rest = ctx.params
-    dq, dk, dv = attention_varlen_bwd(
+    dq, dk, dv = attention_varlen_bwd.op(  # the registered op, as in _fwd_backward
         dout, dlse, q, k, v, out, lse, cu_q, cu_k, max_q, max_k, *rest
     )
     return dq, dk, dv, None, None, None, None, None, None, None, None, None
 
 
 attention_varlen_fwd.register_autograd(_varlen_backward, setup_context=_varlen_setup)
+
+
+# ---------------------------------------------------------------------------- decode
+
+
+def _capturing(t: Tensor) -> bool:
+    return t.device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
+@family_op("millkernels::attention_decode")
+def attention_decode(
+    q: Tensor,
+    k_cache: Tensor,
+    v_cache: Tensor,
+    block_table: Tensor,
+    cache_seqlens: Tensor,
+    softmax_scale: float,
+    softcap: float,
+    backend: str,
+) -> tuple[Tensor, Tensor]:
+    """Paged decode on validated arguments: checks the values of ``block_table`` and
+    ``cache_seqlens`` (one device sync; skipped while a CUDA graph is being captured, so a
+    replay runs only the kernels), then launches ``backend``; returns fresh ``(out, lse)``."""
+    _check_backend(backend, _DECODE_NAMES)
+    if not _capturing(q):
+        check_decode_values(k_cache, block_table, cache_seqlens)
+    args = (q, k_cache, v_cache, block_table, cache_seqlens, softmax_scale, softcap)
+    if backend == "triton":
+        from millkernels.ops.attention import triton_decode
+
+        return triton_decode.attention_decode(*args)
+    if backend == "cuda":
+        from millkernels.ops.attention import cuda_decode
+
+        return cuda_decode.attention_decode(*args)
+    out, lse = reference.attention_decode_reference(*args)
+    return out.contiguous(), lse.contiguous()
+
+
+@attention_decode.register_fake
+def _(q, k_cache, v_cache, block_table, cache_seqlens, softmax_scale, softcap, backend):
+    lse = q.new_empty((q.shape[0], q.shape[1]), dtype=torch.float32)
+    return q.new_empty(q.shape), lse

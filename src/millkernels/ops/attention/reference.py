@@ -1,5 +1,5 @@
-"""Plain-PyTorch attention: the semantics every backend matches, the CPU fallback, the tests'
-truth.
+"""Plain-PyTorch attention (training and paged decode): the semantics every backend matches,
+the CPU fallback, the tests' truth.
 
 Semantics:
 
@@ -21,6 +21,8 @@ masked rows produce no NaN.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from typing import NamedTuple
 
 import torch
 
@@ -65,6 +67,50 @@ def _expand_kv(x: torch.Tensor, heads_q: int) -> torch.Tensor:
     return x if group == 1 else x.repeat_interleave(group, dim=2)
 
 
+class _Softmax(NamedTuple):
+    """The pieces of one attention's softmax, in (batch, heads_q, seqlen, ...) layout."""
+
+    qh: torch.Tensor
+    kh: torch.Tensor
+    vh: torch.Tensor
+    scale: float
+    capped: torch.Tensor | None  # tanh(x / softcap) when softcap > 0 (its backward needs it)
+    row_max: torch.Tensor  # finite (0 for rows that see no key), no gradient
+    denom: torch.Tensor  # sum of exp(scores - row_max); 0 for rows that see no key
+    p: torch.Tensor  # the probabilities; rows that see no key are 0
+
+
+def _softmax(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    causal: bool,
+    softmax_scale: float | None,
+    window: tuple[int, int],
+    softcap: float,
+    dt: torch.dtype,
+) -> _Softmax:
+    """Scores, masks and probabilities of dense attention in ``dt`` (seqlens above 0)."""
+    scale = default_scale(q.shape[-1]) if softmax_scale is None else float(softmax_scale)
+    heads_q, seqlen_q, seqlen_k = q.shape[2], q.shape[1], k.shape[1]
+    qh = q.to(dt).transpose(1, 2)  # (B, H, Sq, D)
+    kh = _expand_kv(k.to(dt), heads_q).transpose(1, 2)
+    vh = _expand_kv(v.to(dt), heads_q).transpose(1, 2)
+    scores = torch.matmul(qh, kh.transpose(-1, -2)) * scale
+    capped = None
+    if softcap > 0:
+        capped = torch.tanh(scores / softcap)
+        scores = softcap * capped
+    mask = visible_mask(seqlen_q, seqlen_k, causal, window, q.device)
+    scores = scores.masked_fill(~mask, float("-inf"))
+    row_max = scores.amax(dim=-1, keepdim=True)
+    row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max)).detach()
+    e = torch.exp(scores - row_max)
+    denom = e.sum(dim=-1, keepdim=True)
+    p = e / torch.where(denom > 0, denom, torch.ones_like(denom))
+    return _Softmax(qh, kh, vh, scale, capped, row_max, denom, p)
+
+
 def attention_ref(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -91,29 +137,26 @@ def attention_ref(
     lse : (batch, heads_q, seqlen_q) float32
     """
     dt = q.dtype if compute_dtype is None else compute_dtype
-    scale = default_scale(q.shape[-1]) if softmax_scale is None else float(softmax_scale)
     heads_q, seqlen_q, seqlen_k = q.shape[2], q.shape[1], k.shape[1]
     if seqlen_k == 0 or seqlen_q == 0:  # nothing to see: zeros and -inf
         lse = torch.full((q.shape[0], heads_q, seqlen_q), float("-inf"), device=q.device)
         return torch.zeros_like(q), lse
-    qh = q.to(dt).transpose(1, 2)  # (B, H, Sq, D)
-    kh = _expand_kv(k.to(dt), heads_q).transpose(1, 2)
-    vh = _expand_kv(v.to(dt), heads_q).transpose(1, 2)
-    scores = torch.matmul(qh, kh.transpose(-1, -2)) * scale
-    if softcap > 0:
-        scores = softcap * torch.tanh(scores / softcap)
-    mask = visible_mask(seqlen_q, seqlen_k, causal, window, q.device)
-    scores = scores.masked_fill(~mask, float("-inf"))
-    row_max = scores.amax(dim=-1, keepdim=True)
-    row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max)).detach()
-    e = torch.exp(scores - row_max)
-    denom = e.sum(dim=-1, keepdim=True)
-    seen = denom > 0
-    safe = torch.where(seen, denom, torch.ones_like(denom))
-    p = e / safe
-    out = torch.matmul(p.to(dt), vh).transpose(1, 2)
-    lse = torch.where(seen, torch.log(safe) + row_max, torch.full_like(safe, float("-inf")))
+    sm = _softmax(q, k, v, causal, softmax_scale, window, softcap, dt)
+    out = torch.matmul(sm.p.to(dt), sm.vh).transpose(1, 2)
+    seen = sm.denom > 0
+    safe = torch.where(seen, sm.denom, torch.ones_like(sm.denom))
+    lse = torch.where(seen, torch.log(safe) + sm.row_max, torch.full_like(safe, float("-inf")))
     return out.to(q.dtype), lse.squeeze(-1).float()
+
+
+def _sequences(
+    cu_seqlens_q: torch.Tensor, cu_seqlens_k: torch.Tensor
+) -> Iterator[tuple[slice, slice]]:
+    """The (query, key) token slices of each sequence of a packed batch."""
+    cq = [int(x) for x in cu_seqlens_q.tolist()]
+    ck = [int(x) for x in cu_seqlens_k.tolist()]
+    for b in range(len(cq) - 1):
+        yield slice(cq[b], cq[b + 1]), slice(ck[b], ck[b + 1])
 
 
 def attention_varlen_ref(
@@ -135,14 +178,14 @@ def attention_varlen_ref(
     ``cu_seqlens_*`` (batch + 1,) offsets. Returns ``out`` like ``q`` and ``lse``
     (heads_q, total_q) float32. Tokens of ``q`` past ``cu_seqlens_q[-1]`` get zeros, -inf.
     """
-    cq = [int(x) for x in cu_seqlens_q.tolist()]
-    ck = [int(x) for x in cu_seqlens_k.tolist()]
     outs, lses = [], []
-    for b in range(len(cq) - 1):
+    end = 0
+    for sq, sk in _sequences(cu_seqlens_q, cu_seqlens_k):
+        end = sq.stop
         o, lse = attention_ref(
-            q[cq[b] : cq[b + 1]].unsqueeze(0),
-            k[ck[b] : ck[b + 1]].unsqueeze(0),
-            v[ck[b] : ck[b + 1]].unsqueeze(0),
+            q[sq].unsqueeze(0),
+            k[sk].unsqueeze(0),
+            v[sk].unsqueeze(0),
             causal=causal,
             softmax_scale=softmax_scale,
             window=window,
@@ -151,7 +194,7 @@ def attention_varlen_ref(
         )
         outs.append(o[0])
         lses.append(lse[0])
-    tail = q.shape[0] - cq[-1]
+    tail = q.shape[0] - end
     if tail:
         outs.append(q.new_zeros(tail, *q.shape[1:]))
         lses.append(torch.full((q.shape[1], tail), float("-inf"), device=q.device))
@@ -212,43 +255,26 @@ def attention_grad_ref(
     ``ds = p * (dout v^T - rowsum(dout * out) + dlse)``, then the chain rule through the
     softcap and the scale; GQA gradients are summed over each kv head's query heads.
     """
-    dt = compute_dtype
-    head_dim = q.shape[-1]
-    scale = default_scale(head_dim) if softmax_scale is None else float(softmax_scale)
-    batch, seqlen_q, heads_q, _ = q.shape
+    batch, seqlen_q, heads_q, head_dim = q.shape
     seqlen_k, heads_kv = k.shape[1], k.shape[2]
     group = heads_q // heads_kv
     if seqlen_k == 0 or seqlen_q == 0:
         return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
-    qh = q.to(dt).transpose(1, 2)
-    kh = _expand_kv(k.to(dt), heads_q).transpose(1, 2)
-    vh = _expand_kv(v.to(dt), heads_q).transpose(1, 2)
-    doh = dout.to(dt).transpose(1, 2)
-    x = torch.matmul(qh, kh.transpose(-1, -2)) * scale
-    if softcap > 0:
-        t = torch.tanh(x / softcap)
-        scores = softcap * t
-    else:
-        scores = x
-    mask = visible_mask(seqlen_q, seqlen_k, causal, window, q.device)
-    scores = scores.masked_fill(~mask, float("-inf"))
-    row_max = scores.amax(dim=-1, keepdim=True)
-    row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
-    e = torch.exp(scores - row_max)
-    denom = e.sum(dim=-1, keepdim=True)
-    p = e / torch.where(denom > 0, denom, torch.ones_like(denom))
+    sm = _softmax(q, k, v, causal, softmax_scale, window, softcap, compute_dtype)
+    p, vh = sm.p, sm.vh
+    doh = dout.to(compute_dtype).transpose(1, 2)
     out = torch.matmul(p, vh)
     dv = torch.matmul(p.transpose(-1, -2), doh)
     dp = torch.matmul(doh, vh.transpose(-1, -2))
     delta = (doh * out).sum(-1, keepdim=True)
     if dlse is not None:
-        delta = delta - dlse.to(dt).unsqueeze(-1)
+        delta = delta - dlse.to(compute_dtype).unsqueeze(-1)
     ds = p * (dp - delta)
     if softcap > 0:
-        ds = ds * (1 - t * t)
-    ds = ds * scale
-    dq = torch.matmul(ds, kh)
-    dk = torch.matmul(ds.transpose(-1, -2), qh)
+        ds = ds * (1 - sm.capped * sm.capped)
+    ds = ds * sm.scale
+    dq = torch.matmul(ds, sm.kh)
+    dk = torch.matmul(ds.transpose(-1, -2), sm.qh)
 
     def fold(g: torch.Tensor) -> torch.Tensor:  # (B, Hq, Sk, D) -> (B, Sk, Hkv, D)
         g = g.reshape(batch, heads_kv, group, seqlen_k, head_dim).sum(2)
@@ -273,11 +299,8 @@ def attention_varlen_grad_ref(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`attention_grad_ref` per sequence of a packed batch (tokens past the last
     offset get zero gradients)."""
-    cq = [int(x) for x in cu_seqlens_q.tolist()]
-    ck = [int(x) for x in cu_seqlens_k.tolist()]
     dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
-    for b in range(len(cq) - 1):
-        sq, sk = slice(cq[b], cq[b + 1]), slice(ck[b], ck[b + 1])
+    for sq, sk in _sequences(cu_seqlens_q, cu_seqlens_k):
         g = attention_grad_ref(
             dout[sq].unsqueeze(0),
             None if dlse is None else dlse[:, sq].unsqueeze(0),
@@ -288,3 +311,108 @@ def attention_varlen_grad_ref(
         )
         dq[sq], dk[sk], dv[sk] = g[0][0], g[1][0], g[2][0]
     return dq, dk, dv
+
+
+# ---------------------------------------------------------------------------- paged decode
+#
+# One query token per sequence attends to the first ``cache_seqlens[b]`` tokens of its cache,
+# which live in pages of ``block_size`` tokens: token ``t`` of sequence ``b`` is row
+# ``t % block_size`` of page ``block_table[b, t // block_size]``. Same scores, softcap, GQA
+# and lse as above; a sequence with no cached token gives zeros and ``lse = -inf``. Cache rows
+# a sequence does not read never affect its output (NaN there stays out); a NaN in a row it
+# reads makes its output NaN.
+
+
+def gather_kv(
+    cache: torch.Tensor, block_table: torch.Tensor, length: int | None = None
+) -> torch.Tensor:
+    """The cache pages of each sequence, in order: (batch, length, heads_kv, head_dim).
+
+    ``length`` defaults to the table's capacity (max_blocks_per_seq * block_size); pages past a
+    sequence's last token are gathered too (their contents are masked out by the caller), so
+    every table entry read must be a valid page index.
+    """
+    _, block_size, heads_kv, head_dim = cache.shape
+    batch, max_blocks = block_table.shape
+    capacity = max_blocks * block_size
+    length = capacity if length is None else length
+    pages = cache[block_table.long()]  # (batch, max_blocks, block_size, heads_kv, head_dim)
+    return pages.reshape(batch, capacity, heads_kv, head_dim)[:, :length]
+
+
+def attention_decode_reference(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_table: torch.Tensor,
+    cache_seqlens: torch.Tensor,
+    softmax_scale: float | None = None,
+    softcap: float = 0.0,
+    *,
+    upcast: bool = True,
+    out_dtype: torch.dtype | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Paged decode attention; returns ``(out, lse)``.
+
+    Parameters
+    ----------
+    q
+        (batch, heads_q, head_dim).
+    k_cache, v_cache
+        (num_blocks, block_size, heads_kv, head_dim).
+    block_table
+        int32 (batch, max_blocks_per_seq); only the entries of pages that hold a sequence's
+        tokens are read (others may hold anything, e.g. -1 padding).
+    cache_seqlens
+        int32 (batch,), 0 <= cache_seqlens[b] <= max_blocks_per_seq * block_size.
+    upcast
+        True (default): compute in float32 (float64 inputs stay float64). False: compute in the
+        input dtype, as a naive implementation would (the baseline of the flash 2x rule).
+    out_dtype
+        dtype of ``out``; default q's. Tests ask for float32: the truth of the flash 2x rule
+        must not be rounded to the input dtype.
+
+    Returns
+    -------
+    out
+        (batch, heads_q, head_dim), ``out_dtype`` (default q's dtype).
+    lse
+        (batch, heads_q) float32, natural log; -inf for a sequence with no cached token.
+    """
+    batch, heads_q, head_dim = q.shape
+    heads_kv = k_cache.shape[2]
+    group = heads_q // heads_kv
+    scale = default_scale(head_dim) if softmax_scale is None else float(softmax_scale)
+    lens = cache_seqlens.long()
+    # gather only the pages the longest sequence needs (reads no entry past them)
+    longest = int(lens.max().item()) if batch else 0
+    block_size = k_cache.shape[1]
+    used_blocks = -(-longest // block_size)
+    table = block_table[:, :used_blocks]
+    if batch:  # entries past each sequence's last page may be garbage: point them at page 0
+        cols = torch.arange(used_blocks, device=table.device)
+        needed = cols[None, :] * block_size < lens[:, None]
+        table = torch.where(needed, table, torch.zeros_like(table))
+    compute = q.dtype
+    if upcast and q.dtype != torch.float64:
+        compute = torch.float32
+    k = gather_kv(k_cache, table).to(compute)  # (batch, L, heads_kv, head_dim)
+    v = gather_kv(v_cache, table).to(compute)
+    length = k.shape[1]
+    qg = q.to(compute).reshape(batch, heads_kv, group, head_dim)
+    scores = torch.einsum("bhgd,blhd->bhgl", qg, k) * scale
+    if softcap > 0:
+        scores = softcap * torch.tanh(scores / softcap)
+    visible = torch.arange(length, device=q.device)[None, :] < lens[:, None]  # (batch, L)
+    scores = scores.masked_fill(~visible[:, None, None, :], float("-inf"))
+    lse = torch.logsumexp(scores.float(), dim=-1)  # (batch, heads_kv, group)
+    probs = torch.softmax(scores, dim=-1)
+    # a sequence with no token has an all -inf row (softmax NaN): zeros. Only those rows: a
+    # NaN from a cached token the sequence does read must reach the output, as in the kernels
+    probs = probs.masked_fill((lens == 0)[:, None, None, None], 0.0)
+    # rows past a sequence's end (their pages are gathered too) never reach the output, even
+    # when they hold NaN or inf (0 * NaN is NaN): the kernels never load them
+    v = v.masked_fill(~visible[:, :, None, None], 0.0)
+    out = torch.einsum("bhgl,blhd->bhgd", probs, v)
+    out = out.reshape(batch, heads_q, head_dim).to(out_dtype or q.dtype)
+    return out, lse.reshape(batch, heads_q).float()

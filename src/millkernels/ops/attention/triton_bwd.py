@@ -13,7 +13,7 @@ Every sum has a fixed order, so the backward is bitwise reproducible whatever
 ``deterministic`` says. A gradient flowing into ``lse`` is supported: ``d lse / d s = p``,
 which folds into ``delta``.
 
-With the forward's opt-in switch (:func:`~millkernels.ops.attention.triton_fwd.use_tma`,
+With ``tma`` (the table's choice, :func:`~millkernels.ops.attention.capabilities.use_tma`:
 ``MILLKERNELS_ATTENTION_TMA=1``, sm_90+) the dK/dV and dQ kernels run with ``TMA=True``:
 q, k, v and dO tiles arrive through tensor descriptors, one per (sequence, head), whose zero
 fill past the sequence end and past ``head_dim`` replaces the masks, and the gradients leave
@@ -38,13 +38,12 @@ from millkernels.ops.attention.triton_fwd import (
     _bucket_d,
     aligned_for_analysis,
     block_ranges,
+    check_tma,
     ensure_descriptor_allocator,
     scale_args,
     seq_bucket,
     sequence_offsets,
     tanh,
-    tma_allowed,
-    use_tma,
     window_args,
 )
 from millkernels.ops.triton_common import cast, dot
@@ -622,12 +621,11 @@ def backward(
     softmax_scale: float,
     window: tuple[int, int],
     softcap: float,
-    tma: bool | None = None,
+    tma: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Launch the backward; returns (dq, dk, dv) shaped, strided and typed like q, k, v.
-    ``tma``: the forward's switch (:func:`~millkernels.ops.attention.triton_fwd.use_tma`,
-    None reads ``MILLKERNELS_ATTENTION_TMA``); tensors TMA cannot address (q, k, v, dO and
-    the gradients) run the pointer kernels."""
+    ``tma``: load through tensor descriptors (the table's choice,
+    :func:`~millkernels.ops.attention.capabilities.use_tma`); q, k, v and dO must allow it."""
     varlen = cu_q is not None
     lse = lse.contiguous()
     dq = torch.zeros_like(q) if varlen else torch.empty_like(q)
@@ -677,42 +675,38 @@ def backward(
     consts = dict(HEAD_DIM=head_dim, BLOCK_D=bd, VARLEN=varlen, SOFTCAP=softcap > 0)
     dkdv_args = (q, k, v, dout, lse2, delta, dk, dv, cu_q_arg, cu_k_arg, *common, heads_kv, *tail)
     dq_args = (q, k, v, dout, lse2, delta, dq, cu_q_arg, cu_k_arg, *common, heads_q, *tail)
-    with_tma = use_tma(q, k, v, tma) and tma_allowed(dout, dq, dk, dv)
-    if with_tma:
+    check_tma(tma, q, k, v, dout, dq, dk, dv)
+    if tma:
         ensure_descriptor_allocator()
     if interp:
         c1, c2 = INTERPRET_DKDV, INTERPRET_DQ
         g1 = (triton.cdiv(max_k, c1["BLOCK_N"]), batch * heads_kv)
         g2 = (triton.cdiv(max_q, c2["BLOCK_M"]), batch * heads_q)
-        opts = dict(TMA=with_tma, num_warps=4, num_stages=1)
+        opts = dict(TMA=tma, num_warps=4, num_stages=1)
         _attn_bwd_dkdv_kernel[g1](*dkdv_args, **consts, **c1, **opts)
         _attn_bwd_dq_kernel[g2](*dq_args, **consts, **c2, **opts)
     else:
-        dkdv_fn, dq_fn = (_dkdv_tma_tuned, _dq_tma_tuned) if with_tma else (_dkdv_tuned, _dq_tuned)
+        dkdv_fn, dq_fn = (_dkdv_tma_tuned, _dq_tma_tuned) if tma else (_dkdv_tuned, _dq_tuned)
         dkdv_fn[lambda m: (triton.cdiv(max_k, m["BLOCK_N"]), batch * heads_kv)](
             *dkdv_args, **consts
         )
         dq_fn[lambda m: (triton.cdiv(max_q, m["BLOCK_M"]), batch * heads_q)](*dq_args, **consts)
-    global _last_tma
-    _last_tma = with_tma
     return dq, dk, dv
 
 
-_last_tma = False
-
-
-def chosen_configs() -> dict:
-    """The backward configs the autotuner picked last (for benchmark rows)."""
+def chosen_configs(tma: bool) -> dict:
+    """The configs the autotuner picked last for the pointer (``tma`` False) or the
+    tensor-descriptor backward (for benchmark rows)."""
     from millkernels.ops.autotune import autotune_config
 
     if runtime.triton_interpret():
-        dkdv, dq = ({**c, "TMA": _last_tma} for c in (INTERPRET_DKDV, INTERPRET_DQ))
-        return {"dkdv": dkdv, "dq": dq, "TMA": _last_tma, "interpreter": True}
-    if _last_tma:
+        dkdv, dq = ({**c, "TMA": tma} for c in (INTERPRET_DKDV, INTERPRET_DQ))
+        return {"dkdv": dkdv, "dq": dq, "TMA": tma, "interpreter": True}
+    if tma:
         dkdv, dq = autotune_config(_dkdv_tma_tuned), autotune_config(_dq_tma_tuned)
     else:
         dkdv, dq = autotune_config(_dkdv_tuned), autotune_config(_dq_tuned)
-    return {"dkdv": dkdv, "dq": dq, "TMA": _last_tma}
+    return {"dkdv": dkdv, "dq": dq, "TMA": tma}
 
 
 # ---------------------------------------------------------------------------- analysis

@@ -7,9 +7,9 @@ token's page through the block table, and keeps an online softmax in the log2 do
 split it normalises and writes the output directly; with several it writes a float32 partial
 output and its log-sum-exp, and ``_decode_combine_kernel`` merges the splits of each query head.
 
-The split count is chosen on the host from the table's capacity and the GPU's SM count (no
-device sync); each program reads ``cache_seqlens`` itself and divides the actual length of its
-sequence evenly between the splits.
+The split count comes from :mod:`.decode_plan` (shared with the CUDA kernel); each program
+reads ``cache_seqlens`` itself and divides the actual length of its sequence evenly between
+the splits.
 """
 
 from __future__ import annotations
@@ -18,21 +18,13 @@ import torch
 import triton
 import triton.language as tl
 
-from millkernels import runtime
 from millkernels.ops.analysis_spec import TritonAnalysis, TritonVariant
+from millkernels.ops.attention import decode_plan
 from millkernels.ops.triton_common import cast, dot
 
 LOG2E = 1.4426950408889634
 LOG2E_C = tl.constexpr(LOG2E)
-MAX_SPLITS = 64
-#: Fewest tokens a split gets: below this the combine's traffic and the per-program setup
-#: outweigh the extra parallelism (not yet measured on a GPU).
-MIN_TOKENS_PER_SPLIT = 256
 NUM_WARPS = 4
-#: Programs per SM the split count aims for. The split kernel fits 3 programs per SM (160
-#: registers at 4 warps); 512 programs on 132 SMs would be 1.3 waves (a 35% idle tail), ~8 per
-#: SM keeps the tail small. Estimated from the compile report, not yet measured on a GPU.
-PROGRAMS_PER_SM = 8
 
 
 @triton.jit
@@ -185,14 +177,10 @@ def block_n(head_dim: int) -> int:
 
 
 def num_splits(batch: int, heads_kv: int, capacity: int, device: torch.device) -> int:
-    """Splits per sequence: about PROGRAMS_PER_SM programs per SM (many short waves, so the
-    last partial wave costs little), each split with >= MIN_TOKENS_PER_SPLIT tokens of the
-    table's capacity. A CPU run uses up to 4 splits, to exercise the combine."""
-    sms = runtime.sm_count(device.index or 0) if device.type == "cuda" else 1
-    programs = max(batch * heads_kv, 1)
-    want = -(-PROGRAMS_PER_SM * sms // programs)
-    most = max(capacity // MIN_TOKENS_PER_SPLIT, 1) if device.type == "cuda" else 4
-    return int(max(1, min(want, most, MAX_SPLITS)))
+    """Splits per sequence (:func:`.decode_plan.num_splits`); a program handles every query
+    head of one key/value head."""
+    sms = decode_plan.sm_count(device)
+    return decode_plan.num_splits(batch, heads_kv, heads_kv, capacity, sms, 1)
 
 
 def _empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:

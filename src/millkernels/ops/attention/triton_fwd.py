@@ -14,8 +14,6 @@ causal is folded in as ``right = min(right, 0)`` by the caller.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
@@ -27,6 +25,7 @@ from millkernels.ops.analysis_spec import (
     variants_from_configs,
     with_spill_allowance,
 )
+from millkernels.ops.attention.capabilities import aligned16
 from millkernels.ops.triton_common import cast, dot
 
 BIG = 1 << 30  # an unbounded window side (seqlens stay below 2**29)
@@ -355,33 +354,15 @@ _attn_fwd_tma_tuned = triton.autotune(
     configs=FWD_TMA_CONFIGS, key=_FWD_KEY, prune_configs_by={"early_config_prune": prune_for}
 )(_attn_fwd_kernel)
 
-#: Opt-in switch for the tensor-descriptor (TMA) forward on sm_90+: "1" to use it where the
-#: tensors allow. Off by default until GPU measurements show it ahead of the pointer kernel
-#: (`millkernels bench attention` reports both).
-TMA_ENV = "MILLKERNELS_ATTENTION_TMA"
 
-
-def tma_allowed(*tensors: torch.Tensor) -> bool:
-    """Whether tensor descriptors can address these tensors: 16-byte aligned data and every
-    stride but the last a multiple of 16 bytes (TMA's rules), the last stride 1."""
-    for t in tensors:
-        if t.data_ptr() % 16 or t.stride(-1) != 1:
-            return False
-        if any((st * t.element_size()) % 16 for st in t.stride()[:-1]):
-            return False
-    return True
-
-
-def use_tma(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, tma: bool | None) -> bool:
-    """Resolve the ``tma`` request: None reads :data:`TMA_ENV`; on a GPU it also needs sm_90+.
-    Tensors TMA cannot address fall back to the pointer kernel."""
-    if tma is None:
-        tma = os.environ.get(TMA_ENV, "0") == "1"
-    if not tma or not tma_allowed(q, k, v):
-        return False
-    if runtime.triton_interpret():
-        return True
-    return torch.cuda.get_device_capability(q.device)[0] >= 9
+def check_tma(tma: bool, *tensors: torch.Tensor) -> None:
+    """ValueError when ``tma`` asks for tensor descriptors these tensors cannot have (TMA's
+    16-byte rules). The choice itself is the table's (:func:`.capabilities.use_tma`)."""
+    if tma and not aligned16(*tensors):
+        raise ValueError(
+            "tma: tensor descriptors need 16-byte aligned data and outer strides that are "
+            "multiples of 16 bytes"
+        )
 
 
 def ensure_descriptor_allocator() -> None:
@@ -430,11 +411,11 @@ def forward(
     softmax_scale: float,
     window: tuple[int, int],
     softcap: float,
-    tma: bool | None = None,
+    tma: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the forward. Dense: q (B, Sq, Hq, D); varlen: q (T, Hq, D) with cu_q/cu_k.
-    ``window`` has causal folded in (-1 unbounded). ``tma``: see :func:`use_tma`.
-    Returns (out, lse)."""
+    ``window`` has causal folded in (-1 unbounded). ``tma``: load through tensor descriptors
+    (the table's choice, :func:`.capabilities.use_tma`). Returns (out, lse)."""
     varlen = cu_q is not None
     if varlen:
         batch = cu_q.numel() - 1
@@ -467,34 +448,30 @@ def forward(
     consts = dict(
         HEAD_DIM=head_dim, BLOCK_D=_bucket_d(head_dim), VARLEN=varlen, SOFTCAP=softcap > 0
     )
-    with_tma = use_tma(q, k, v, tma) and tma_allowed(out)
-    if with_tma:
+    check_tma(tma, q, k, v, out)
+    if tma:
         ensure_descriptor_allocator()
     if runtime.triton_interpret():
         cfg = INTERPRET_FWD
         grid = (triton.cdiv(int(max_q), cfg["BLOCK_M"]), batch * heads_q)
-        _attn_fwd_kernel[grid](*args, **consts, **cfg, TMA=with_tma, num_warps=4, num_stages=1)
+        _attn_fwd_kernel[grid](*args, **consts, **cfg, TMA=tma, num_warps=4, num_stages=1)
     else:
 
         def grid(meta):
             return (triton.cdiv(int(max_q), meta["BLOCK_M"]), batch * heads_q)
 
-        (_attn_fwd_tma_tuned if with_tma else _attn_fwd_tuned)[grid](*args, **consts)
-    global _last_tma
-    _last_tma = with_tma
+        (_attn_fwd_tma_tuned if tma else _attn_fwd_tuned)[grid](*args, **consts)
     return out, lse
 
 
-_last_tma = False
-
-
-def chosen_config() -> dict | None:
-    """The forward config the autotuner picked last (for benchmark rows)."""
+def chosen_config(tma: bool) -> dict | None:
+    """The config the autotuner picked last for the pointer (``tma`` False) or the
+    tensor-descriptor forward (for benchmark rows)."""
     from millkernels.ops.autotune import autotune_config
 
     if runtime.triton_interpret():
-        return {**INTERPRET_FWD, "TMA": _last_tma, "interpreter": True}
-    return autotune_config(_attn_fwd_tma_tuned if _last_tma else _attn_fwd_tuned)
+        return {**INTERPRET_FWD, "TMA": tma, "interpreter": True}
+    return autotune_config(_attn_fwd_tma_tuned if tma else _attn_fwd_tuned)
 
 
 # ---------------------------------------------------------------------------- analysis
