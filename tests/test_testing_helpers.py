@@ -75,3 +75,19 @@ def test_dtype_tolerance_rejects_integers():
     assert testing.dtype_tolerance(torch.bfloat16)[0] > testing.dtype_tolerance(torch.float16)[0]
     with pytest.raises(TypeError, match="dtype: expected a floating dtype"):
         testing.dtype_tolerance(torch.int32)
+
+
+def test_certify_counts_wrong_elements_by_the_same_flash_rule():
+    from millkernels.certify.probes.ops import flash_wrong
+    from millkernels.testing import flash_allowed_error, flash_tolerance_ok
+
+    g = torch.Generator().manual_seed(7)
+    ref32 = torch.randn(33, 17, generator=g)
+    lowp = ref32.to(torch.bfloat16)
+    allowed = flash_allowed_error(lowp, ref32, torch.bfloat16)
+    out = lowp.clone()
+    assert flash_wrong(out, lowp, ref32)[0] == 0 and flash_tolerance_ok(out, lowp, ref32)[0]
+    out[3, 5] = ref32[3, 5] + 2 * allowed
+    wrong, _, got_allowed = flash_wrong(out, lowp, ref32)
+    assert (wrong, got_allowed) == (1, allowed)
+    assert not flash_tolerance_ok(out, lowp, ref32)[0]

@@ -15,23 +15,32 @@ import torch
 ODD_LENGTHS: tuple[int, ...] = (1, 17, 113, 255)
 
 
+def flash_allowed_error(
+    out_lowp_ref: torch.Tensor, ref32: torch.Tensor, dtype: torch.dtype, *, slack: float = 1e-5
+) -> float:
+    """Flash-attention's bound on a kernel's error: twice PyTorch's own error, plus the
+    rounding of ``dtype`` (the kernel output's) at the values' magnitude, plus ``slack``.
+
+    ``ref32`` is the reference computed in float32 (or float64), ``out_lowp_ref`` the same
+    reference computed in the input dtype. ``rounding`` is ``2 * max|(r + 0.3 - 0.3) - r|``
+    with ``r = ref32`` in ``dtype`` (flash-attn's tests add the same term, so a result one unit
+    off where PyTorch happened to round exactly does not fail at tiny sizes).
+    """
+    base = (out_lowp_ref.double() - ref32.double()).abs().max().item()
+    return 2 * base + _rounding(ref32, dtype) + slack
+
+
 def flash_tolerance_ok(
     out: torch.Tensor, out_lowp_ref: torch.Tensor, ref32: torch.Tensor, *, slack: float = 1e-5
 ) -> tuple[bool, float, float]:
-    """Flash-attention's rule: the kernel may be at most twice as wrong as PyTorch itself,
-    plus the rounding of ``out``'s dtype at the values' magnitude.
+    """Whether ``out`` is within :func:`flash_allowed_error`.
 
-    ``ref32`` is the reference computed in float32 (or float64), ``out_lowp_ref`` the same
-    reference computed in the input dtype. Returns ``(ok, kernel_err, torch_err)`` where
-    ``ok`` is ``kernel_err <= 2 * torch_err + rounding + slack`` and ``rounding`` is
-    ``2 * max|(r + 0.3 - 0.3) - r|`` with ``r = ref32`` in ``out``'s dtype (flash-attn's tests
-    add the same term, so a result one unit off where PyTorch happened to round exactly does
-    not fail at tiny sizes).
+    Returns ``(ok, kernel_err, torch_err)``: the kernel's and PyTorch's own max error.
     """
     ref = ref32.double()
     err = (out.double() - ref).abs().max().item()
     base = (out_lowp_ref.double() - ref).abs().max().item()
-    return err <= 2 * base + _rounding(ref32, out.dtype) + slack, err, base
+    return err <= flash_allowed_error(out_lowp_ref, ref32, out.dtype, slack=slack), err, base
 
 
 def _rounding(ref32: torch.Tensor, dtype: torch.dtype) -> float:

@@ -135,11 +135,12 @@ def attention(ctx: ProbeContext) -> None:
 
 
 def flash_wrong(out: Any, out_lowp: Any, ref32: Any) -> tuple[int, float, float]:
-    """(wrong elements, max error, allowed error) under flash-attention's rule: an element is
-    wrong when ``|out - ref32| > 2 * max|out_lowp - ref32| + 1e-5``."""
-    ref = ref32.double()
-    err = (out.double() - ref).abs()
-    allowed = 2 * (out_lowp.double() - ref).abs().max().item() + 1e-5
+    """(wrong elements, max error, allowed error): an element is wrong when it is further from
+    ``ref32`` than :func:`millkernels.testing.flash_allowed_error` allows."""
+    from millkernels.testing import flash_allowed_error
+
+    err = (out.double() - ref32.double()).abs()
+    allowed = flash_allowed_error(out_lowp, ref32, out.dtype)
     return count_wrong(err, allowed), float(err.max().item()), allowed
 
 
