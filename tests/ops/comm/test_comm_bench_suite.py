@@ -268,6 +268,13 @@ def test_plan_shapes(native_ok, quick: bool) -> None:
         assert set(_sizes(c)) <= set(_sizes(named["baseline"]))
 
 
+def test_plan_without_a_known_capability_skips_fp8_with_the_reason(native_ok) -> None:
+    ctx = BenchContext(device="cpu", quick=True, log=lambda m: None)
+    cases = bench_suite.plan(ctx, Machine("cuda", "nccl", 2, 2, H100))
+    assert "fp8" not in [c.name for c in cases] and "int8" in [c.name for c in cases]
+    assert any("quant:fp8" in s and "unknown compute capability" in s for s in ctx.skipped)
+
+
 def _measured(times_us: dict[int, float]) -> dict[int, dict]:
     return {b: {"bytes": b, "time_us": t} for b, t in times_us.items()}
 

@@ -151,7 +151,7 @@ def machine(ctx: BenchContext) -> Machine:
 
     n = torch.cuda.device_count()
     name = torch.cuda.get_device_name(0)
-    cap = tuple(torch.cuda.get_device_capability(0))
+    cap = torch.cuda.get_device_capability(0)
     if n >= 2:
         return Machine("cuda", "nccl", int(ctx.option("comm.ranks", n)), n, name, cap)
     return Machine("cuda", "gloo", int(ctx.option("comm.ranks", 2)), n, name, cap)
@@ -218,8 +218,11 @@ def plan(ctx: BenchContext, m: Machine) -> list[Case]:
         why = None
         if m.shared_gpu:
             why = f"the quantised all-reduce of CUDA tensors needs NCCL, and {NCCL_SHARED_GPU}"
-        elif q == "fp8" and gpu and (m.capability or (0, 0)) < (8, 9):
-            why = f"fp8 needs sm_89 or newer; this GPU is sm_{''.join(map(str, m.capability))}"
+        elif q == "fp8" and gpu and (m.capability is None or m.capability < (8, 9)):
+            have = "of unknown compute capability"
+            if m.capability is not None:
+                have = f"sm_{m.capability[0]}{m.capability[1]}"
+            why = f"fp8 needs sm_89 or newer; this GPU is {have}"
         if why:
             ctx.skip(f"quant:{q}", why)
             continue

@@ -312,11 +312,11 @@ def build_case(s: Settings, size: int, group, rank: int, world: int, device) -> 
     expected = coll.expected(s, rank, world, count, device)
     bound = None
     if s.quant:
-        amax = sum(
+        amaxes = [
             group_absmax(known_input(q, count, torch.float32, device, 0, redop), world)
             for q in range(world)
-        )
-        bound = error_bound(amax, expected, s.quant, dtype)
+        ]
+        bound = error_bound(sum(amaxes[1:], amaxes[0]), expected, s.quant, dtype)
 
     def wrong(run: Callable[[], Any], result: torch.Tensor) -> Callable[[], int]:
         def count_wrong() -> int:
@@ -326,11 +326,11 @@ def build_case(s: Settings, size: int, group, rank: int, world: int, device) -> 
 
         return count_wrong
 
-    has_ip = ip_out is not None
+    if ip_out is None:
+        return Case(s.op, count, nbytes, run_oop, None, reset, wrong(run_oop, out), None)
     return Case(
-        s.op, count, nbytes, run_oop, run_ip if has_ip else None, reset, wrong(run_oop, out),
-        wrong(run_ip, ip_out) if has_ip else None,
-    )  # fmt: skip
+        s.op, count, nbytes, run_oop, run_ip, reset, wrong(run_oop, out), wrong(run_ip, ip_out)
+    )
 
 
 def _sync(device) -> None:
@@ -438,7 +438,7 @@ def run_sizes(
         t_oop = _rank_mean(time_call(case.run_oop, s, group, device), group, device)
         w_oop = _rank_sum(case.wrong_oop(), group, device) if s.check else 0
         ip = None
-        if case.run_ip is not None:
+        if case.run_ip is not None and case.wrong_ip is not None:  # set together
             case.reset()
             t_ip = _rank_mean(time_call(case.run_ip, s, group, device), group, device)
             w_ip = _rank_sum(case.wrong_ip(), group, device) if s.check else 0

@@ -9,6 +9,7 @@ Options: ``probes.nbytes`` (buffer size), ``probes.backends`` (a subset of backe
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -136,7 +137,7 @@ def probes(ctx: BenchContext) -> Iterator[Row]:
                 ok = ctx.check(False, f"{c.op} {backend} raised {type(exc).__name__}: {exc}")
             if not ok:
                 continue
-            t = ctx.measure(lambda run=c.run, b=backend: run(b))
+            t = ctx.measure(functools.partial(c.run, backend))
             yield ctx.row(
                 op=c.op,
                 shape=shape,
@@ -174,7 +175,9 @@ def _pattern_rows(ctx: BenchContext, table: Any, buf: Any, nbytes: int, wanted) 
             if not ok:
                 continue
             t = ctx.measure(
-                lambda p=pattern, b=backend: ops.pattern_test(buf, p, seed=PATTERN_SEED, backend=b)
+                functools.partial(
+                    ops.pattern_test, buf, pattern, seed=PATTERN_SEED, backend=backend
+                )
             )
             yield ctx.row(
                 op="pattern_test",

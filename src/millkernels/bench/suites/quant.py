@@ -16,6 +16,7 @@ interpreted Triton is too slow to time).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from typing import Any
 
@@ -72,6 +73,11 @@ def _rel_err(out: Any, ref: Any) -> float:
     return float((out.float() - ref.float()).norm() / ref.float().norm().clamp_min(1e-30))
 
 
+def _matmul_nt(x: Any, w: Any) -> Any:
+    """The bf16 baseline: ``x @ w^T`` for a (N, K) weight, as a linear layer computes it."""
+    return x @ w.t()
+
+
 def _scaled_mm(xq, xs, wq, ws, mode: str):
     """torch._scaled_mm with our scales: A (M, K) row-major, B = W^T column-major."""
     import torch
@@ -112,7 +118,7 @@ def quant_suite(ctx: BenchContext) -> Iterator[Row]:
             x = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
             flops = counts.matmul_flops(m, n, k)
             base_bytes = counts.matmul_bytes(m, n, k, "bf16")
-            base_t = ctx.measure(lambda x=x, w=w: torch.matmul(x, w.t()))
+            base_t = ctx.measure(functools.partial(_matmul_nt, x, w))
             yield ctx.row(
                 op="quant_matmul", shape=shape, dtype="bf16", backend="torch", timing=base_t,
                 flops=flops, bytes=base_bytes,
@@ -140,7 +146,7 @@ def quant_suite(ctx: BenchContext) -> Iterator[Row]:
                         ok = ctx.check(False, f"{scheme} {backend} {shape} raised {exc!r}")
                     if not ok:
                         continue
-                    t = ctx.measure(lambda qw=qw, b=backend, x=x: quant.matmul(x, qw, backend=b))
+                    t = ctx.measure(functools.partial(quant.matmul, x, qw, backend=backend))
                     config = None
                     if backend == "triton" and ctx.gpu:
                         mod = triton_fp8 if qw.is_fp8 else triton_weight_only

@@ -29,9 +29,12 @@ import json
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from millkernels.certify.probes.registry import ProbeContext
+
+if TYPE_CHECKING:
+    from millkernels.dispatch import CallFacts, CapabilityTable
 
 #: The reason code the profiles give a ``*_wrong`` count above 0.
 
@@ -73,7 +76,7 @@ def _device(ctx: ProbeContext) -> Any:
     return torch.device("cuda", 0) if ctx.device == "cuda" else torch.device("cpu")
 
 
-def _kernel_backend(table: Any, op: str, facts: dict[str, Any], requested: str) -> str:
+def _kernel_backend(table: CapabilityTable, op: str, facts: CallFacts, requested: str) -> str:
     """The backend to time: ``requested`` if it can serve the call; under ``auto`` a kernel
     backend (the family's ``auto`` falls back to the PyTorch reference, which is not what this
     probe measures). Raises :class:`Unavailable` with the reasons."""

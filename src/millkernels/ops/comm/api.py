@@ -323,7 +323,7 @@ def all_reduce(
     t, o, custom, (how, runs_on) = _run_checked(validate, g, "all_reduce")
     if t.numel() == 0:
         return o
-    if how == "quant":
+    if quant is not None:  # validate chose the quantised path (how == "quant")
         from millkernels.ops.comm.quantized import run_quantized
 
         src = t if t.is_contiguous() else t.contiguous()

@@ -24,7 +24,7 @@ QMAX = {"int8": 127.0, "fp8": 448.0}
 AMAX_FLOOR = 1e-30
 
 
-def reduce_op(op: str) -> dist.ReduceOp:
+def reduce_op(op: str) -> dist.ReduceOp.RedOpType:
     return _REDUCE_OPS[op]
 
 

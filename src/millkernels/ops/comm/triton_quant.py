@@ -222,7 +222,7 @@ def _variants(sig: dict[str, str], aligned: tuple[str, ...], qmax: bool) -> list
             label=f"{name} G=128 BG={_BG_GPU} w4",
             min_arch=89 if fp8 else 80,
             divisible_by_16=aligned,
-            **_IEEE,
+            enable_fp_fusion=_IEEE["enable_fp_fusion"],
         )
         for name, q, fp8 in _FORMATS
     ]

@@ -36,7 +36,8 @@ def pattern_check(
     buf: torch.Tensor, pattern: str, seed: int, max_report: int
 ) -> tuple[int, int | None, list[BadWord]]:
     """(mismatch count, first bad index, up to ``max_report`` bad words sorted by index)."""
-    mismatches, first, bad = 0, None, []
+    mismatches, first = 0, None
+    bad: list[BadWord] = []
     for start in range(0, buf.numel(), _CHUNK_WORDS):
         n = min(_CHUNK_WORDS, buf.numel() - start)
         want = expected_words(pattern, start, n, seed, buf.device)

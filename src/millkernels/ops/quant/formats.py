@@ -151,8 +151,14 @@ class QuantizedWeight:
 
     def to(self, device: Any) -> QuantizedWeight:
         """A copy on ``device`` (tensors moved; metadata shared)."""
-        moved = {k: v.to(device) for k, v in self.tensors().items()}
-        return dataclasses.replace(self, **moved)
+        zeros, perm = self.zeros, self.perm
+        return dataclasses.replace(
+            self,
+            qweight=self.qweight.to(device),
+            scales=self.scales.to(device),
+            zeros=None if zeros is None else zeros.to(device),
+            perm=None if perm is None else perm.to(device),
+        )
 
     # -------------------------------------------------------------- serialisation
 

@@ -35,6 +35,11 @@ class QuantLinear(nn.Module):
     float16/bfloat16.
     """
 
+    # registered in __init__ (buffers from the weight's state dict; the bias a parameter)
+    qweight: torch.Tensor
+    scales: torch.Tensor
+    bias: torch.Tensor | None
+
     def __init__(
         self,
         qweight: QuantizedWeight,

@@ -262,8 +262,8 @@ def matmul(
         _wo_tuned[grid](**args)
     else:
         cfg = dict(config or default_config(m, group_size, per_channel))
-        grid = (triton.cdiv(m, cfg["BLOCK_M"]), triton.cdiv(n, cfg["BLOCK_N"]), split)
-        _wo_kernel[grid](**args, **cfg)
+        fixed_grid = (triton.cdiv(m, cfg["BLOCK_M"]), triton.cdiv(n, cfg["BLOCK_N"]), split)
+        _wo_kernel[fixed_grid](**args, **cfg)
     if split > 1:
         acc = dest.sum(0)
         if bias is not None:
