@@ -220,3 +220,14 @@ def test_triton_bf16_rounds_like_the_gpu_decode_shape(triton_device):
     for name, x, r in zip(("out", "dq", "dk", "dv"), (out, *grads), (ref64, *g64), strict=True):
         share = _toward_zero_share(x.cpu(), r.cpu())
         assert share < 0.7, f"{name}: {share:.2f} of the rounded values lie toward zero"
+
+
+@pytest.mark.parametrize("given", ["cu_seqlens_q", "cu_seqlens_k"])
+def test_backward_ref_needs_both_offsets_or_neither(given):
+    """The autograd reference's varlen path needs both offset tensors: one alone is refused
+    by name (it used to fail inside with an AttributeError, or run the dense path on packed
+    tokens)."""
+    q, k, v = (torch.randn(7, 2, 16) for _ in range(3))
+    cu = torch.tensor([0, 3, 7], dtype=torch.int32)
+    with pytest.raises(ValueError, match="cu_seqlens_q, cu_seqlens_k: expected both"):
+        R.attention_backward_ref(torch.randn_like(q), None, q, k, v, **{given: cu})

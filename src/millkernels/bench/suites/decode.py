@@ -20,6 +20,7 @@ Options: ``attention_decode.shapes`` (list of (batch, context, block_size) tuple
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 from millkernels import runtime
@@ -182,9 +183,7 @@ def attention_decode_suite(ctx: BenchContext) -> Iterator[Row]:
                 continue
             if not ctx.check(ok, f"{backend} {shape}: error {err:.3g}"):
                 continue
-            t = ctx.measure(
-                lambda b=backend, a=args: attention_decode(*a, backend=b), cuda_graph=graph
-            )
+            t = ctx.measure(partial(attention_decode, *args, backend=backend), cuda_graph=graph)
             yield ctx.row(
                 op="attention_decode", shape=shape, dtype="bf16", backend=backend, timing=t,
                 bytes=work, baseline="sdpa" if base_t else None, baseline_timing=base_t,

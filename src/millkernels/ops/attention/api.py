@@ -14,7 +14,7 @@ Decode fast path: inside a captured CUDA graph (``torch.cuda.graph``, ``torch.co
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal, overload
 
 import torch
 
@@ -257,6 +257,54 @@ def _decode_arguments(
 # ---------------------------------------------------------------------------- public
 
 
+@overload
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    causal: bool = ...,
+    softmax_scale: float | None = ...,
+    window: tuple[int, int] = ...,
+    softcap: float = ...,
+    return_lse: Literal[False] = ...,
+    deterministic: bool = ...,
+    backend: str = ...,
+) -> torch.Tensor: ...
+
+
+@overload
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    causal: bool = ...,
+    softmax_scale: float | None = ...,
+    window: tuple[int, int] = ...,
+    softcap: float = ...,
+    return_lse: Literal[True],
+    deterministic: bool = ...,
+    backend: str = ...,
+) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+@overload
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    causal: bool = ...,
+    softmax_scale: float | None = ...,
+    window: tuple[int, int] = ...,
+    softcap: float = ...,
+    return_lse: bool = ...,
+    deterministic: bool = ...,
+    backend: str = ...,
+) -> _Out: ...
+
+
 def attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -321,6 +369,66 @@ def attention(
     name = _select("attention", q, backend)
     out, lse = custom_ops.attention_fwd(q, k, v, scale, wl, wr, cap, name)
     return (out, lse) if return_lse else out
+
+
+@overload
+def attention_varlen(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor,
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+    *,
+    causal: bool = ...,
+    softmax_scale: float | None = ...,
+    window: tuple[int, int] = ...,
+    softcap: float = ...,
+    return_lse: Literal[False] = ...,
+    deterministic: bool = ...,
+    backend: str = ...,
+) -> torch.Tensor: ...
+
+
+@overload
+def attention_varlen(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor,
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+    *,
+    causal: bool = ...,
+    softmax_scale: float | None = ...,
+    window: tuple[int, int] = ...,
+    softcap: float = ...,
+    return_lse: Literal[True],
+    deterministic: bool = ...,
+    backend: str = ...,
+) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+@overload
+def attention_varlen(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor,
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+    *,
+    causal: bool = ...,
+    softmax_scale: float | None = ...,
+    window: tuple[int, int] = ...,
+    softcap: float = ...,
+    return_lse: bool = ...,
+    deterministic: bool = ...,
+    backend: str = ...,
+) -> _Out: ...
 
 
 def attention_varlen(
@@ -398,6 +506,51 @@ def attention_varlen(
     return (out, lse) if return_lse else out
 
 
+@overload
+def attention_decode(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_table: torch.Tensor,
+    cache_seqlens: torch.Tensor,
+    *,
+    softmax_scale: float | None = ...,
+    softcap: float = ...,
+    return_lse: Literal[False] = ...,
+    backend: str = ...,
+) -> torch.Tensor: ...
+
+
+@overload
+def attention_decode(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_table: torch.Tensor,
+    cache_seqlens: torch.Tensor,
+    *,
+    softmax_scale: float | None = ...,
+    softcap: float = ...,
+    return_lse: Literal[True],
+    backend: str = ...,
+) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+@overload
+def attention_decode(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_table: torch.Tensor,
+    cache_seqlens: torch.Tensor,
+    *,
+    softmax_scale: float | None = ...,
+    softcap: float = ...,
+    return_lse: bool = ...,
+    backend: str = ...,
+) -> _Out: ...
+
+
 def attention_decode(
     q: torch.Tensor,
     k_cache: torch.Tensor,
@@ -409,7 +562,7 @@ def attention_decode(
     softcap: float = 0.0,
     return_lse: bool = False,
     backend: str = "auto",
-) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+) -> _Out:
     """Attention of one new query token per sequence over a paged KV cache.
 
     Parameters

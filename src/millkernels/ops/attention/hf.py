@@ -16,13 +16,23 @@ Importing this module does not import transformers.
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 
 from millkernels.ops.attention.api import attention, attention_varlen
 
 NAME = "millkernels"
+
+
+class _Keywords(TypedDict):
+    """The keywords passed on to :func:`attention` / :func:`attention_varlen`."""
+
+    causal: bool
+    softmax_scale: float | None
+    window: tuple[int, int]
+    softcap: float
+    backend: str
 
 
 def attention_forward(
@@ -52,7 +62,7 @@ def attention_forward(
     window = (-1, -1)
     if sliding_window is not None and sliding_window > 0:
         window = (int(sliding_window) - 1, -1 if causal else int(sliding_window) - 1)
-    kw = dict(
+    kw = _Keywords(
         causal=causal,
         softmax_scale=scaling,
         window=window,
@@ -70,7 +80,9 @@ def attention_forward(
     return _unpadded(q, k, v, attention_mask.bool(), kw), None
 
 
-def _unpadded(q, k, v, kv_mask, kw) -> torch.Tensor:
+def _unpadded(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_mask: torch.Tensor, kw: _Keywords
+) -> torch.Tensor:
     """Attention over the valid tokens of a padded batch, through attention_varlen."""
     seq_q = q.shape[1]
     kv_mask = kv_mask[:, -k.shape[1] :]

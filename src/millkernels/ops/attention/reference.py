@@ -215,10 +215,12 @@ def attention_backward_ref(
     compute_dtype: torch.dtype | None = torch.float32,
     **kwargs,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(dq, dk, dv) by autograd through the reference (dense, or varlen with cu_seqlens)."""
+    """(dq, dk, dv) by autograd through the reference (dense, or varlen with both cu_seqlens)."""
+    if (cu_seqlens_q is None) != (cu_seqlens_k is None):
+        raise ValueError("cu_seqlens_q, cu_seqlens_k: expected both (varlen) or neither, got one")
     with torch.enable_grad():
         qg, kg, vg = (t.detach().requires_grad_(True) for t in (q, k, v))
-        if cu_seqlens_q is None:
+        if cu_seqlens_q is None or cu_seqlens_k is None:
             out, lse = attention_ref(qg, kg, vg, compute_dtype=compute_dtype, **kwargs)
         else:
             out, lse = attention_varlen_ref(
@@ -270,7 +272,7 @@ def attention_grad_ref(
     if dlse is not None:
         delta = delta - dlse.to(compute_dtype).unsqueeze(-1)
     ds = p * (dp - delta)
-    if softcap > 0:
+    if sm.capped is not None:  # set exactly when softcap > 0
         ds = ds * (1 - sm.capped * sm.capped)
     ds = ds * sm.scale
     dq = torch.matmul(ds, sm.kh)

@@ -23,6 +23,8 @@ arithmetic and summation order per tile, so still deterministic; own autotune ta
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import triton
 import triton.language as tl
@@ -641,7 +643,7 @@ def backward(
     if dout.stride() != out.stride():
         dout = dout.contiguous()
         out = out.contiguous()
-    if varlen:
+    if cu_q is not None:
         batch = cu_q.numel() - 1
         heads_q, head_dim = q.shape[1], q.shape[2]
         heads_kv = k.shape[1]
@@ -686,12 +688,17 @@ def backward(
         _attn_bwd_dkdv_kernel[g1](*dkdv_args, **consts, **c1, **opts)
         _attn_bwd_dq_kernel[g2](*dq_args, **consts, **c2, **opts)
     else:
-        dkdv_fn, dq_fn = (_dkdv_tma_tuned, _dq_tma_tuned) if tma else (_dkdv_tuned, _dq_tuned)
+        dkdv_fn, dq_fn = _tuned(tma)
         dkdv_fn[lambda m: (triton.cdiv(max_k, m["BLOCK_N"]), batch * heads_kv)](
             *dkdv_args, **consts
         )
         dq_fn[lambda m: (triton.cdiv(max_q, m["BLOCK_M"]), batch * heads_q)](*dq_args, **consts)
     return dq, dk, dv
+
+
+def _tuned(tma: bool) -> tuple[Any, Any]:
+    """The autotuned (dK/dV, dQ) kernels: tensor-descriptor loads (``tma``) or pointers."""
+    return (_dkdv_tma_tuned, _dq_tma_tuned) if tma else (_dkdv_tuned, _dq_tuned)
 
 
 def chosen_configs(tma: bool) -> dict:
@@ -702,11 +709,8 @@ def chosen_configs(tma: bool) -> dict:
     if runtime.triton_interpret():
         dkdv, dq = ({**c, "TMA": tma} for c in (INTERPRET_DKDV, INTERPRET_DQ))
         return {"dkdv": dkdv, "dq": dq, "TMA": tma, "interpreter": True}
-    if tma:
-        dkdv, dq = autotune_config(_dkdv_tma_tuned), autotune_config(_dq_tma_tuned)
-    else:
-        dkdv, dq = autotune_config(_dkdv_tuned), autotune_config(_dq_tuned)
-    return {"dkdv": dkdv, "dq": dq, "TMA": tma}
+    dkdv_fn, dq_fn = _tuned(tma)
+    return {"dkdv": autotune_config(dkdv_fn), "dq": autotune_config(dq_fn), "TMA": tma}
 
 
 # ---------------------------------------------------------------------------- analysis

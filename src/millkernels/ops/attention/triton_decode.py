@@ -246,8 +246,10 @@ def attention_decode(
 # ---------------------------------------------------------------------------- analysis
 
 _POINTERS = ("q_ptr", "k_ptr", "v_ptr", "bt_ptr", "lens_ptr", "out_ptr", "lse_ptr", "po_ptr")
-_STRIDES = ("stride_qb", "stride_qh", "stride_kb", "stride_ks", "stride_kh", "stride_vb")
-_STRIDES += ("stride_vs", "stride_vh", "stride_btb", "stride_ob", "stride_oh")
+_STRIDES = (
+    "stride_qb", "stride_qh", "stride_kb", "stride_ks", "stride_kh", "stride_vb",
+    "stride_vs", "stride_vh", "stride_btb", "stride_ob", "stride_oh",
+)  # fmt: skip
 _DIV16 = (*_POINTERS, "plse_ptr", *_STRIDES)
 
 

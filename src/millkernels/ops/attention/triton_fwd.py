@@ -14,6 +14,8 @@ causal is folded in as ``right = min(right, 0)`` by the caller.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import triton
 import triton.language as tl
@@ -417,7 +419,7 @@ def forward(
     ``window`` has causal folded in (-1 unbounded). ``tma``: load through tensor descriptors
     (the table's choice, :func:`.capabilities.use_tma`). Returns (out, lse)."""
     varlen = cu_q is not None
-    if varlen:
+    if cu_q is not None:
         batch = cu_q.numel() - 1
         heads_q, head_dim = q.shape[1], q.shape[2]
         heads_kv = k.shape[1]
@@ -457,10 +459,10 @@ def forward(
         _attn_fwd_kernel[grid](*args, **consts, **cfg, TMA=tma, num_warps=4, num_stages=1)
     else:
 
-        def grid(meta):
+        def tuned_grid(meta: dict[str, Any]) -> tuple[int, int]:
             return (triton.cdiv(int(max_q), meta["BLOCK_M"]), batch * heads_q)
 
-        (_attn_fwd_tma_tuned if tma else _attn_fwd_tuned)[grid](*args, **consts)
+        (_attn_fwd_tma_tuned if tma else _attn_fwd_tuned)[tuned_grid](*args, **consts)
     return out, lse
 
 
