@@ -2,8 +2,10 @@
 a compile worker that was killed before it could clean up."""
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -21,8 +23,16 @@ _SAMPLE = (
 
 @pytest.mark.slow
 def test_a_test_run_leaves_tmpdir_empty(tmp_path):
-    tmp = tmp_path / "tmp"
-    tmp.mkdir()
+    # A short TMPDIR: the probes' forkserver puts a Unix socket there, and a socket path may
+    # not exceed 107 bytes (pytest's tmp_path under xdist can come close on its own).
+    tmp = Path(tempfile.mkdtemp(prefix="mk-hyg-", dir="/tmp"))
+    try:
+        _run_sample_in(tmp, tmp_path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _run_sample_in(tmp: Path, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("MILLKERNELS_KEY", "PYTEST_ADDOPTS")}
     env["TMPDIR"] = str(tmp)
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]

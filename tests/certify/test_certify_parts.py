@@ -6,6 +6,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+from pathlib import Path
 
 import pytest
 import typer
@@ -315,3 +316,30 @@ def test_unknown_metric_floor_fails_with_a_floor_reason():
     assert c.status == "fail" and c.reason == V.MK_BELOW_FLOOR
     c = V.limit_check("x", 0, None, "", {"min": 1})
     assert c.status == "error" and c.reason == V.MK_NO_MEASUREMENT
+
+
+def test_runner_falls_back_to_exec_when_the_fork_server_cannot_start(tmp_path):
+    """A TMPDIR too long for the fork server's Unix socket must not stop certify: the probe
+    runs exec'd instead, and its record says so."""
+    import os
+    import subprocess
+    import sys
+
+    deep = tmp_path / ("d" * 60) / ("e" * 60)  # with pymp-*/listener-*: over 107 bytes
+    deep.mkdir(parents=True)
+    code = (
+        "import json, sys; sys.path.insert(0, sys.argv[1]); "
+        "from probe_runs import run_probe; "
+        "rec = run_probe('selftest_ok', timeout=120, params={'value': 7}); "
+        "print(json.dumps([rec['status'], rec['info'].get('runner', '')]))"
+    )
+    env = {**os.environ, "TMPDIR": str(deep)}
+    env.pop("MILLKERNELS_CERTIFY_EXEC", None)
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(Path(__file__).parent)],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    status, runner = json.loads(out.stdout.strip().splitlines()[-1])
+    assert status == "ok"
+    assert runner.startswith("exec (the fork server could not start: OSError")

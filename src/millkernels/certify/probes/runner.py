@@ -162,10 +162,17 @@ class SubprocessRunner:
             if quick:
                 argv.append("--quick")
             full_env = {**os.environ, **(env or {})}
+            launched = None
             if self.mode == "forkserver":
-                rc, timed_out = _launch_forked(argv[3:], full_env, err_path, timeout)
-            else:
-                rc, timed_out = _launch_exec(argv, full_env, err_path, timeout)
+                try:
+                    launched = _launch_forked(argv[3:], full_env, err_path, timeout)
+                except ForkServerUnavailable as exc:
+                    # Exec'd probes need no fork server: same probe, a slower start.
+                    self.mode = "exec"
+                    rec["info"]["runner"] = f"exec (the fork server could not start: {exc})"
+            if launched is None:
+                launched = _launch_exec(argv, full_env, err_path, timeout)
+            rc, timed_out = launched
             tail = read_tail(err_path, STDERR_TAIL)
             payload = None
             if out.exists():
@@ -198,8 +205,9 @@ class SubprocessRunner:
         else:
             rec.update(status="ok", reason=None)
         if payload:
-            for k in ("measurements", "unavailable", "info", "series"):
+            for k in ("measurements", "unavailable", "series"):
                 rec[k] = payload.get(k) or rec[k]
+            rec["info"] = {**rec["info"], **(payload.get("info") or {})}
         return rec
 
 
@@ -248,6 +256,11 @@ def _alive(pid: int) -> bool:
         except PermissionError:
             return True
         return True
+
+
+class ForkServerUnavailable(RuntimeError):
+    """The fork server could not start (e.g. ``TMPDIR`` too long for its Unix socket's path);
+    no probe process was created."""
 
 
 _FORK_CTX: Any = None
@@ -321,6 +334,10 @@ def _launch_forked(
             for k in hidden:
                 main.__dict__[k] = None
             proc.start()
+        except OSError as exc:
+            if proc.pid is not None:
+                raise
+            raise ForkServerUnavailable(f"{type(exc).__name__}: {exc}") from exc
         finally:
             if main is not None:
                 main.__dict__.update(hidden)
