@@ -140,6 +140,8 @@ def test_info_shows_the_attention_tma_choice(monkeypatch, opt_in, expected):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     monkeypatch.setenv("MILLKERNELS_ATTENTION_TMA", opt_in)
     summary = json.loads(CliRunner().invoke(app, ["info", "--format", "json"]).output)
+    (choice,) = summary["choices"]["attention"].values()
+    assert choice.startswith(expected)
     console = Console(width=1000, record=True)
     print_info(summary, console)
     lines = [ln for ln in console.export_text().splitlines() if "attention TMA kernels" in ln]

@@ -63,6 +63,7 @@ def info(fmt: Format = typer.Option(Format.table, "--format", help="table or jso
         family: {spec.name: spec.available() for spec in table.backends}
         for family, table in sorted(tables().items())
     }
+    summary["choices"] = {family: table.choices() for family, table in sorted(tables().items())}
     if fmt is Format.json:
         typer.echo(json.dumps(summary, indent=2))
         return

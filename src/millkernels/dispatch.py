@@ -78,6 +78,9 @@ class CapabilityTable:
     backends: tuple[BackendSpec, ...]
     auto_rule: str
     ops: tuple[str, ...] = field(default_factory=tuple)
+    #: The family's other choices on this machine, in words, by name (``millkernels info``
+    #: prints them; e.g. attention's TMA kernels: ``{"tma": "off: ..."}``).
+    choices: Callable[[], dict[str, str]] = dict
 
     def __post_init__(self) -> None:
         for spec in self.backends:

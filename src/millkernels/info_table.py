@@ -51,6 +51,6 @@ def print_info(summary: dict[str, Any], console: Console | None = None) -> None:
                 spec.notes,
             )
     console.print(ops)
-    from millkernels.ops.attention.capabilities import TMA_ENV, tma_setting
-
-    console.print(f"attention TMA kernels ({TMA_ENV}): {tma_setting()}")
+    for family, choices in sorted(summary.get("choices", {}).items()):
+        for name, choice in choices.items():
+            console.print(f"{family} {name}: {choice}")

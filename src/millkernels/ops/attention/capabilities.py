@@ -267,4 +267,5 @@ TABLE = CapabilityTable(
         "cuda (decode only), then reference (float32 inputs, or no Triton). Not yet backed by "
         "a GPU measurement in benchmarks/results/."
     ),
+    choices=lambda: {f"TMA kernels ({TMA_ENV})": tma_setting()},
 )
