@@ -1,6 +1,6 @@
 """``millkernels analyze``: offline compile report of every kernel (no GPU needed).
 
-The lead's ``millkernels/cli.py`` mounts :func:`analyze` with ``app.command()(analyze)``.
+``millkernels/cli.py`` mounts :func:`analyze` with ``app.command()(analyze)``.
 
 A run takes tens of seconds, so it shows its progress: on a terminal a live status line on
 stderr, then the table; piped, one line per kernel variant as it finishes (:func:`report_line`)

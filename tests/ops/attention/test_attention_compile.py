@@ -1,4 +1,4 @@
-"""Issue 3's compile criterion, checked offline: on sm_90 the training kernels use wgmma and do
+"""The attention compile criterion, checked offline: on sm_90 the training kernels use wgmma and do
 not spill at head_dim 64 and 128.
 
 The whole package is analysed by `millkernels analyze --check` in CI; this test pins the

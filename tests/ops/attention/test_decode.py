@@ -57,12 +57,9 @@ def make_case(
 @pytest.fixture
 def poisoned(monkeypatch):
     """Kernel outputs and workspaces start as NaN, so an element no kernel writes shows."""
-    from millkernels.ops.attention import cuda_decode, triton_decode
-
-    for mod in (triton_decode, cuda_decode):
-        monkeypatch.setattr(
-            mod, "_empty", lambda shape, dtype, device: empty_poisoned(shape, dtype, device)
-        )
+    monkeypatch.setattr(
+        decode_plan, "empty", lambda shape, dtype, device: empty_poisoned(shape, dtype, device)
+    )
 
 
 def check_against_reference(args, out, lse, scale=None, softcap=0.0):
@@ -154,13 +151,13 @@ def test_triton_launcher_uses_the_plan(monkeypatch, poisoned):
         pytest.skip("needs the Triton interpreter")
     monkeypatch.setattr(decode_plan, "num_splits", lambda *a: 3)
     shapes = []
-    real = triton_decode._empty
+    real = decode_plan.empty
 
     def record(shape, dtype, device):
         shapes.append(tuple(shape))
         return real(shape, dtype, device)
 
-    monkeypatch.setattr(triton_decode, "_empty", record)
+    monkeypatch.setattr(decode_plan, "empty", record)
     args = make_case(2, 4, 2, 64, 16, [20, 7], F16)
     out, lse = triton_decode.attention_decode(*args, 0.125, 0.0)
     assert (2, 4, 3, 64) in shapes  # the partial outputs of 3 splits

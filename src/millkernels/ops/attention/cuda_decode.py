@@ -43,11 +43,6 @@ def launch(
     )  # fmt: skip
 
 
-def _empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """Output and workspace allocation (tests replace it to poison the buffers)."""
-    return torch.empty(shape, dtype=dtype, device=device)
-
-
 def attention_decode(
     q: torch.Tensor,
     k_cache: torch.Tensor,
@@ -61,18 +56,12 @@ def attention_decode(
     """Allocate the outputs (and the split workspace), launch; returns ``(out, lse)``.
 
     ``splits`` overrides the split count (tests use it to cover the combine)."""
-    batch, heads_q, head_dim = q.shape
+    batch, heads_q, _ = q.shape
     block_size, heads_kv = k_cache.shape[1], k_cache.shape[2]
-    out = _empty((batch, heads_q, head_dim), q.dtype, q.device)
-    lse = _empty((batch, heads_q), torch.float32, q.device)
     if splits is None:
         capacity = block_table.shape[1] * block_size
         splits = num_splits(batch, heads_q, heads_kv, capacity, decode_plan.sm_count(q.device))
-    if splits > 1:
-        po = _empty((batch, heads_q, splits, head_dim), torch.float32, q.device)
-        plse = _empty((batch, heads_q, splits), torch.float32, q.device)
-    else:
-        po = plse = lse  # not read with one split
+    out, lse, po, plse = decode_plan.buffers(q, splits)
     launch(
         q, k_cache, v_cache, block_table, cache_seqlens, out, lse, po, plse,
         splits, softmax_scale, softcap,

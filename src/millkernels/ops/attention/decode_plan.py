@@ -1,5 +1,5 @@
-"""How a paged decode call is cut into programs: the split count shared by the Triton and CUDA
-decode launchers.
+"""How a paged decode call is cut into programs: the split count and the output and split
+workspace buffers, shared by the Triton and CUDA decode launchers.
 
 Each sequence's tokens are split between ``splits`` programs per (sequence, key/value head,
 query-head tile); a combine step merges the splits. The count is chosen on the host from the
@@ -52,3 +52,24 @@ def num_splits(
     want = -(-PROGRAMS_PER_SM * (sms or 1) // programs)
     most = CPU_SPLITS if sms is None else max(capacity // MIN_TOKENS_PER_SPLIT, 1)
     return int(max(1, min(want, most, MAX_SPLITS)))
+
+
+def empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Output and workspace allocation (tests replace it to poison the buffers)."""
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def buffers(
+    q: torch.Tensor, splits: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(out, lse, o_partial, lse_partial)`` for a decode of ``q`` (batch, heads_q, head_dim)
+    in ``splits`` splits per sequence; the partials are float32 and, with one split (where no
+    kernel reads them), ``lse`` stands in for both."""
+    batch, heads_q, head_dim = q.shape
+    out = empty((batch, heads_q, head_dim), q.dtype, q.device)
+    lse = empty((batch, heads_q), torch.float32, q.device)
+    if splits <= 1:
+        return out, lse, lse, lse
+    po = empty((batch, heads_q, splits, head_dim), torch.float32, q.device)
+    plse = empty((batch, heads_q, splits), torch.float32, q.device)
+    return out, lse, po, plse

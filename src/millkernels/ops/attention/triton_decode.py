@@ -183,11 +183,6 @@ def num_splits(batch: int, heads_kv: int, capacity: int, device: torch.device) -
     return decode_plan.num_splits(batch, heads_kv, heads_kv, capacity, sms, 1)
 
 
-def _empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """Output and workspace allocation (tests replace it to poison the buffers)."""
-    return torch.empty(shape, dtype=dtype, device=device)
-
-
 def attention_decode(
     q: torch.Tensor,
     k_cache: torch.Tensor,
@@ -204,19 +199,13 @@ def attention_decode(
     batch, heads_q, head_dim = q.shape
     _, block_size, heads_kv, _ = k_cache.shape
     group = heads_q // heads_kv
-    out = _empty((batch, heads_q, head_dim), q.dtype, q.device)
-    lse = _empty((batch, heads_q), torch.float32, q.device)
-    if batch == 0:
-        return out, lse
     capacity = block_table.shape[1] * block_size
     if splits is None:
         splits = num_splits(batch, heads_kv, capacity, q.device)
+    out, lse, po, plse = decode_plan.buffers(q, splits)
+    if batch == 0:
+        return out, lse
     d_pad = max(16, triton.next_power_of_2(head_dim))
-    if splits > 1:
-        po = _empty((batch, heads_q, splits, head_dim), torch.float32, q.device)
-        plse = _empty((batch, heads_q, splits), torch.float32, q.device)
-    else:
-        po, plse = out, lse  # unused
     _decode_split_kernel[(batch * heads_kv, splits)](
         q, k_cache, v_cache, block_table, cache_seqlens, out, lse, po, plse,
         float(softmax_scale), float(softcap),
