@@ -31,6 +31,58 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+#: Comparison operators an :class:`Expect` may use.
+EXPECT_OPS: tuple[str, ...] = ("<=", ">=", "==", "<", ">", "!=")
+
+
+@dataclass(frozen=True)
+class Expect:
+    """Evidence a compiled variant must show, checked by ``millkernels analyze --check``.
+
+    ``metric`` names a number the analysis measures on the compiled code; ``op`` and ``value``
+    say what it must satisfy; ``why`` says what the evidence proves (shown when it fails).
+    ``triton`` restricts the expectation to Triton versions starting with that prefix
+    (``"3.6"``); ``None`` checks it on every version. Metrics:
+
+    - ``registers``, ``spill_bytes``, ``shared_bytes``, ``num_warps`` (warps of the compiled
+      kernel, producer warps of a warp-specialised kernel included), ``tma`` (0 or 1);
+    - ``kernel.op.<OPCODE>``: instructions of the whole kernel whose SASS opcode, up to its
+      first dot, is ``<OPCODE>`` (``kernel.op.MUFU``, ``kernel.op.I2F``);
+    - ``loops``: the number of loops (backward branches) in the SASS;
+    - ``loop.<field>``: the hot loop, the innermost loop with the most tensor-core
+      instructions (without any: the innermost loop with the most instructions). Fields are
+      per iteration, per thread: ``instructions``, ``mma`` (tensor-core instructions: HGMMA,
+      QGMMA, HMMA, IMMA, ...), ``mma_ratio`` (mma / the other instructions), ``barriers``
+      (CTA-wide ``BAR`` instructions), ``global_loads`` (LDG), ``shared_loads`` (LDS, LDSM),
+      ``async_copies`` (LDGSTS and TMA loads), ``i2f`` (I2F), ``mufu`` (MUFU), and
+      ``op.<OPCODE>`` as for the kernel;
+    - ``dup_warp_dots`` (Triton only): dots in the TTGIR whose MMA layout puts more warps along
+      M than the tile has 16-row slices, so several warpgroups compute the same tile.
+    """
+
+    metric: str
+    op: str
+    value: float
+    why: str
+    triton: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.op not in EXPECT_OPS:
+            raise ValueError(f"Expect: op is one of {EXPECT_OPS}, got {self.op!r}")
+        if not self.why:
+            raise ValueError("Expect: give why, what the evidence proves")
+
+    def holds(self, actual: float) -> bool:
+        """Whether ``actual`` satisfies this expectation."""
+        return {
+            "<=": actual <= self.value,
+            ">=": actual >= self.value,
+            "==": actual == self.value,
+            "<": actual < self.value,
+            ">": actual > self.value,
+            "!=": actual != self.value,
+        }[self.op]
+
 
 @dataclass(frozen=True)
 class TritonVariant:
@@ -66,6 +118,8 @@ class TritonVariant:
     enable_fp_fusion
         The launch option of that name: False for kernels launched with
         ``enable_fp_fusion=False`` (no multiply-add contracted into an FMA).
+    expect
+        :class:`Expect` evidence the compiled variant must show (``--check`` fails without it).
     """
 
     signature: Mapping[str, str]
@@ -79,6 +133,7 @@ class TritonVariant:
     spill_allowance: Mapping[int, int] = field(default_factory=dict)
     allowance_reason: str = ""
     enable_fp_fusion: bool = True
+    expect: Sequence[Expect] = ()
 
     def __post_init__(self) -> None:
         if self.spill_allowance and not self.allowance_reason:
@@ -129,11 +184,16 @@ class CudaHot:
     """
 
     kernels: tuple[str, ...]
+    #: Plain kernel name -> :class:`Expect` evidence its compiled code must show.
+    expect: Mapping[str, Sequence[Expect]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if isinstance(self.kernels, str):
             raise TypeError(f"CudaHot: kernels is a tuple of names, got the str {self.kernels!r}")
         object.__setattr__(self, "kernels", tuple(self.kernels))
+        unknown = set(self.expect) - set(self.kernels)
+        if unknown:
+            raise ValueError(f"CudaHot: expect names kernels not listed: {sorted(unknown)}")
 
 
 def with_spill_allowance(
