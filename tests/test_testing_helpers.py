@@ -31,6 +31,9 @@ def test_flash_rule_allows_one_rounding_where_pytorch_rounded_exactly():
     ok, err, base = testing.flash_tolerance_ok(one_off, exact, ref32)
     assert base == 0 and err > 1e-5 and ok
     testing.assert_flash_close(one_off, exact, ref32)
+    three_off = exact.clone()
+    three_off.view(torch.int16).view(-1)[big] += 3  # past the two units the rule allows
+    assert not testing.flash_tolerance_ok(three_off, exact, ref32)[0]
     far = exact.clone()
     far.view(-1)[big] += 0.25
     assert not testing.flash_tolerance_ok(far, exact, ref32)[0]
