@@ -167,3 +167,70 @@ def test_cli_check_fails_on_an_expect(monkeypatch, tmp_path):
     (row,) = json.loads(as_json.stdout)
     assert [e["holds"] for e in row["expect"]] == [True, False, True]
     assert row["metrics"]["loops"] == 1 and row["triton_version"] == triton.__version__
+
+
+def _other_triton() -> str | None:
+    """A second Triton installed beside this one (CI: .ci/triton36), or None."""
+    from pathlib import Path
+
+    for d in (Path(__file__).parents[2] / ".ci" / "triton36", Path("/tmp/tri36/site")):
+        if (d / "triton").is_dir():
+            return str(d)
+    return None
+
+
+def test_triton_version_of_a_folder(tmp_path):
+    from millkernels.analyze.core import triton_version
+
+    info = tmp_path / "triton-9.8.7.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: triton\nVersion: 9.8.7\n")
+    assert triton_version(str(tmp_path)) == "9.8.7"
+    assert triton_version(str(tmp_path / "nothing")) is None
+    assert triton_version() == triton.__version__
+
+
+def test_cli_triton_folder_without_triton_is_a_usage_error(tmp_path):
+    result = CliRunner().invoke(app, ["analyze", "--triton", str(tmp_path)])
+    assert result.exit_code == 2, result.output
+
+
+@pytest.mark.skipif(_other_triton() is None, reason="no second Triton installed beside")
+def test_cli_with_another_triton(monkeypatch, tmp_path):
+    """``--triton DIR`` compiles with DIR's Triton: its version is in the title, the reports
+    and the Expects (one restricted to the other version is skipped)."""
+    from millkernels.analyze.core import triton_version
+
+    other = _other_triton()
+    assert other is not None
+    version = triton_version(other)
+    assert version and version != triton.__version__
+    monkeypatch.setenv("MILLKERNELS_CSRC", str(tmp_path))
+    expects = [
+        Expect("loops", "==", 1, "one loop", triton=version[:3]),
+        Expect("loops", "==", 7, "wrong, for this Python's Triton", triton=triton.__version__),
+    ]
+    with use_registry() as reg:
+        reg.register_triton(
+            "t.scale",
+            _scale,
+            [TritonVariant({"x_ptr": "*fp32", "n": "i32"}, {"BLOCK": 128}, 4, 1, expect=expects)],
+        )
+        table = CliRunner().invoke(app, ["analyze", "--check", "--triton", other])
+        as_json = CliRunner().invoke(app, ["analyze", "--format", "json", "--triton", other])
+    assert table.exit_code == 0, table.output
+    assert f"Triton {version}" in table.output
+    (row,) = json.loads(as_json.stdout)
+    assert row["triton_version"] == version
+    assert [(e["holds"], e["skipped"]) for e in row["expect"]] == [(True, False), (False, True)]
+
+
+def test_report_line_shows_the_hot_loop_and_failed_expects():
+    from millkernels.analyze.cli import report_line
+    from millkernels.analyze.report import KernelReport
+
+    row = KernelReport("t.k", "triton", "sm_90", "v", registers=40, spill_bytes=0, hot=True)
+    row.metrics = {"loop.instructions": 50.0, "loop.mma": 4.0, "loop.barriers": 1.0}
+    row.expect = evaluate([Expect("loop.mma", ">=", 8, "x")], row.metrics, "3.9.0")
+    line = report_line(row)
+    assert "hot loop=50i/4mma/1bar" in line and "expect_failed=1" in line

@@ -38,6 +38,12 @@ def analyze(
         "--kernel",
         help="Only kernels whose name contains this (repeatable, or a comma list).",
     ),
+    triton_dir: str | None = typer.Option(
+        None,
+        "--triton",
+        help="Compile the Triton kernels with the Triton installed in this folder "
+        "(pip install --target DIR triton==X) instead of this Python's.",
+    ),
 ) -> None:
     """Compile every kernel for an architecture, without a GPU, and report registers, spills,
     shared memory and tensor-core instructions (wgmma = HGMMA, mma = HMMA).
@@ -45,7 +51,7 @@ def analyze(
     Exit codes: 0 ok, 1 a hot kernel or an Expect failed (--check), 2 usage error, 3 no
     compiler at all.
     """
-    from millkernels.analyze.core import analyze_kernels
+    from millkernels.analyze.core import analyze_kernels, triton_version
     from millkernels.analyze.report import parse_arch
 
     try:
@@ -57,12 +63,19 @@ def analyze(
             f"{fmt!r} is not one of {', '.join(FORMATS)}", param_hint="--format"
         )
 
+    if triton_dir is not None and triton_version(triton_dir) is None:
+        raise typer.BadParameter(
+            f"no Triton installed in {triton_dir!r} (expected DIR/triton and its dist-info)",
+            param_hint="--triton",
+        )
     only = [part.strip() for k in kernel for part in k.split(",") if part.strip()] or None
     lines = fmt == "table" and not sys.stdout.isatty()
     if lines:
-        typer.echo(_title(target))
+        typer.echo(_title(target, triton_version(triton_dir)))
     with _progress(to_stdout=lines) as on_report:
-        result = analyze_kernels(target, hot_only=hot_only, on_report=on_report, only=only)
+        result = analyze_kernels(
+            target, hot_only=hot_only, on_report=on_report, only=only, triton_dir=triton_dir
+        )
     if fmt == "json":
         typer.echo(json.dumps([r.to_json() for r in result.reports], indent=2))
     elif lines:
@@ -107,7 +120,8 @@ def _name(report: Any) -> str:
 
 def report_line(report: Any) -> str:
     """One finished report as one plain line: status, backend, kernel [variant], registers,
-    spill bytes, shared KiB, tensor-core instructions, "hot", and the reason's first line."""
+    spill bytes, shared KiB, tensor-core instructions, "hot" (with the hot loop), failed
+    Expects, and the reason's first line."""
     regs = "-" if report.registers is None else report.registers
     spill = "-" if report.spill_bytes is None else report.spill_bytes
     line = (
@@ -116,6 +130,8 @@ def report_line(report: Any) -> str:
     )
     if report.hot:
         line += " hot"
+        if loop := hot_loop(report):
+            line += f" loop={loop.replace(' ', '/')}"
     if report.expect_failures:
         line += f" expect_failed={len(report.expect_failures)}"
     if report.reason and report.status != "ok":
@@ -132,10 +148,20 @@ def _tensor_cores(report: Any) -> str:
     return ops or ("-" if report.registers is None else "none")
 
 
-def _title(arch: Any) -> str:
+def hot_loop(report: Any) -> str:
+    """The hot loop's per-iteration instructions, tensor-core instructions and CTA barriers
+    (``"321i 8mma 3bar"``), or ``""`` without a hot loop."""
+    m = report.metrics
+    if "loop.instructions" not in m:
+        return ""
+    return f"{m['loop.instructions']:g}i {m['loop.mma']:g}mma {m['loop.barriers']:g}bar"
+
+
+def _title(arch: Any, triton: str | None) -> str:
     return (
         f"millkernels analyze {arch.name} (code for {arch.gpu_name}, at most "
-        f"{arch.max_shared_per_block // 1024} KiB shared memory per block)"
+        f"{arch.max_shared_per_block // 1024} KiB shared memory per block; "
+        f"Triton {triton or 'not installed'})"
     )
 
 
@@ -153,7 +179,7 @@ def print_table(result: object, *, check: bool = False) -> None:
     from millkernels.analyze.core import Analysis
 
     assert isinstance(result, Analysis)
-    table = Table(title=_title(result.arch), title_justify="left")
+    table = Table(title=_title(result.arch, result.triton_version), title_justify="left")
     table.add_column("kernel", no_wrap=True)
     table.add_column("backend")
     table.add_column("variant", overflow="fold")
@@ -161,6 +187,7 @@ def print_table(result: object, *, check: bool = False) -> None:
     table.add_column("spill B", justify="right")
     table.add_column("smem KiB", justify="right")
     table.add_column("tensor cores")
+    table.add_column("hot loop")
     table.add_column("hot")
     table.add_column("status", no_wrap=True)
     for r in result.reports:
@@ -172,6 +199,7 @@ def print_table(result: object, *, check: bool = False) -> None:
             "-" if r.spill_bytes is None else str(r.spill_bytes),
             _kib(r.shared_bytes),
             _tensor_cores(r),
+            hot_loop(r) if r.hot else "",
             "hot" if r.hot else "",
             f"[{_color(r)}]{r.status}{' expect!' if r.expect_failures else ''}[/]",
         )

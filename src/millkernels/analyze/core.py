@@ -33,6 +33,8 @@ class Analysis:
     cuda_missing: str | None = None
     #: True when neither Triton's compiler nor nvcc is usable: nothing could be compiled.
     toolchain_missing: bool = False
+    #: The version of the Triton that compiles the Triton kernels (None: no Triton).
+    triton_version: str | None = None
 
     @property
     def failures(self) -> list[KernelReport]:
@@ -57,6 +59,22 @@ def triton_toolchain_missing() -> str | None:
     return None
 
 
+def triton_version(triton_dir: str | None = None) -> str | None:
+    """The version of the Triton installed in ``triton_dir`` (a folder holding ``triton/``),
+    else of the one this Python imports; None when there is none. Triton is not imported."""
+    from importlib import metadata
+
+    if triton_dir is None:
+        try:
+            return metadata.version("triton")
+        except metadata.PackageNotFoundError:
+            return None
+    for dist in metadata.distributions(path=[str(triton_dir)]):
+        if (dist.metadata["Name"] or "").lower() == "triton":
+            return str(dist.version)
+    return None
+
+
 def analyze_triton(
     registry: Registry,
     arch: Arch,
@@ -64,12 +82,15 @@ def analyze_triton(
     hot_only: bool = False,
     on_report: OnReport | None = None,
     only: Sequence[str] | None = None,
+    triton_dir: str | None = None,
 ) -> tuple[list[KernelReport], str | None]:
-    """Compile every variant of every registered Triton kernel for ``arch`` (in workers);
-    ``on_report`` gets each report as soon as it is final (from the workers' threads)."""
+    """Compile every variant of every registered Triton kernel for ``arch`` (in workers, with
+    the Triton in ``triton_dir`` when given); ``on_report`` gets each report as soon as it is
+    final (from the workers' threads)."""
     from millkernels.analyze import triton_compile
 
     missing = triton_toolchain_missing()
+    version = triton_version(triton_dir) or ""
     reports: list[KernelReport] = []
     pending: list[tuple[int, triton_compile.TritonJob, TritonVariant]] = []  # row, job, variant
     for kernel in registry.triton.values():
@@ -82,6 +103,7 @@ def analyze_triton(
                 arch=arch.name,
                 variant=variant.describe(),
                 hot=kernel.hot,
+                triton_version=version,
             )
             reports.append(row)
             try:
@@ -120,7 +142,7 @@ def analyze_triton(
 
     try:
         results = triton_compile.run_jobs(
-            [j for _, j, _ in pending], arch.capability, on_result=finish
+            [j for _, j, _ in pending], arch.capability, on_result=finish, triton_dir=triton_dir
         )
     except Exception as exc:  # the worker could not even be started
         results = {j.index: {"error": f"{type(exc).__name__}: {exc}"} for _, j, _ in pending}
@@ -172,6 +194,7 @@ def analyze_kernels(
     include_cuda: bool = True,
     on_report: OnReport | None = None,
     only: Sequence[str] | None = None,
+    triton_dir: str | None = None,
 ) -> Analysis:
     """Compile and report every kernel for ``arch``; no GPU is needed.
 
@@ -189,6 +212,9 @@ def analyze_kernels(
         Where the CUDA sources are (default: found from the package).
     include_cuda
         False: Triton kernels only.
+    triton_dir
+        A folder holding another Triton (``DIR/triton``, e.g. ``pip install --target DIR``):
+        Triton kernels are compiled with it, and their reports and Expects use its version.
     only
         Only kernels whose name contains one of these substrings (CUDA: only the files
         whose text contains one are compiled).
@@ -200,7 +226,7 @@ def analyze_kernels(
     ``error`` or ``skipped``; this raises only ``ValueError`` for an unknown ``arch``.
     """
     arch = parse_arch(arch) if isinstance(arch, str) else arch
-    analysis = Analysis(arch)
+    analysis = Analysis(arch, triton_version=triton_version(triton_dir))
     lock = threading.Lock()
 
     def emit(report: KernelReport) -> None:
@@ -257,7 +283,7 @@ def analyze_kernels(
     if thread:
         thread.start()  # nvcc runs while the Triton worker compiles
     triton_reports, analysis.triton_missing = analyze_triton(
-        registry, arch, hot_only=hot_only, on_report=emit, only=only
+        registry, arch, hot_only=hot_only, on_report=emit, only=only, triton_dir=triton_dir
     )
     analysis.reports.extend(triton_reports)
     if thread:

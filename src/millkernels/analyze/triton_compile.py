@@ -95,7 +95,10 @@ def worker_count(n_jobs: int) -> int:
 
 
 def run_jobs(
-    jobs: list[TritonJob], capability: int, on_result: OnResult | None = None
+    jobs: list[TritonJob],
+    capability: int,
+    on_result: OnResult | None = None,
+    triton_dir: str | None = None,
 ) -> dict[int, dict[str, Any]]:
     """Compile ``jobs`` for ``sm_<capability>`` in worker processes; results by job index.
 
@@ -103,7 +106,8 @@ def run_jobs(
     ``spill_loads``, ``shared_bytes``, ``tensor_core``, ``tma``) or ``error``. The jobs are
     dealt round-robin to :func:`worker_count` workers that run side by side.
     ``on_result(index, result)`` is called for each job as its result arrives (from the
-    workers' threads, so it must be thread-safe).
+    workers' threads, so it must be thread-safe). ``triton_dir``: a folder holding another
+    Triton (``DIR/triton``), put first on the workers' import path.
     """
     if os.environ.get(WORKER_ENV):
         raise RuntimeError("millkernels analyze was started inside its own compile worker")
@@ -115,12 +119,14 @@ def run_jobs(
         for d in dirs:
             d.mkdir()
         if n == 1:
-            return _run_share(shares[0], capability, dirs[0], timeout, on_result)
+            return _run_share(shares[0], capability, dirs[0], timeout, on_result, triton_dir)
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(n) as pool:
             parts = pool.map(
-                lambda i: _run_share(shares[i], capability, dirs[i], timeout, on_result),
+                lambda i: _run_share(
+                    shares[i], capability, dirs[i], timeout, on_result, triton_dir
+                ),
                 range(n),
             )
             return {k: v for part in parts for k, v in part.items()}
@@ -132,6 +138,7 @@ def _run_share(
     tmp: Path,
     timeout: float,
     on_result: OnResult | None = None,
+    triton_dir: str | None = None,
 ) -> dict[int, dict[str, Any]]:
     """One worker's jobs; the worker is restarted after a crash or a time-out."""
     results: dict[int, dict[str, Any]] = {}
@@ -149,7 +156,7 @@ def _run_share(
     while remaining:
         attempt += 1
         done_before = len(results)
-        _run_worker(remaining, capability, tmp, attempt, timeout, results, tell)
+        _run_worker(remaining, capability, tmp, attempt, timeout, results, tell, triton_dir)
         tell()
         remaining = [j for j in remaining if j.index not in results]
         if len(results) == done_before:  # no progress: the worker cannot start at all
@@ -157,12 +164,14 @@ def _run_share(
     return results
 
 
-def _worker_env() -> dict[str, str]:
+def _worker_env(triton_dir: str | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env[WORKER_ENV] = "1"
     # the worker must import millkernels and the kernels' modules as this process does, also
     # when they are importable only through sys.path entries added at run time
     paths = [p for p in sys.path if p and os.path.isdir(p)]
+    if triton_dir:
+        paths.insert(0, os.path.abspath(triton_dir))
     if env.get("PYTHONPATH"):
         paths.append(env["PYTHONPATH"])
     env["PYTHONPATH"] = os.pathsep.join(paths)
@@ -178,6 +187,7 @@ def _run_worker(
     timeout: float,
     results: dict[int, dict[str, Any]],
     tell: Callable[[], None] = lambda: None,
+    triton_dir: str | None = None,
 ) -> None:
     job_file = tmp / f"jobs{attempt}.pkl"
     out_file = tmp / f"results{attempt}.jsonl"
@@ -188,7 +198,8 @@ def _run_worker(
             payload.append(pickle.dumps(j))
         except Exception as exc:  # an unpicklable constexpr value
             results[j.index] = {"error": f"cannot send the variant to the compile worker: {exc}"}
-    job_file.write_bytes(pickle.dumps({"sys_path": sys.path, "jobs": payload, "cap": capability}))
+    data = {"sys_path": sys.path, "jobs": payload, "cap": capability, "triton_dir": triton_dir}
+    job_file.write_bytes(pickle.dumps(data))
     out_file.touch()
     current: int | None = None
     rc: int | None = None
@@ -197,7 +208,7 @@ def _run_worker(
             [sys.executable, "-m", _WORKER_MODULE, str(job_file), str(out_file)],
             stdout=log,
             stderr=subprocess.STDOUT,
-            env=_worker_env(),
+            env=_worker_env(triton_dir),
         )
         try:
             started = time.monotonic()
@@ -451,6 +462,7 @@ def compile_one(jit_fn: Any, variant: TritonVariant, capability: int, tmp: Path)
         return {"returncode": 0, "log": log, "sass": sass or "", "sass_err": sass_err}
 
     key = cache.key(
+        triton.__version__,
         compiled.asm["ptx"],
         " ".join(flags),
         cache.tool_identity(ptxas),
@@ -487,6 +499,8 @@ def worker_main(job_file: str, out_file: str) -> int:
     for p in reversed(data["sys_path"]):
         if p not in sys.path:
             sys.path.insert(0, p)
+    if data.get("triton_dir"):  # another Triton, first on the path
+        sys.path.insert(0, os.path.abspath(data["triton_dir"]))
     cap = int(data["cap"])
     try:  # before the first job, so that importing Triton does not count to its time limit
         import triton.compiler  # noqa: F401
