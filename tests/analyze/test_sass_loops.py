@@ -140,3 +140,12 @@ def test_functions_are_split_by_header():
     text = "\tFunction : a\n" + _sass("EXIT") + "\n\tFunction : b\n" + _sass("NOP", "EXIT")
     funcs = parse_functions(text)
     assert {k: len(v) for k, v in funcs.items()} == {"a": 1, "b": 2}
+
+
+def test_loop_fields_are_the_metrics_expect_knows():
+    from millkernels.analyze.expect import LOOP_FIELDS, known_metric
+    from millkernels.analyze.sass_loops import loop_fields
+
+    fields = loop_fields(parse_instructions(_sass("HMMA.16816.F32 R8, R12, R14, R8", "EXIT")))
+    assert {k for k in fields if not k.startswith("op.")} == set(LOOP_FIELDS)
+    assert all(known_metric(f"loop.{k}") for k in fields)
