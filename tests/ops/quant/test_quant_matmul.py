@@ -207,9 +207,10 @@ def test_act_quant_matches_reference_bit_for_bit(mode, k, triton_device):
 def test_act_quant_compiles_to_ieee_division_on_sm90():
     """The bit-for-bit match must hold on a GPU: sm_90 PTX divides with ``div.rn.f32``, never
     the approximate forms a plain ``/`` gives (``div.full`` / ``div.approx`` / ``rcp.approx``)."""
-    for label, ptx in ptx_of("quant.fp8_act_quant", 90).items():
-        assert "div.rn.f32" in ptx, label
-        assert not inexact_f32_ops(ptx), f"[{label}]: {inexact_f32_ops(ptx)} in the PTX"
+    for kernel in ("quant.fp8_act_quant", "quant.fp8_act_quant_groups"):
+        for label, ptx in ptx_of(kernel, 90).items():
+            assert "div.rn.f32" in ptx, label
+            assert not inexact_f32_ops(ptx), f"[{label}]: {inexact_f32_ops(ptx)} in the PTX"
 
 
 def test_batched_leading_dims_and_act_order():

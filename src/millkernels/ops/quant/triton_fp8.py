@@ -15,7 +15,10 @@
   partials that ``_splitk_reduce_kernel`` sums in split order (deterministic), then applies
   the scales and bias once.
 - ``_fp8_gemm_tma_kernel``: persistent grid, TMA tensor descriptors (Hopper), no split K, no
-  warp specialisation. ``_fp8_gemm_legacy_kernel``: the previous GEMM, for comparison.
+  warp specialisation: ``tl.range(warp_specialize=True)`` on its K loop gives a TMA producer
+  warp only at 64x128 / 4 warps (Triton 3.6 and 3.9) and leaves 128x128 / 8 warps as it is;
+  on the persistent tile loop it specialises nothing; neither overlaps one warpgroup's
+  promotion with the other's QGMMA. ``_fp8_gemm_legacy_kernel``: the previous GEMM, for comparison.
   ``MILLKERNELS_FP8_KERNELS=current|legacy|tma`` chooses (``capabilities.fp8_kernels``).
 
 Under ``TRITON_INTERPRET=1`` (Triton 3.9): loading e4m3 and widening it to float32 is exact,
