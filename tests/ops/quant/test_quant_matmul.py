@@ -512,3 +512,28 @@ def test_fp8_hopper(scheme, m):
     rq, rs = reference.act_quant(x, mode)
     assert torch.equal(s, rs) and torch.equal(q.view(torch.uint8), rq.view(torch.uint8))
     assert_matmul_close(quant.matmul(x, qw, backend="triton"), x, qw)
+
+
+@pytest.mark.sm90
+@pytest.mark.parametrize("kernels", ["legacy", "tma"])
+@pytest.mark.parametrize("m", [1, 1000])
+def test_fp8_block_hopper_kernels(kernels, m, monkeypatch):
+    """The legacy and TMA block-scale GEMMs, autotuned on Hopper (MILLKERNELS_FP8_KERNELS)."""
+    monkeypatch.setenv(capabilities.FP8_KERNELS_ENV, kernels)
+    qw = quant.quantize(torch.randn(1024, 1536, device="cuda"), "fp8_block")
+    x = torch.randn(m, 1536, device="cuda", dtype=torch.bfloat16)
+    assert_matmul_close(quant.matmul(x, qw, backend="triton"), x, qw)
+
+
+@pytest.mark.sm90
+@pytest.mark.parametrize("scheme", list(FP8_MODES))
+def test_fp8_split_k_hopper(scheme):
+    """Autotuned split K at M = 2 on Hopper: the bound, bitwise repeatable, near no split."""
+    m, n, k = 2, 1024, 4096
+    case = _fp8_case(scheme, m, n, k, bias=True)
+    out = _gemm(case, scheme, "current", None)  # choose_split: 132 SMs // 8 tiles -> 8
+    assert triton_fp8.choose_split(m, n, k, triton_fp8.device_sm_count(out.device)) > 1
+    assert_matmul_close(out, case[0], case[1], case[4])
+    assert torch.equal(out, _gemm(case, scheme, "current", None))
+    one = _gemm(case, scheme, "current", None, split=1)
+    assert ((out.float() - one.float()).abs() <= 2.0**-7 * one.float().abs() + 1e-3).all()

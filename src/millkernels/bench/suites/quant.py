@@ -170,7 +170,13 @@ def quant_suite(ctx: BenchContext) -> Iterator[Row]:
                         ceiling=_ceiling(ctx, m, fp8),
                         baseline="torch", baseline_timing=base_t, config=config,
                         extra={"split_k": triton_weight_only.choose_split(m, n, k, x.device)}
-                        if not fp8 else {"act_quant": reference.ACT_MODE[scheme]},
+                        if not fp8
+                        else {
+                            "act_quant": reference.ACT_MODE[scheme],
+                            "split_k": triton_fp8.choose_split(
+                                m, n, k, triton_fp8.device_sm_count(x.device)
+                            ),
+                        },
                     )  # fmt: skip
                 if scheme in ("fp8_tensor", "fp8_rowwise") and "triton" in wanted:
                     yield from _fp8_gemm_rows(ctx, x, qw, shape, flops, nbytes, scaled_mm_why)

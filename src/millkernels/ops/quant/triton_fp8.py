@@ -730,6 +730,11 @@ def _launch_tma(args, m, n, k, xq, wq, tuned, config) -> None:
     """The persistent TMA kernel: one program per SM (at most one per tile)."""
     from millkernels.ops.attention.triton_fwd import ensure_descriptor_allocator
 
+    if xq.is_cuda and torch.cuda.get_device_capability(xq.device) < (9, 0):
+        raise ValueError(
+            "the TMA fp8 kernel needs sm_90 (tensor descriptors); "
+            "use MILLKERNELS_FP8_KERNELS=current"
+        )
     for name, t in (("x", xq), ("weight", wq)):
         if t.stride(0) % 16 or t.data_ptr() % 16:
             raise ValueError(
