@@ -52,6 +52,29 @@ def test_quant_suite_rows_on_cpu(tiny_ceilings):
         assert ("fp8_gemm", "fp8_rowwise", "triton", 1) in rows
 
 
+@pytest.mark.skipif(not runtime.triton_interpret(), reason="the CPU runs Triton interpreted")
+def test_quant_suite_fp8_variant_rows(tiny_ceilings):
+    """fp8_block GEMM rows per Triton kernel at the chosen (shape, M): legacy (the baseline),
+    current, and no-split where the current kernel splits K; TMA skipped off Hopper."""
+    report = run_suites(
+        ["quant"],
+        _ctx(**{
+            "quant.shapes": (("tiny", "proj", 40, 1024),),
+            "quant.ms": (1,),
+            "quant.schemes": ("fp8_block",),
+            "quant.backends": ("triton",),
+            "quant.fp8_variants": (("tiny", "proj", 1),),
+        }),
+    )  # fmt: skip
+    assert report.exit_code() == 0, report.failures or report.errors
+    rows = {r.backend: r for r in report.rows if r.op == "fp8_gemm"}
+    assert set(rows) == {"triton_legacy", "triton", "triton_nosplit"}
+    assert rows["triton_legacy"].baseline is None
+    assert rows["triton"].baseline == "triton_legacy" and rows["triton"].extra["split_k"] == 2
+    assert rows["triton_nosplit"].extra["split_k"] == 1
+    assert any("triton_tma" in s for s in report.skipped)
+
+
 def test_quant_suite_large_m_rows_count_flops(tiny_ceilings):
     report = run_suites(
         ["quant"],

@@ -185,13 +185,15 @@ def test_bf16_output_rounds_to_nearest(scheme, poisoned):
     assert same > 0.97, f"only {same:.1%} of the outputs are the exact product rounded to bf16"
 
 
+@pytest.mark.parametrize("k", [300, 1100])
 @pytest.mark.parametrize("mode", ["tensor", "token", "group"])
-def test_act_quant_matches_reference_bit_for_bit(mode, triton_device):
+def test_act_quant_matches_reference_bit_for_bit(mode, k, triton_device):
     """Fused fp8 activation quantisation: the same scales and codes as the reference, also for
-    -0.0, values that round to -0.0, ties, and an all-zero token (scale 1)."""
+    -0.0, values that round to -0.0, ties, and an all-zero token (scale 1). K = 1100: nine
+    128-groups, two programs of eight groups, the last group partial."""
     if quant.TABLE.reason("triton", _facts("fp8_rowwise")):
         pytest.skip(quant.TABLE.reason("triton", _facts("fp8_rowwise")))
-    x = torch.randn(6, 300) * torch.exp(torch.randn(6, 300).clamp(-3, 3) * 2)
+    x = torch.randn(6, k) * torch.exp(torch.randn(6, k).clamp(-3, 3) * 2)
     x[0, :4] = torch.tensor([-0.0, -1e-9, 1e-9, 0.0])
     x[1] = 0.0
     x = x.to(device=triton_device, dtype=torch.bfloat16)
@@ -205,9 +207,10 @@ def test_act_quant_matches_reference_bit_for_bit(mode, triton_device):
 def test_act_quant_compiles_to_ieee_division_on_sm90():
     """The bit-for-bit match must hold on a GPU: sm_90 PTX divides with ``div.rn.f32``, never
     the approximate forms a plain ``/`` gives (``div.full`` / ``div.approx`` / ``rcp.approx``)."""
-    for label, ptx in ptx_of("quant.fp8_act_quant", 90).items():
-        assert "div.rn.f32" in ptx, label
-        assert not inexact_f32_ops(ptx), f"[{label}]: {inexact_f32_ops(ptx)} in the PTX"
+    for kernel in ("quant.fp8_act_quant", "quant.fp8_act_quant_groups"):
+        for label, ptx in ptx_of(kernel, 90).items():
+            assert "div.rn.f32" in ptx, label
+            assert not inexact_f32_ops(ptx), f"[{label}]: {inexact_f32_ops(ptx)} in the PTX"
 
 
 def test_batched_leading_dims_and_act_order():
@@ -230,6 +233,133 @@ def test_zero_rows():
     qw = quant.quantize(torch.randn(16, 64), "w4a16", group_size=32).to(DEVICE)
     x = torch.empty(0, 64, device=DEVICE, dtype=torch.float16)
     assert quant.matmul(x, qw).shape == (0, 16)
+
+
+# ------------------------------------------------------------------ fp8 GEMM kernels
+
+FP8_MODES = {"fp8_tensor": 0, "fp8_rowwise": 1, "fp8_block": 2}
+#: (kernels, config): the interpreter-sized tiles of each kernel; HALVES=2 is the two-half
+#: column tile (128x256 on a GPU), each half with its own B block scale (halves128: two
+#: 128-column blocks per tile, the last tile's second half past N)
+FP8_KERNEL_CASES = {
+    "current": dict(triton_fp8.INTERPRET_CONFIG),
+    "current-halves": {**triton_fp8.INTERPRET_CONFIG, "HALVES": 2},
+    "current-halves128": {**triton_fp8.INTERPRET_CONFIG, "BLOCK_N": 128, "HALVES": 2},
+    "legacy": dict(triton_fp8.INTERPRET_CONFIG),
+    "tma": dict(triton_fp8.INTERPRET_TMA_CONFIG),
+}
+
+
+def _fp8_case(scheme, m, n, k, bias=False):
+    """(x, qw, xq, xs, bias) for the fp8 GEMM launcher, on the Triton device."""
+    qw = quant.quantize(torch.randn(n, k), scheme).to(DEVICE)
+    x = (torch.randn(m, k, device=DEVICE) * 2).to(torch.bfloat16)
+    x[0, :5] *= 40  # an outlier slice: row and block scales must follow it
+    xq, xs = triton_fp8.act_quant(x, reference.ACT_MODE[scheme])
+    b = torch.randn(n, device=DEVICE).to(torch.bfloat16) if bias else None
+    return x, qw, xq, xs, b
+
+
+def _skip_unless_fp8_triton(kernels="current"):
+    why = quant.TABLE.reason("triton", _facts("fp8_block"))
+    if why:
+        pytest.skip(why)
+    if kernels == "tma" and DEVICE == "cuda" and torch.cuda.get_device_capability() < (9, 0):
+        pytest.skip("the TMA kernel needs sm_90")
+
+
+def _gemm(case, scheme, kernels, config, split=None):
+    _, qw, xq, xs, b = case
+    return triton_fp8.gemm(
+        xq, xs, qw.qweight, qw.scales, b, torch.bfloat16, FP8_MODES[scheme], config,
+        kernels=kernels.split("-")[0], split=split,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("scheme", list(FP8_MODES))
+@pytest.mark.parametrize("kernels", list(FP8_KERNEL_CASES))
+@pytest.mark.parametrize(
+    "shape", [(1, 136, 208), (17, 130, 384), (6, 300, 256)], ids=lambda s: "x".join(map(str, s))
+)
+def test_fp8_gemm_kernels(scheme, kernels, shape, poisoned):
+    """Every fp8 GEMM (current, its two-half tiles, legacy, persistent TMA) on odd M/N, M = 1,
+    K not a multiple of 128 (208: TMA needs K a multiple of 16), with and without bias."""
+    _skip_unless_fp8_triton(kernels)
+    m, n, k = shape
+    case = _fp8_case(scheme, m, n, k, bias=m == 17)
+    out = _gemm(case, scheme, kernels, FP8_KERNEL_CASES[kernels], split=1)
+    assert_matmul_close(out, case[0], case[1], case[4])
+
+
+@pytest.mark.parametrize("scheme", list(FP8_MODES))
+@pytest.mark.parametrize("split", [2, 3, 4])
+def test_fp8_split_k(scheme, split, poisoned):
+    """Split K (K = 5 blocks of 128 plus 72: uneven splits, and an empty one at split 4): the
+    bound holds, equals no split within float32 accumulation error, and two runs are bitwise
+    equal (the partials are summed in split order). Bias is added once."""
+    _skip_unless_fp8_triton()
+    m, n, k = 3, 72, 712
+    case = _fp8_case(scheme, m, n, k, bias=True)
+    cfg = FP8_KERNEL_CASES["current"]
+    one = _gemm(case, scheme, "current", cfg, split=1)
+    out = _gemm(case, scheme, "current", cfg, split=split)
+    assert_matmul_close(out, case[0], case[1], case[4])
+    assert torch.equal(out, _gemm(case, scheme, "current", cfg, split=split)), "not deterministic"
+    tol = 2.0**-7 * one.float().abs() + 1e-3  # one bf16 rounding apart at most, plus fp32 noise
+    assert ((out.float() - one.float()).abs() <= tol).all()
+
+
+def test_fp8_legacy_equals_current(poisoned):
+    """The legacy and current block-scale GEMMs agree (both float32 accumulation; they differ
+    in how the scales are multiplied, so within one bf16 rounding)."""
+    _skip_unless_fp8_triton()
+    case = _fp8_case("fp8_block", 9, 200, 300)
+    cfg = FP8_KERNEL_CASES["current"]
+    cur = _gemm(case, "fp8_block", "current", cfg, split=1)
+    old = _gemm(case, "fp8_block", "legacy", cfg)
+    tol = 2.0**-7 * old.float().abs() + 1e-3
+    assert ((cur.float() - old.float()).abs() <= tol).all()
+
+
+def test_fp8_choose_split():
+    """The stated rule: M > 64 never splits; else fill the SMs once with 64 x 128 output tiles,
+    at least four 128-wide K blocks per split, a power of two, at most 16."""
+    split = triton_fp8.choose_split
+    assert split(65, 4096, 4096, 132) == 1
+    assert split(1, 4096, 4096, 132) == 4  # 32 tiles: 132 // 32 = 4
+    assert split(1, 6144, 4096, 132) == 2  # 48 tiles
+    assert split(1, 28672, 4096, 132) == 1  # 224 tiles fill the SMs already
+    assert split(16, 1024, 8192, 132) == 16  # 8 tiles: 16 capped by 64 K blocks // 4 and 16
+    assert split(1, 1024, 512, 132) == 1  # 4 K blocks: one split's worth
+    assert split(1, 128, 1024, 132) == 2  # 8 K blocks // 4
+
+
+@pytest.mark.parametrize("kernels", ["legacy", "tma"])
+def test_fp8_kernel_switch(kernels, monkeypatch, poisoned):
+    """MILLKERNELS_FP8_KERNELS selects the GEMM for quant.matmul; info shows the choice."""
+    _skip_unless_fp8_triton(kernels)
+    monkeypatch.setenv(capabilities.FP8_KERNELS_ENV, kernels)
+    assert capabilities.fp8_kernels() == kernels
+    name = f"fp8 GEMM kernels ({capabilities.FP8_KERNELS_ENV})"
+    assert quant.TABLE.choices()[name].startswith(kernels)
+    qw = quant.quantize(torch.randn(40, 256), "fp8_block").to(DEVICE)
+    x = torch.randn(5, 256, device=DEVICE).to(torch.bfloat16)
+    assert_matmul_close(quant.matmul(x, qw, backend="triton"), x, qw)
+
+
+def test_fp8_kernel_switch_bad_values(monkeypatch):
+    monkeypatch.setenv(capabilities.FP8_KERNELS_ENV, "fast")
+    with pytest.raises(ValueError, match="MILLKERNELS_FP8_KERNELS: expected one of current"):
+        capabilities.fp8_kernels()
+    assert "expected one of" in quant.TABLE.choices()["fp8 GEMM kernels (MILLKERNELS_FP8_KERNELS)"]
+    monkeypatch.delenv(capabilities.FP8_KERNELS_ENV)
+    assert capabilities.fp8_kernels() == "current"
+    _skip_unless_fp8_triton()
+    case = _fp8_case("fp8_rowwise", 2, 16, 200)  # K = 200: rows not 16-byte aligned
+    with pytest.raises(ValueError, match="x: the TMA fp8 kernel needs 16-byte aligned"):
+        _gemm(case, "fp8_rowwise", "tma", None)
+    with pytest.raises(ValueError, match="split: expected 1..16"):
+        _gemm(case, "fp8_rowwise", "current", None, split=17)
 
 
 # ------------------------------------------------------------------ bad input
@@ -382,3 +512,28 @@ def test_fp8_hopper(scheme, m):
     rq, rs = reference.act_quant(x, mode)
     assert torch.equal(s, rs) and torch.equal(q.view(torch.uint8), rq.view(torch.uint8))
     assert_matmul_close(quant.matmul(x, qw, backend="triton"), x, qw)
+
+
+@pytest.mark.sm90
+@pytest.mark.parametrize("kernels", ["legacy", "tma"])
+@pytest.mark.parametrize("m", [1, 1000])
+def test_fp8_block_hopper_kernels(kernels, m, monkeypatch):
+    """The legacy and TMA block-scale GEMMs, autotuned on Hopper (MILLKERNELS_FP8_KERNELS)."""
+    monkeypatch.setenv(capabilities.FP8_KERNELS_ENV, kernels)
+    qw = quant.quantize(torch.randn(1024, 1536, device="cuda"), "fp8_block")
+    x = torch.randn(m, 1536, device="cuda", dtype=torch.bfloat16)
+    assert_matmul_close(quant.matmul(x, qw, backend="triton"), x, qw)
+
+
+@pytest.mark.sm90
+@pytest.mark.parametrize("scheme", list(FP8_MODES))
+def test_fp8_split_k_hopper(scheme):
+    """Autotuned split K at M = 2 on Hopper: the bound, bitwise repeatable, near no split."""
+    m, n, k = 2, 1024, 4096
+    case = _fp8_case(scheme, m, n, k, bias=True)
+    out = _gemm(case, scheme, "current", None)  # choose_split: 132 SMs // 8 tiles -> 8
+    assert triton_fp8.choose_split(m, n, k, triton_fp8.device_sm_count(out.device)) > 1
+    assert_matmul_close(out, case[0], case[1], case[4])
+    assert torch.equal(out, _gemm(case, scheme, "current", None))
+    one = _gemm(case, scheme, "current", None, split=1)
+    assert ((out.float() - one.float()).abs() <= 2.0**-7 * one.float().abs() + 1e-3).all()

@@ -9,6 +9,10 @@ against the reference before it is timed. For fp8_tensor / fp8_rowwise also the 
 (GB/s over the bytes of x, the quantised weight and the output); larger M rows count TFLOP/s
 against the bf16 / fp8 matmul ceiling. GPU timings flush L2 (``triton.testing.do_bench``).
 
+fp8_block GEMM alone at a few (shape, M) points (``quant.fp8_variants``): each Triton fp8
+GEMM, ``triton`` (current), ``triton_legacy``, ``triton_tma`` (Hopper), and ``triton_nosplit``
+where the current kernel splits K (small M), against the ``triton_legacy`` row as baseline.
+
 Options: ``quant.shapes`` (list of (model, proj, N, K)), ``quant.ms``, ``quant.schemes``,
 ``quant.backends`` (default: triton and cuda on a GPU; reference only on a CPU, where
 interpreted Triton is too slow to time).
@@ -44,6 +48,14 @@ CPU_SHAPES = (("tiny", "proj", 72, 256),)
 CPU_MS = (1, 17)
 SCHEMES = ("w4a16", "w8a16", "fp8_tensor", "fp8_rowwise", "fp8_block")
 SMALL_M = 64  # rows up to here are bandwidth rows (GB/s vs the copy ceiling)
+#: (model, proj, M) where the fp8_block GEMM variants are timed (few rows: the campaign's
+#: bench step has a fixed budget)
+FP8_VARIANTS = (
+    ("llama3-8b", "qkv", 1),
+    ("llama3-8b", "qkv", 4096),
+    ("square", "8192", 16),
+    ("square", "8192", 4096),
+)
 
 
 def shapes(gpu: bool, quick: bool) -> tuple[tuple[str, str, int, int], ...]:
@@ -158,10 +170,19 @@ def quant_suite(ctx: BenchContext) -> Iterator[Row]:
                         ceiling=_ceiling(ctx, m, fp8),
                         baseline="torch", baseline_timing=base_t, config=config,
                         extra={"split_k": triton_weight_only.choose_split(m, n, k, x.device)}
-                        if not fp8 else {"act_quant": reference.ACT_MODE[scheme]},
+                        if not fp8
+                        else {
+                            "act_quant": reference.ACT_MODE[scheme],
+                            "split_k": triton_fp8.choose_split(
+                                m, n, k, triton_fp8.device_sm_count(x.device)
+                            ),
+                        },
                     )  # fmt: skip
                 if scheme in ("fp8_tensor", "fp8_rowwise") and "triton" in wanted:
                     yield from _fp8_gemm_rows(ctx, x, qw, shape, flops, nbytes, scaled_mm_why)
+                variants = ctx.option("quant.fp8_variants", FP8_VARIANTS)
+                if scheme == "fp8_block" and "triton" in wanted and (model, proj, m) in variants:
+                    yield from _fp8_variant_rows(ctx, x, qw, shape, flops, nbytes)
         if ctx.gpu:
             torch.cuda.empty_cache()
 
@@ -208,3 +229,55 @@ def _fp8_gemm_rows(ctx, x, qw, shape, flops, nbytes, scaled_mm_why) -> Iterator[
         baseline="torch_scaled_mm" if base_t else None, baseline_timing=base_t,
         config=triton_fp8.tuned_config() if ctx.gpu else None,
     )  # fmt: skip
+
+
+def _fp8_variant_rows(ctx, x, qw, shape, flops, nbytes) -> Iterator[Row]:
+    """The fp8_block GEMM alone on each Triton kernel (legacy is the baseline)."""
+    import torch
+
+    from millkernels.ops.quant import TABLE, api, triton_fp8
+
+    if TABLE.reason("triton", api.call_facts(x, qw.scheme, 0, qw.in_features)):
+        return
+    xq, xs = triton_fp8.act_quant(x, "group")
+    m, n, k = shape["m"], shape["n"], shape["k"]
+    split = triton_fp8.choose_split(m, n, k, triton_fp8.device_sm_count(x.device))
+    cases: list[tuple[str, str, int | None]] = [
+        ("triton_legacy", "legacy", None),
+        ("triton", "current", None),
+    ]
+    if ctx.gpu and torch.cuda.get_device_capability(x.device) >= (9, 0) and k % 16 == 0:
+        cases.append(("triton_tma", "tma", None))
+    else:
+        ctx.skip(f"fp8_gemm triton_tma {shape}", "needs sm_90 and K a multiple of 16")
+    if split > 1:
+        cases.append(("triton_nosplit", "current", 1))
+    ref = None
+    base_t = None
+    for backend, kernels, force in cases:
+
+        def run(kernels=kernels, force=force):
+            return triton_fp8.gemm(
+                xq, xs, qw.qweight, qw.scales, None, torch.bfloat16, 2,
+                kernels=kernels, split=force if kernels == "current" else None,
+            )  # fmt: skip
+
+        out = run()
+        if ref is None:
+            ref = out
+        elif not ctx.check(
+            _rel_err(out, ref) < 1e-2, f"fp8_gemm {backend} {shape}: vs triton_legacy"
+        ):
+            continue
+        t = ctx.measure(run)
+        if base_t is None:
+            base_t = t
+        yield ctx.row(
+            op="fp8_gemm", shape=shape, dtype=qw.scheme, backend=backend, timing=t,
+            flops=flops, bytes=nbytes,
+            ceiling=_ceiling(ctx, m, True),
+            baseline=None if t is base_t else "triton_legacy",
+            baseline_timing=None if t is base_t else base_t,
+            config=triton_fp8.tuned_config(kernels) if ctx.gpu else None,
+            extra={"split_k": split if backend == "triton" else 1},
+        )  # fmt: skip

@@ -18,6 +18,13 @@ from millkernels.ops.quant.formats import FP8_SCHEMES, SCHEMES
 
 FP8_MIN_CAPABILITY = (8, 9)  # e4m3 tensor cores: Ada (8.9) and Hopper (9.0)
 DTYPES = ("float16", "bfloat16")
+FP8_KERNELS_ENV = "MILLKERNELS_FP8_KERNELS"
+#: The Triton fp8 GEMMs :data:`FP8_KERNELS_ENV` chooses between (``triton_fp8``).
+FP8_KERNELS = {
+    "current": "scalar B block scales, folded promotion, split K for M <= 64 (default)",
+    "legacy": "the previous GEMM (per-column B-scale gathers, no split K), for comparison",
+    "tma": "persistent grid with TMA descriptors (sm_90+; K a multiple of 16), no split K",
+}
 
 #: Kernels of the Triton weight-only matmul (``triton_weight_only.matmul(variant=...)``):
 #: ``fused`` (magic-number dequantisation, split K reduced in the kernel) and ``legacy`` (one
@@ -104,6 +111,27 @@ def resolve(call: QuantCall, backend: str) -> str:
     return TABLE.select(backend, call, call.op)
 
 
+def fp8_kernels() -> str:
+    """The Triton fp8 GEMM to launch: :data:`FP8_KERNELS_ENV` (default ``current``).
+
+    Raises ValueError for a value not in :data:`FP8_KERNELS`."""
+    raw = os.environ.get(FP8_KERNELS_ENV, "").strip() or "current"
+    if raw not in FP8_KERNELS:
+        raise ValueError(
+            f"{FP8_KERNELS_ENV}: expected one of {', '.join(FP8_KERNELS)}, got {raw!r}"
+        )
+    return raw
+
+
+def fp8_kernels_setting() -> str:
+    """The fp8 GEMM choice in words (``millkernels info``)."""
+    try:
+        name = fp8_kernels()
+    except ValueError as exc:
+        return str(exc)
+    return f"{name}: {FP8_KERNELS[name]}"
+
+
 def _triton_serves(call: QuantCall) -> str | None:
     why = fp8_reason(call)
     if why:
@@ -188,6 +216,7 @@ TABLE = CapabilityTable(
         "has checked it and benchmarks/results/ shows it faster for M <= 16. Not yet backed "
         "by a GPU measurement in benchmarks/results/."
     ),
+    choices=lambda: {f"fp8 GEMM kernels ({FP8_KERNELS_ENV})": fp8_kernels_setting()},
 )
 
 # csrc/quant/w4a16.cu: `millkernels analyze --check` fails if these spill
