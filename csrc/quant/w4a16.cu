@@ -45,10 +45,11 @@
 // - pipe (path = kW4PathPipe, w4a16_pipe_kernel): the mma path with the weight vectors copied
 //   global -> shared by cp.async.cg (L2 evict-first: each weight is read once per call) three
 //   units ahead per warp, instead of __ldg into registers one unit at a time; no integer
-//   division in the loop. sm_90a SASS of the loop over one 4-chunk unit, M <= 16: 370
-//   instructions (32 HMMA, 4 LDGSTS, 7 LDS, no I2F/MUFU) against 353 for mma (which divides
-//   once per unit: I2F + MUFU); 125 registers (mma: 124), 48 KiB dynamic shared memory per
-//   block (the pipeline; reused for the warp reduction), 2 blocks per SM. Not run on a GPU.
+//   division in the loop. Hot loop (one 4-chunk unit, M <= 16; millkernels analyze): sm_90a
+//   364 instructions (32 HMMA, 4 LDGSTS, no I2F/MUFU) against 350 for mma (which divides once
+//   per unit: I2F + MUFU.RCP), sm_80 358 both; 125 registers (mma: 124 / 122), no spills; 48
+//   KiB dynamic shared memory per block (the pipeline; reused for the warp reduction), 2
+//   blocks per SM. Not run on a GPU.
 //
 // Crossover (auto uses mma for every M), from the sm_90a SASS of the loop over one unit of 4
 // chunks (128 weights per lane; sm_80 within 1%): mma M <= 8: 313 instructions (2.4 per
@@ -62,6 +63,8 @@
 // a GPU yet.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+
+#include <atomic>
 
 #include "../common/check.h"
 #include "w4a16.h"
@@ -599,10 +602,18 @@ void launch_typed(const void* x, const int32_t* repacked, const void* scales, co
   };
   if constexpr (kPipe) {
     // 48 KiB of dynamic shared memory plus finish's static flag: over the default limit
-    // (48 KiB in all), so the kernel opts in once per device it runs on (cheap; idempotent)
-    MK_CUDA_CHECK(cudaFuncSetAttribute(w4a16_pipe_kernel<T, MT>,
-                                       cudaFuncAttributeMaxDynamicSharedMemorySize, kPipeSmem),
-                  "w4a16_pipe_kernel: shared memory opt-in");
+    // (48 KiB in all), so the kernel opts in, once per device (bit d of `opted`: done on
+    // device d; devices past 63 opt in at every launch; setting it twice is harmless)
+    static std::atomic<uint64_t> opted{0};
+    int device = 0;
+    MK_CUDA_CHECK(cudaGetDevice(&device), "w4a16_pipe_kernel: current device");
+    const uint64_t bit = device < 64 ? uint64_t{1} << device : 0;
+    if ((opted.load(std::memory_order_relaxed) & bit) == 0) {
+      MK_CUDA_CHECK(cudaFuncSetAttribute(w4a16_pipe_kernel<T, MT>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, kPipeSmem),
+                    "w4a16_pipe_kernel: shared memory opt-in");
+      opted.fetch_or(bit, std::memory_order_relaxed);
+    }
     args(w4a16_pipe_kernel<T, MT>, kPipeSmem, "w4a16_pipe_kernel");
   } else {
     args(w4a16_small_m_kernel<T, MT, kMma>, 0, "w4a16_small_m_kernel");
