@@ -10,7 +10,7 @@ grid axis into float32 partials, reduced inside the same launch: each program st
 partial and arrives on its output tile's counter; the last to arrive sums the partials in the
 fixed order 0..split-1 (deterministic), adds the bias, stores the output and resets the counter
 to 0. Configs are autotuned on GPUs with a key of the next power of two of M (capped at 256),
-N, K, the group size and the split.
+N, K, the group size, the split and the variant.
 
 ``variant="legacy"`` keeps the previous kernel (one I2F per weight, partials summed in torch
 by a second and third launch) selectable, to compare both on a GPU.
@@ -250,7 +250,7 @@ def _prune(configs, named_args, **kwargs):
 
 _wo_tuned = triton.autotune(
     configs=CONFIGS,
-    key=["M_BUCKET", "N", "K", "group_size", "k_per_split"],
+    key=["M_BUCKET", "N", "K", "group_size", "k_per_split", "LEGACY"],  # each variant tuned
     prune_configs_by={"early_config_prune": _prune},
 )(_wo_kernel)
 
