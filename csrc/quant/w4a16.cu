@@ -42,6 +42,14 @@
 // - fma (path = kW4PathFma, M <= 2): the same loads and decode, then fp32 FMAs; lane (gid, t4)
 //   accumulates columns 8 * tile + gid over its K offsets, the 4 lanes of a column are summed
 //   by shuffles.
+// - pipe (path = kW4PathPipe, w4a16_pipe_kernel): the mma path with the weight vectors copied
+//   global -> shared by cp.async.cg (L2 evict-first: each weight is read once per call) three
+//   units ahead per warp, instead of __ldg into registers one unit at a time; no integer
+//   division in the loop. Hot loop (one 4-chunk unit, M <= 16; millkernels analyze): sm_90a
+//   364 instructions (32 HMMA, 4 LDGSTS, no I2F/MUFU) against 350 for mma (which divides once
+//   per unit: I2F + MUFU.RCP), sm_80 358 both; 125 registers (mma: 124 / 122), no spills; 48
+//   KiB dynamic shared memory per block (the pipeline; reused for the warp reduction), 2
+//   blocks per SM. Not run on a GPU.
 //
 // Crossover (auto uses mma for every M), from the sm_90a SASS of the loop over one unit of 4
 // chunks (128 weights per lane; sm_80 within 1%): mma M <= 8: 313 instructions (2.4 per
@@ -55,6 +63,8 @@
 // a GPU yet.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+
+#include <atomic>
 
 #include "../common/check.h"
 #include "w4a16.h"
@@ -160,145 +170,155 @@ __device__ __forceinline__ void store_relaxed(unsigned* p, unsigned v) {
   asm volatile("st.relaxed.gpu.global.u32 [%0], %1;\n" : : "l"(p), "r"(v) : "memory");
 }
 
-// One kernel for both paths. MT: rows compiled for (mma: 8 or 16, fma: 1 or 2).
-// Lane (gid = lane / 4, t4 = lane % 4) owns columns 8 * tile + gid (tile 0..3) of the strip and,
-// per chunk, K offsets 8 * t4 .. 8 * t4 + 7.
+// A thread's place in the block and the block's share of K (both mma kernels): lane (gid =
+// lane / 4, t4 = lane % 4) of warp `warp`, whose K units are u_begin, u_begin + kWarps, ...
+// below u_end (units of `unit` chunks; units_per_group per quantisation group).
+struct Share {
+  int lane, warp, gid, t4, kchunks, unit, units_per_group, u_begin, u_end;
+  __device__ __forceinline__ Share(int k, int group, int units_per_split)
+      : lane(threadIdx.x & 31),
+        warp(threadIdx.x >> 5),
+        gid(lane >> 2),
+        t4(lane & 3),
+        kchunks(k / kChunk),
+        unit(unit_chunks(group / kChunk)),
+        units_per_group(group / kChunk / unit),
+        u_begin(blockIdx.y * units_per_split + warp),
+        u_end(min(blockIdx.y * units_per_split + units_per_split, kchunks / unit)) {}
+  // the lane's 16-byte weight vector of unit u_begin's first chunk (strip blockIdx.x)
+  __device__ __forceinline__ int64_t w_offset() const {
+    return (static_cast<int64_t>(blockIdx.x) * kchunks + int64_t{u_begin} * unit) * 32 + lane;
+  }
+  // the lane's x element (row 0) of unit u_begin's first chunk
+  __device__ __forceinline__ int64_t x_offset() const {
+    return int64_t{u_begin} * unit * kChunk + 8 * t4;
+  }
+};
+
+template <int MT, bool kMma>
+constexpr int kRowsOf = kMma ? MT / 8 : MT;  // x vectors per chunk a lane loads
+// mma: acc[tile][i]: column 8 tile + gid, row 2 t4 + i (i < 2) or 8 + 2 t4 + i - 2.
+// fma: acc[tile][r]: column 8 tile + gid, row r (this lane's K values only).
+template <int MT, bool kMma>
+constexpr int kAccOf = kMma ? MT / 4 : MT;
+
+// The unit's x vectors (`xp`: row 0, this lane's K offsets of the unit's first chunk).
 template <typename T, int MT, bool kMma>
-__global__ void __launch_bounds__(kWarps * 32, 2)
-    w4a16_small_m_kernel(const T* __restrict__ x, const uint4* __restrict__ w,
-                         const T* __restrict__ scales, const uint8_t* __restrict__ zeros,
-                         const T* __restrict__ bias, T* __restrict__ out,
-                         float* __restrict__ workspace, unsigned* __restrict__ counters, int m,
-                         int n, int k, int group, int units_per_split) {
-  __shared__ float red[kWarps][MT][kStrip];
-  const int lane = threadIdx.x & 31;
-  const int warp = threadIdx.x >> 5;
-  const int gid = lane >> 2;  // mma groupID
-  const int t4 = lane & 3;    // mma threadID_in_group
-  const int strip = blockIdx.x;
-  const int npad = gridDim.x * kStrip;
-  const int kchunks = k / kChunk;
-  const int cpg = group / kChunk;
-  const int unit = unit_chunks(cpg);
-  const int units_per_group = cpg / unit;
-  const int units = kchunks / unit;
-  const int u_begin = blockIdx.y * units_per_split + warp;
-  const int u_end = min(blockIdx.y * units_per_split + units_per_split, units);
-  const int col0 = strip * kStrip + gid;  // + 8 * tile: this lane's columns
-  // mma: acc[tile][i]: column 8 tile + gid, row 2 t4 + i (i < 2) or 8 + 2 t4 + i - 2.
-  // fma: acc[tile][r]: column 8 tile + gid, row r (this lane's K values only).
-  constexpr int kAcc = kMma ? MT / 4 : MT;
-  float acc[4][kAcc];
+__device__ __forceinline__ void load_x(uint4 (&xv)[kMaxUnit][kRowsOf<MT, kMma>], const T* xp,
+                                       int unit, int m, int k, int gid) {
+  constexpr int kRows = kRowsOf<MT, kMma>;  // mma: B fragments of rows gid, gid + 8; fma: all
+#pragma unroll
+  for (int i = 0; i < kMaxUnit; ++i) {
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+      const int row = kMma ? gid + 8 * r : r;
+      xv[i][r] = make_uint4(0, 0, 0, 0);
+      if (i < unit && row < m) {
+        xv[i][r] = __ldg(
+            reinterpret_cast<const uint4*>(xp + static_cast<int64_t>(row) * k + i * kChunk));
+      }
+    }
+  }
+}
+
+// Zero points (as -(base + zero) pairs) and scales of the lane's columns in the row of group
+// data at `gq` (group * npad + this lane's first column).
+template <typename T>
+__device__ __forceinline__ void load_group(const T* scales, const uint8_t* zeros, int64_t gq,
+                                           uint32_t (&nz)[4], T (&sc)[4]) {
+#pragma unroll
+  for (int tile = 0; tile < 4; ++tile) {
+    const uint32_t z = zeros ? __ldg(zeros + gq + 8 * tile) : 8u;
+    nz[tile] = Num<T>::kNegBase | (z * 0x00010001u);
+    sc[tile] = scales[gq + 8 * tile];
+  }
+}
+
+// acc += the unit's group scale * (its dequantised weights . x), the product in float32.
+template <typename T, int MT, bool kMma>
+__device__ __forceinline__ void unit_product(const uint4 (&q)[kMaxUnit],
+                                             const uint4 (&xv)[kMaxUnit][kRowsOf<MT, kMma>],
+                                             int unit, const uint32_t (&nz)[4], const T (&sc)[4],
+                                             float (&acc)[4][kAccOf<MT, kMma>]) {
+  constexpr int kRows = kRowsOf<MT, kMma>;
+  constexpr int kAcc = kAccOf<MT, kMma>;
+  float gacc[4][kAcc];
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
 #pragma unroll
-    for (int j = 0; j < kAcc; ++j) acc[i][j] = 0.f;
+    for (int j = 0; j < kAcc; ++j) gacc[i][j] = 0.f;
   }
-  // Per-unit pointers, advanced by kWarps units each step.
-  const int64_t step_chunks = static_cast<int64_t>(kWarps) * unit;
-  const uint4* wp =
-      w + (static_cast<int64_t>(strip) * kchunks + int64_t{u_begin} * unit) * 32 + lane;
-  const T* xp = x + int64_t{u_begin} * unit * kChunk + 8 * t4;  // row 0
-  for (int u = u_begin; u < u_end; u += kWarps) {
-    const int g = u / units_per_group;
-    uint4 q[kMaxUnit];
 #pragma unroll
-    for (int i = 0; i < kMaxUnit; ++i) {
-      if (i < unit) q[i] = __ldg(wp + i * 32);
-    }
-    // x: mma B fragments (x rows gid, gid + 8); fma: rows 0..MT-1
-    constexpr int kRows = kMma ? MT / 8 : MT;
-    uint4 xv[kMaxUnit][kRows];
+  for (int i = 0; i < kMaxUnit; ++i) {
+    if (i < unit) {
+      if constexpr (kMma) {
+        // A = weights (16 columns x 16 K) of tiles 2T (rows 0..7) and 2T + 1 (rows 8..15),
+        // B = x^T (16 K x 8 rows of x); D[column][row of x].
 #pragma unroll
-    for (int i = 0; i < kMaxUnit; ++i) {
+        for (int s = 0; s < 2; ++s) {
 #pragma unroll
-      for (int r = 0; r < kRows; ++r) {
-        const int row = kMma ? gid + 8 * r : r;
-        xv[i][r] = make_uint4(0, 0, 0, 0);
-        if (i < unit && row < m) {
-          xv[i][r] = __ldg(
-              reinterpret_cast<const uint4*>(xp + static_cast<int64_t>(row) * k + i * kChunk));
+          for (int tt = 0; tt < 2; ++tt) {
+            const uint32_t w0 = word_of(q[i], 2 * tt), w1 = word_of(q[i], 2 * tt + 1);
+            const uint32_t a[4] = {decode_pair<T>(w0, 2 * s, nz[2 * tt]),
+                                   decode_pair<T>(w1, 2 * s, nz[2 * tt + 1]),
+                                   decode_pair<T>(w0, 2 * s + 1, nz[2 * tt]),
+                                   decode_pair<T>(w1, 2 * s + 1, nz[2 * tt + 1])};
+#pragma unroll
+            for (int r = 0; r < kRows; ++r) {
+              Num<T>::mma(gacc[2 * tt][2 * r], gacc[2 * tt][2 * r + 1], gacc[2 * tt + 1][2 * r],
+                          gacc[2 * tt + 1][2 * r + 1], a, word_of(xv[i][r], 2 * s),
+                          word_of(xv[i][r], 2 * s + 1));
+            }
+          }
         }
-      }
-    }
-    // zero points and scales of the lane's columns, loaded with the unit's data (a scale load
-    // left next to its use, after the mma code, would stall each unit for a full L2 trip)
-    const int64_t gq = static_cast<int64_t>(g) * npad + col0;
-    uint32_t nz[4];  // -(base + zero) pairs
-    T sc[4];
+      } else {
+        float xf[MT][8];
 #pragma unroll
-    for (int tile = 0; tile < 4; ++tile) {
-      const uint32_t z = zeros ? __ldg(zeros + gq + 8 * tile) : 8u;
-      nz[tile] = Num<T>::kNegBase | (z * 0x00010001u);
-      sc[tile] = scales[gq + 8 * tile];
-    }
-    float gacc[4][kAcc];
+        for (int r = 0; r < MT; ++r) {
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
-#pragma unroll
-      for (int j = 0; j < kAcc; ++j) gacc[i][j] = 0.f;
-    }
-#pragma unroll
-    for (int i = 0; i < kMaxUnit; ++i) {
-      if (i < unit) {
-        if constexpr (kMma) {
-          // A = weights (16 columns x 16 K) of tiles 2T (rows 0..7) and 2T + 1 (rows 8..15),
-          // B = x^T (16 K x 8 rows of x); D[column][row of x].
-#pragma unroll
-          for (int s = 0; s < 2; ++s) {
-#pragma unroll
-            for (int tt = 0; tt < 2; ++tt) {
-              const uint32_t w0 = word_of(q[i], 2 * tt), w1 = word_of(q[i], 2 * tt + 1);
-              const uint32_t a[4] = {decode_pair<T>(w0, 2 * s, nz[2 * tt]),
-                                     decode_pair<T>(w1, 2 * s, nz[2 * tt + 1]),
-                                     decode_pair<T>(w0, 2 * s + 1, nz[2 * tt]),
-                                     decode_pair<T>(w1, 2 * s + 1, nz[2 * tt + 1])};
-#pragma unroll
-              for (int r = 0; r < kRows; ++r) {
-                Num<T>::mma(gacc[2 * tt][2 * r], gacc[2 * tt][2 * r + 1], gacc[2 * tt + 1][2 * r],
-                            gacc[2 * tt + 1][2 * r + 1], a, word_of(xv[i][r], 2 * s),
-                            word_of(xv[i][r], 2 * s + 1));
-              }
-            }
+          for (int h = 0; h < 4; ++h) {
+            const float2 f = Num<T>::pair(word_of(xv[i][r], h));
+            xf[r][2 * h] = f.x;
+            xf[r][2 * h + 1] = f.y;
           }
-        } else {
-          float xf[MT][8];
+        }
 #pragma unroll
-          for (int r = 0; r < MT; ++r) {
+        for (int tile = 0; tile < 4; ++tile) {
+          const uint32_t wd = word_of(q[i], tile);
 #pragma unroll
-            for (int h = 0; h < 4; ++h) {
-              const float2 f = Num<T>::pair(word_of(xv[i][r], h));
-              xf[r][2 * h] = f.x;
-              xf[r][2 * h + 1] = f.y;
-            }
-          }
+          for (int p = 0; p < 4; ++p) {
+            const float2 f = Num<T>::pair(decode_pair<T>(wd, p, nz[tile]));
 #pragma unroll
-          for (int tile = 0; tile < 4; ++tile) {
-            const uint32_t wd = word_of(q[i], tile);
-#pragma unroll
-            for (int p = 0; p < 4; ++p) {
-              const float2 f = Num<T>::pair(decode_pair<T>(wd, p, nz[tile]));
-#pragma unroll
-              for (int r = 0; r < MT; ++r) {
-                gacc[tile][r] = fmaf(xf[r][2 * p], f.x, gacc[tile][r]);
-                gacc[tile][r] = fmaf(xf[r][2 * p + 1], f.y, gacc[tile][r]);
-              }
+            for (int r = 0; r < MT; ++r) {
+              gacc[tile][r] = fmaf(xf[r][2 * p], f.x, gacc[tile][r]);
+              gacc[tile][r] = fmaf(xf[r][2 * p + 1], f.y, gacc[tile][r]);
             }
           }
         }
       }
     }
-    // the unit's group scale, in float32
-#pragma unroll
-    for (int tile = 0; tile < 4; ++tile) {
-      const float s = Num<T>::one(sc[tile]);
-#pragma unroll
-      for (int j = 0; j < kAcc; ++j) acc[tile][j] = fmaf(gacc[tile][j], s, acc[tile][j]);
-    }
-    wp += step_chunks * 32;
-    xp += step_chunks * kChunk;
   }
+  // the unit's group scale, in float32
+#pragma unroll
+  for (int tile = 0; tile < 4; ++tile) {
+    const float s = Num<T>::one(sc[tile]);
+#pragma unroll
+    for (int j = 0; j < kAcc; ++j) acc[tile][j] = fmaf(gacc[tile][j], s, acc[tile][j]);
+  }
+}
 
+// The block's end: warp sums through shared memory `red` (kWarps, MT, 32), the K split
+// reduction when gridDim.y > 1, the bias and the store of `out`.
+template <typename T, int MT, bool kMma>
+__device__ __forceinline__ void finish(float (&acc)[4][kAccOf<MT, kMma>],
+                                       float (*red)[MT][kStrip], const T* bias, T* out,
+                                       float* workspace, unsigned* counters, int m, int n) {
+  constexpr int kAcc = kAccOf<MT, kMma>;
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const int gid = lane >> 2;
+  const int t4 = lane & 3;
+  const int strip = blockIdx.x;
   // this warp's (MT, 32) sums -> shared memory
 #pragma unroll
   for (int tile = 0; tile < 4; ++tile) {
@@ -387,6 +407,161 @@ __global__ void __launch_bounds__(kWarps * 32, 2)
   }
 }
 
+// One kernel for both paths. MT: rows compiled for (mma: 8 or 16, fma: 1 or 2).
+// Lane (gid = lane / 4, t4 = lane % 4) owns columns 8 * tile + gid (tile 0..3) of the strip and,
+// per chunk, K offsets 8 * t4 .. 8 * t4 + 7.
+template <typename T, int MT, bool kMma>
+__global__ void __launch_bounds__(kWarps * 32, 2)
+    w4a16_small_m_kernel(const T* __restrict__ x, const uint4* __restrict__ w,
+                         const T* __restrict__ scales, const uint8_t* __restrict__ zeros,
+                         const T* __restrict__ bias, T* __restrict__ out,
+                         float* __restrict__ workspace, unsigned* __restrict__ counters, int m,
+                         int n, int k, int group, int units_per_split) {
+  __shared__ float red[kWarps][MT][kStrip];
+  const Share sh(k, group, units_per_split);
+  const int unit = sh.unit;
+  const int npad = gridDim.x * kStrip;
+  const int col0 = blockIdx.x * kStrip + sh.gid;  // + 8 * tile: this lane's columns
+  float acc[4][kAccOf<MT, kMma>] = {};
+  // Per-unit pointers, advanced by kWarps units each step.
+  const int64_t step_chunks = static_cast<int64_t>(kWarps) * unit;
+  const uint4* wp = w + sh.w_offset();
+  const T* xp = x + sh.x_offset();  // row 0
+  for (int u = sh.u_begin; u < sh.u_end; u += kWarps) {
+    const int g = u / sh.units_per_group;
+    uint4 q[kMaxUnit];
+#pragma unroll
+    for (int i = 0; i < kMaxUnit; ++i) {
+      if (i < unit) q[i] = __ldg(wp + i * 32);
+    }
+    uint4 xv[kMaxUnit][kRowsOf<MT, kMma>];
+    load_x<T, MT, kMma>(xv, xp, unit, m, k, sh.gid);
+    // zero points and scales loaded with the unit's data (a scale load left next to its use,
+    // after the mma code, would stall each unit for a full L2 trip)
+    uint32_t nz[4];
+    T sc[4];
+    load_group<T>(scales, zeros, static_cast<int64_t>(g) * npad + col0, nz, sc);
+    unit_product<T, MT, kMma>(q, xv, unit, nz, sc, acc);
+    wp += step_chunks * 32;
+    xp += step_chunks * kChunk;
+  }
+  finish<T, MT, kMma>(acc, red, bias, out, workspace, counters, m, n);
+}
+
+constexpr int kStages = 3;  // pipe kernel: units in flight per warp
+constexpr int kStageVecs = kWarps * kMaxUnit * 32;  // 16-byte vectors per stage (all warps)
+constexpr int kPipeSmem = kStages * kStageVecs * 16;  // 48 KiB (+ the 4 B flag of finish)
+static_assert(kWarps * 16 * kStrip * 4 <= kPipeSmem, "the reduction buffer reuses the pipeline's");
+
+// An L2 policy that evicts the weight stream first (each weight is read once per call).
+__device__ __forceinline__ uint64_t evict_first_policy() {
+  uint64_t policy;
+  asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(policy));
+  return policy;
+}
+
+// 16 bytes global -> shared, asynchronous, bypassing L1 (cp.async.cg), with an L2 policy.
+__device__ __forceinline__ void cp_async16(uint4* dst, const uint4* src, uint64_t policy) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2;\n"
+               :
+               : "r"(s), "l"(src), "l"(policy)
+               : "memory");
+}
+
+__device__ __forceinline__ void cp_async_commit() {
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+
+// Wait until at most `kPending` of this thread's committed groups are still in flight.
+template <int kPending>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" : : "n"(kPending) : "memory");
+}
+
+// The mma path with the weight stream in a kStages-deep cp.async pipeline: same work split,
+// layout, decode and epilogue as w4a16_small_m_kernel. Each lane copies its own 16-byte
+// vectors of a unit into its own slots of stage (warp, chunk, lane) and later reads exactly
+// those back (cp.async.wait_group makes a thread's completed copies visible to itself), so
+// the loop needs no barrier. A stage is refilled with unit j + kStages right after unit j has
+// been read from it and multiplied, so kStages units are in flight while one is consumed.
+// The loop has no integer division: the group index advances by precomputed steps.
+template <typename T, int MT>
+__global__ void __launch_bounds__(kWarps * 32, 2)
+    w4a16_pipe_kernel(const T* __restrict__ x, const uint4* __restrict__ w,
+                      const T* __restrict__ scales, const uint8_t* __restrict__ zeros,
+                      const T* __restrict__ bias, T* __restrict__ out,
+                      float* __restrict__ workspace, unsigned* __restrict__ counters, int m, int n,
+                      int k, int group, int units_per_split) {
+  extern __shared__ uint4 pipe[];  // [stage][warp][chunk][lane]; then the reduction buffer
+  const Share sh(k, group, units_per_split);
+  const int unit = sh.unit, units_per_group = sh.units_per_group;
+  const int u_begin = sh.u_begin, u_end = sh.u_end;
+  const int npad = gridDim.x * kStrip;
+  const int count = u_end > u_begin ? (u_end - u_begin + kWarps - 1) / kWarps : 0;
+  // group of the current unit: g, and the unit's place in it, ug; per step of kWarps units
+  // they advance by g_step and ug_step (one carry at most: ug_step < units_per_group)
+  int g = u_begin / units_per_group;
+  int ug = u_begin - g * units_per_group;
+  const int g_step = kWarps / units_per_group;
+  const int ug_step = kWarps - g_step * units_per_group;
+  const int64_t gq0 = static_cast<int64_t>(blockIdx.x) * kStrip + sh.gid;  // + g * npad
+  float acc[4][kAccOf<MT, true>] = {};
+  const int64_t step_vecs = static_cast<int64_t>(kWarps) * unit * 32;
+  const uint4* wp = w + sh.w_offset();
+  const T* xp = x + sh.x_offset();
+  uint4* const slots = pipe + sh.warp * kMaxUnit * 32 + sh.lane;  // + stage * kStageVecs + i * 32
+  const uint64_t policy = evict_first_policy();
+#pragma unroll
+  for (int s = 0; s < kStages; ++s) {  // prologue: units 0 .. kStages - 1
+    if (s < count) {
+#pragma unroll
+      for (int i = 0; i < kMaxUnit; ++i) {
+        if (i < unit) cp_async16(slots + s * kStageVecs + i * 32, wp + i * 32, policy);
+      }
+      wp += step_vecs;
+    }
+    cp_async_commit();  // empty groups too: the wait below counts groups
+  }
+  int stage = 0;
+  for (int j = 0; j < count; ++j) {
+    // x, zero points and scales of the unit first: their loads overlap the wait
+    uint4 xv[kMaxUnit][kRowsOf<MT, true>];
+    load_x<T, MT, true>(xv, xp, unit, m, k, sh.gid);
+    uint32_t nz[4];
+    T sc[4];
+    load_group<T>(scales, zeros, gq0 + static_cast<int64_t>(g) * npad, nz, sc);
+    cp_async_wait<kStages - 1>();  // unit j's group has landed
+    uint4* const here = slots + stage * kStageVecs;
+    uint4 q[kMaxUnit];
+#pragma unroll
+    for (int i = 0; i < kMaxUnit; ++i) {
+      if (i < unit) q[i] = here[i * 32];
+    }
+    unit_product<T, MT, true>(q, xv, unit, nz, sc, acc);
+    if (j + kStages < count) {  // refill this stage with unit j + kStages
+#pragma unroll
+      for (int i = 0; i < kMaxUnit; ++i) {
+        if (i < unit) cp_async16(here + i * 32, wp + i * 32, policy);
+      }
+      wp += step_vecs;
+    }
+    cp_async_commit();
+    stage = stage == kStages - 1 ? 0 : stage + 1;
+    xp += step_vecs;  // kWarps * unit chunks of 32 K values = step_vecs elements of x
+    g += g_step;
+    ug += ug_step;
+    if (ug >= units_per_group) {
+      ug -= units_per_group;
+      ++g;
+    }
+  }
+  cp_async_wait<0>();
+  __syncthreads();  // every warp is done with the pipeline: its memory becomes `red`
+  finish<T, MT, true>(acc, reinterpret_cast<float(*)[MT][kStrip]>(pipe), bias, out, workspace,
+                      counters, m, n);
+}
+
 // One thread per output word: word (strip, chunk, lane, tile) of the tiled layout is the
 // canonical word (K/8 index 4 * chunk + lane % 4, column 32 * strip + 8 * tile + lane / 4)
 // with its nibbles reordered 0, 2, 4, 6, 1, 3, 5, 7; zero past column n.
@@ -410,38 +585,64 @@ __global__ void w4_repack_kernel(const int32_t* __restrict__ canonical,
   repacked[idx] = static_cast<int32_t>(dst);
 }
 
-template <typename T, int MT, bool kMma>
+template <typename T, int MT, bool kMma, bool kPipe>
 void launch_typed(const void* x, const int32_t* repacked, const void* scales, const uint8_t* zeros,
                   const void* bias, void* out, float* workspace, unsigned* counters, int m, int n,
                   int k, int group, int split, cudaStream_t stream) {
   const int units = k / kChunk / unit_chunks(group / kChunk);
   const int per_split = (units + split - 1) / split;
   const dim3 grid((n + kStrip - 1) / kStrip, split);
-  w4a16_small_m_kernel<T, MT, kMma><<<grid, kWarps * 32, 0, stream>>>(
-      static_cast<const T*>(x), reinterpret_cast<const uint4*>(repacked),
-      static_cast<const T*>(scales), zeros, static_cast<const T*>(bias), static_cast<T*>(out),
-      split > 1 ? workspace : nullptr, split > 1 ? counters : nullptr, m, n, k, group, per_split);
-  MK_CHECK_LAUNCH("w4a16_small_m_kernel");
+  const auto args = [&](auto kernel, int smem, const char* name) {
+    kernel<<<grid, kWarps * 32, smem, stream>>>(
+        static_cast<const T*>(x), reinterpret_cast<const uint4*>(repacked),
+        static_cast<const T*>(scales), zeros, static_cast<const T*>(bias), static_cast<T*>(out),
+        split > 1 ? workspace : nullptr, split > 1 ? counters : nullptr, m, n, k, group,
+        per_split);
+    MK_CHECK_LAUNCH(name);
+  };
+  if constexpr (kPipe) {
+    // 48 KiB of dynamic shared memory plus finish's static flag: over the default limit
+    // (48 KiB in all), so the kernel opts in, once per device (bit d of `opted`: done on
+    // device d; devices past 63 opt in at every launch; setting it twice is harmless)
+    static std::atomic<uint64_t> opted{0};
+    int device = 0;
+    MK_CUDA_CHECK(cudaGetDevice(&device), "w4a16_pipe_kernel: current device");
+    const uint64_t bit = device < 64 ? uint64_t{1} << device : 0;
+    if ((opted.load(std::memory_order_relaxed) & bit) == 0) {
+      MK_CUDA_CHECK(cudaFuncSetAttribute(w4a16_pipe_kernel<T, MT>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, kPipeSmem),
+                    "w4a16_pipe_kernel: shared memory opt-in");
+      opted.fetch_or(bit, std::memory_order_relaxed);
+    }
+    args(w4a16_pipe_kernel<T, MT>, kPipeSmem, "w4a16_pipe_kernel");
+  } else {
+    args(w4a16_small_m_kernel<T, MT, kMma>, 0, "w4a16_small_m_kernel");
+  }
 }
 
 template <typename T>
 void launch_m(const void* x, const int32_t* repacked, const void* scales, const uint8_t* zeros,
               const void* bias, void* out, float* workspace, unsigned* counters, int m, int n,
               int k, int group, int split, int path, cudaStream_t stream) {
-  const bool fma = path == kW4PathFma;  // auto: mma for every M (see the crossover note)
-#define MK_W4_LAUNCH(MT, MMA)                                                                   \
-  launch_typed<T, MT, MMA>(x, repacked, scales, zeros, bias, out, workspace, counters, m, n, k, \
-                           group, split, stream)
-  if (fma) {
+#define MK_W4_LAUNCH(MT, MMA, PIPE)                                                              \
+  launch_typed<T, MT, MMA, PIPE>(x, repacked, scales, zeros, bias, out, workspace, counters, m, \
+                                 n, k, group, split, stream)
+  if (path == kW4PathFma) {
     if (m <= 1) {
-      MK_W4_LAUNCH(1, false);
+      MK_W4_LAUNCH(1, false, false);
     } else {
-      MK_W4_LAUNCH(kFmaRowsMax, false);
+      MK_W4_LAUNCH(kFmaRowsMax, false, false);
     }
-  } else if (m <= 8) {
-    MK_W4_LAUNCH(8, true);
+  } else if (path == kW4PathPipe) {
+    if (m <= 8) {
+      MK_W4_LAUNCH(8, true, true);
+    } else {
+      MK_W4_LAUNCH(16, true, true);
+    }
+  } else if (m <= 8) {  // auto: mma for every M (see the crossover note)
+    MK_W4_LAUNCH(8, true, false);
   } else {
-    MK_W4_LAUNCH(16, true);
+    MK_W4_LAUNCH(16, true, false);
   }
 #undef MK_W4_LAUNCH
 }

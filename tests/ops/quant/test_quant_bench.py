@@ -50,6 +50,9 @@ def test_quant_suite_rows_on_cpu(tiny_ceilings):
     assert any("torch._scaled_mm" in s for s in report.skipped)
     if runtime.triton_interpret():
         assert ("fp8_gemm", "fp8_rowwise", "triton", 1) in rows
+        legacy = rows[("quant_matmul", "w4a16", "triton_legacy", 1)]  # a VARIANT_MS row
+        assert legacy.baseline == "torch" and legacy.ratio_to_baseline > 0
+    assert ("quant_matmul", "w4a16", "cuda_pipe", 1) not in rows  # cuda not asked for
 
 
 @pytest.mark.skipif(not runtime.triton_interpret(), reason="the CPU runs Triton interpreted")

@@ -68,10 +68,12 @@ def _small_m_args(m=2, k=128, n=16, group=32, split=1, x_dtype=torch.float16, **
         ({"split": 2, "counters": torch.zeros(2, dtype=torch.int32)}, "counters"),
         ({"split": 2}, "CUDA device memory"),  # a complete split call, on the CPU
         ({"split": 5}, "split"),
-        ({"path": 3}, "path"),
+        ({"path": 4}, "path"),
+        ({"path": -1}, "path"),
         ({"m": 3, "path": 1}, "fma path"),
         ({}, "CUDA device memory"),  # everything right but on the CPU: the device check
         ({"m": 16, "n": 40, "path": 2}, "CUDA device memory"),
+        ({"m": 16, "n": 40, "path": 3}, "CUDA device memory"),  # pipe: valid up to the device
     ],
 )
 def test_small_m_argument_checks(override, match):
@@ -113,6 +115,37 @@ def test_table_serves_only_what_the_kernel_does():
     assert quant.TABLE.names().index("triton") < quant.TABLE.names().index("cuda")
 
 
+def test_auto_rule_cuda_clause(monkeypatch):
+    """auto takes cuda first for 1 <= M <= CUDA_AUTO_MAX_M where cuda serves (0 today: never);
+    MILLKERNELS_BACKEND overrides it."""
+    from millkernels.ops.quant import capabilities
+
+    facts = QuantCall(
+        op="matmul", scheme="w4a16", device="cuda", dtype="float16",
+        capability=(9, 0), group_size=128, in_features=4096, m=1,
+    )  # fmt: skip
+    assert capabilities.CUDA_AUTO_MAX_M == 0 and not capabilities.cuda_first(facts)
+    monkeypatch.setattr(capabilities, "CUDA_AUTO_MAX_M", 16)
+
+    class Served:  # a table where every backend serves; select: the first, triton
+        family = "quant"
+
+        def reason(self, name, call):
+            return None
+
+        def select(self, backend, call, op):
+            return "triton" if backend == "auto" else backend
+
+    monkeypatch.setattr(capabilities, "TABLE", Served())
+    assert capabilities.cuda_first(facts) and capabilities.cuda_first(replace(facts, m=16))
+    assert not capabilities.cuda_first(replace(facts, m=17))
+    assert not capabilities.cuda_first(replace(facts, m=0))  # empty x: the reference's job
+    assert not capabilities.cuda_first(replace(facts, m=None))
+    assert capabilities.resolve(facts, "auto") == "cuda"
+    monkeypatch.setenv("MILLKERNELS_BACKEND", "triton")
+    assert capabilities.resolve(facts, "auto") == "triton"
+
+
 @pytest.mark.native
 def test_cuda_backend_refuses_cpu_tensors():
     qw = quant.quantize(torch.randn(16, 64), "w4a16", group_size=32)
@@ -121,7 +154,7 @@ def test_cuda_backend_refuses_cpu_tensors():
 
 
 def _paths(m):
-    return ["auto", "mma", "fma"] if m <= 2 else ["auto", "mma"]
+    return ["auto", "mma", "pipe", "fma"] if m <= 2 else ["auto", "mma", "pipe"]
 
 
 @pytest.mark.native
@@ -158,7 +191,9 @@ def test_cuda_w4a16_gpu(m, dtype, group_size, symmetric):
 @pytest.mark.native
 @pytest.mark.gpu
 @pytest.mark.parametrize("split", [1, 2, 3, 4])
-@pytest.mark.parametrize("m,path", [(5, "mma"), (16, "mma"), (1, "fma"), (2, "fma")])
+@pytest.mark.parametrize(
+    "m,path", [(5, "mma"), (16, "mma"), (1, "fma"), (2, "fma"), (1, "pipe"), (16, "pipe")]
+)
 def test_cuda_w4a16_split_and_bias_gpu(split, m, path):
     """One launch reduces the K split in the kernel and adds the bias; the cached counters are
     back to 0 afterwards; a second call on the same inputs is bitwise identical (fixed-order
@@ -185,7 +220,7 @@ def test_cuda_w4a16_split_and_bias_gpu(split, m, path):
 
 @pytest.mark.native
 @pytest.mark.gpu
-@pytest.mark.parametrize("m,path", [(3, 2), (16, 2), (2, 1)])
+@pytest.mark.parametrize("m,path", [(3, 2), (16, 2), (2, 1), (3, 3), (16, 3)])
 def test_cuda_w4a16_split_workspace_poisoned_gpu(m, path):
     """Raw binding, poisoned out and workspace: every block stores rows < M of its partial tile
     (rows >= M stay NaN), the partials sum to the product, `out` is complete (bias added) and
@@ -217,7 +252,7 @@ def test_cuda_w4a16_split_workspace_poisoned_gpu(m, path):
 
 @pytest.mark.native
 @pytest.mark.gpu
-@pytest.mark.parametrize("path", ["mma", "fma"])
+@pytest.mark.parametrize("path", ["mma", "fma", "pipe"])
 def test_cuda_w4a16_split_loop_and_empty_splits_gpu(path):
     """Many launches on the same cached workspace (a counter not reset breaks the next one),
     fresh inputs each time; split = K/32 leaves some blocks without K units (they still arrive)."""
@@ -619,6 +654,57 @@ def test_kernel_index_model(dtype, m, path, group_size, symmetric, split):
     np.testing.assert_allclose(got, ref.numpy(), rtol=1e-9, atol=1e-9)
     if split > 1:  # rows < M of every (strip, split) tile stored, nothing else
         assert not np.isnan(ws[:, :, : 32 * m]).any() and np.isnan(ws[:, :, 32 * m :]).all()
+
+
+def _pipe_schedule(k, group, split, warp, y):
+    """w4a16_pipe_kernel's loop for one warp of block (strip, y), as the C++ computes it (no
+    division in the loop): the units its iterations multiply, the group index it uses, and the
+    unit each read finds in its stage (copies: prologue units 0..2, refill after the read)."""
+    stages, warps = 3, _WARPS
+    cpg = group // 32
+    unit = _unit_chunks(cpg)
+    upg, units = cpg // unit, (k // 32) // unit
+    per_split = -(-units // split)  # launch_typed
+    u_begin = y * per_split + warp
+    u_end = min(y * per_split + per_split, units)
+    count = (u_end - u_begin + warps - 1) // warps if u_end > u_begin else 0
+    g, ug = u_begin // upg, u_begin - (u_begin // upg) * upg
+    g_step, ug_step = warps // upg, warps - (warps // upg) * upg
+    slot = [None] * stages  # the unit whose copy a stage holds
+    fetch = u_begin  # wp's unit
+    for s_ in range(stages):
+        if s_ < count:
+            slot[s_], fetch = fetch, fetch + warps
+    out, stage = [], 0
+    for j in range(count):
+        out.append((slot[stage], g))
+        if j + stages < count:
+            slot[stage], fetch = fetch, fetch + warps
+        stage = 0 if stage == stages - 1 else stage + 1
+        g, ug = g + g_step, ug + ug_step
+        if ug >= upg:
+            g, ug = g + 1, ug - upg
+    return out
+
+
+@pytest.mark.parametrize("group", [32, 64, 96, 128, 160, 384, 1024])
+@pytest.mark.parametrize("split", [1, 2, 3, 5])
+def test_pipe_kernel_schedule_model(group, split):
+    """Every warp of the pipe kernel multiplies the units the mma kernel's warp does
+    (u_begin, u_begin + 8, ...), each with its group u // units_per_group and the data that
+    was copied for it."""
+    k = 3840  # 120 chunks: a multiple of every group above (1024 aside: K = 4096 there)
+    k = 4096 if 4096 % group == 0 and 3840 % group else k
+    cpg = group // 32
+    unit = _unit_chunks(cpg)
+    upg, units = cpg // unit, (k // 32) // unit
+    per_split = -(-units // split)
+    for y in range(split):
+        for warp in range(_WARPS):
+            want = range(y * per_split + warp, min(y * per_split + per_split, units), _WARPS)
+            got = _pipe_schedule(k, group, split, warp, y)
+            assert [u for u, _ in got] == list(want)
+            assert [g for _, g in got] == [u // upg for u in want]
 
 
 def test_repack_reference_layout():

@@ -81,8 +81,12 @@ def _launch(x, qw, bias, **kw):
     )  # fmt: skip
 
 
-# (K, N): neither a multiple of the 64/128 tiles; group sizes from 32 to per-channel
-CASES = [("w4a16", 32, 224, 72), ("w4a16", -1, 200, 40), ("w8a16", 64, 320, 56)]
+# (K, N): neither a multiple of the 64/128 tiles; group sizes from 32 to per-channel; 96: a
+# split (128 K values) starting inside a group (the kernel carries the group index)
+CASES = [
+    ("w4a16", 32, 224, 72), ("w4a16", -1, 200, 40), ("w8a16", 64, 320, 56),
+    ("w4a16", 96, 384, 40),
+]  # fmt: skip
 
 
 @pytest.mark.parametrize("variant", capabilities.TRITON_VARIANTS)

@@ -13,6 +13,11 @@ fp8_block GEMM alone at a few (shape, M) points (``quant.fp8_variants``): each T
 GEMM, ``triton`` (current), ``triton_legacy``, ``triton_tma`` (Hopper), and ``triton_nosplit``
 where the current kernel splits K (small M), against the ``triton_legacy`` row as baseline.
 
+At M in ``VARIANT_MS`` (1 and 16) the integer schemes also get rows of kernel variants kept
+for comparison (``backend`` ``triton_legacy``: one I2F per weight, split-K partials summed in
+torch; ``cuda_pipe``: the CUDA kernel with a cp.async weight pipeline, w4a16), with the same
+baseline.
+
 Options: ``quant.shapes`` (list of (model, proj, N, K)), ``quant.ms``, ``quant.schemes``,
 ``quant.backends`` (default: triton and cuda on a GPU; reference only on a CPU, where
 interpreted Triton is too slow to time).
@@ -56,6 +61,9 @@ FP8_VARIANTS = (
     ("square", "8192", 16),
     ("square", "8192", 4096),
 )
+# M of the kernel-variant rows (triton_legacy: the I2F kernel with split-K summed in torch;
+# cuda_pipe: the cp.async-pipelined CUDA kernel), beside triton / cuda and the torch baseline
+VARIANT_MS = (1, 16)
 
 
 def shapes(gpu: bool, quick: bool) -> tuple[tuple[str, str, int, int], ...]:
@@ -140,7 +148,7 @@ def quant_suite(ctx: BenchContext) -> Iterator[Row]:
                 qw = qws[scheme]
                 facts = api.call_facts(x, scheme, qw.group_size, k)
                 nbytes = m * k * 2 + qw.nbytes() + m * n * 2
-                ref = None
+                ref_of = functools.cache(functools.partial(reference.matmul, x, qw))
                 for backend in quant.TABLE.names():
                     if backend not in wanted:
                         continue
@@ -148,17 +156,10 @@ def quant_suite(ctx: BenchContext) -> Iterator[Row]:
                     if why:
                         ctx.skip(f"{scheme} {backend} {shape}", why)
                         continue
-                    try:
-                        out = quant.matmul(x, qw, backend=backend)
-                        if ref is None:
-                            ref = reference.matmul(x, qw)
-                        err = _rel_err(out, ref)
-                        ok = ctx.check(err < 1e-2, f"{scheme} {backend} {shape}: rel err {err:.3g}")
-                    except Exception as exc:
-                        ok = ctx.check(False, f"{scheme} {backend} {shape} raised {exc!r}")
-                    if not ok:
+                    call = functools.partial(quant.matmul, x, qw, backend=backend)
+                    if not _passes(ctx, call, ref_of, f"{scheme} {backend} {shape}"):
                         continue
-                    t = ctx.measure(functools.partial(quant.matmul, x, qw, backend=backend))
+                    t = ctx.measure(call)
                     config = None
                     if backend == "triton" and ctx.gpu:
                         mod = triton_fp8 if qw.is_fp8 else triton_weight_only
@@ -178,6 +179,10 @@ def quant_suite(ctx: BenchContext) -> Iterator[Row]:
                             ),
                         },
                     )  # fmt: skip
+                if not qw.is_fp8 and m in VARIANT_MS:
+                    yield from _variant_rows(
+                        ctx, x, qw, shape, flops, nbytes, base_t, wanted, ref_of
+                    )
                 if scheme in ("fp8_tensor", "fp8_rowwise") and "triton" in wanted:
                     yield from _fp8_gemm_rows(ctx, x, qw, shape, flops, nbytes, scaled_mm_why)
                 variants = ctx.option("quant.fp8_variants", FP8_VARIANTS)
@@ -185,6 +190,51 @@ def quant_suite(ctx: BenchContext) -> Iterator[Row]:
                     yield from _fp8_variant_rows(ctx, x, qw, shape, flops, nbytes)
         if ctx.gpu:
             torch.cuda.empty_cache()
+
+
+def _variants(x: Any, qw: Any, wanted: Any) -> dict[str, Any]:
+    """Row name -> call, for the kernel variants this call can run (see VARIANT_MS)."""
+    from millkernels.ops.quant import TABLE, api, triton_weight_only
+
+    facts = api.call_facts(x, qw.scheme, qw.group_size, qw.in_features)
+    n = qw.out_features
+    out: dict[str, Any] = {}
+    if "triton" in wanted and TABLE.reason("triton", facts) is None and qw.perm is None:
+        out["triton_legacy"] = functools.partial(
+            triton_weight_only.matmul, x, qw.qweight, qw.scales, qw.zeros, None, bits=qw.bits,
+            group_size=qw.group_size, n=n, variant="legacy",
+        )  # fmt: skip
+    if "cuda" in wanted and TABLE.reason("cuda", facts) is None and qw.perm is None:
+        from millkernels.ops.quant import cuda
+
+        out["cuda_pipe"] = functools.partial(
+            cuda.matmul, x, qw.qweight, qw.scales, qw.zeros, None, group_size=qw.group_size,
+            n=n, path="pipe",
+        )  # fmt: skip
+    return out
+
+
+def _passes(ctx: BenchContext, call: Any, ref_of: Any, label: str) -> bool:
+    """Run ``call`` once against ``ref_of()`` (relative error < 1e-2) before it is timed; an
+    exception is a failed check too."""
+    try:
+        err = _rel_err(call(), ref_of())
+        return ctx.check(err < 1e-2, f"{label}: rel err {err:.3g}")
+    except Exception as exc:
+        return ctx.check(False, f"{label} raised {exc!r}")
+
+
+def _variant_rows(ctx, x, qw, shape, flops, nbytes, base_t, wanted, ref_of) -> Iterator[Row]:
+    """Rows of the kernel variants kept for comparison, each checked before it is timed."""
+    for name, call in _variants(x, qw, wanted).items():
+        if not _passes(ctx, call, ref_of, f"{qw.scheme} {name} {shape}"):
+            continue
+        yield ctx.row(
+            op="quant_matmul", shape=shape, dtype=qw.scheme, backend=name,
+            timing=ctx.measure(call), flops=flops, bytes=nbytes,
+            ceiling=_ceiling(ctx, shape["m"], False),
+            baseline="torch", baseline_timing=base_t,
+        )  # fmt: skip
 
 
 def _fp8_gemm_rows(ctx, x, qw, shape, flops, nbytes, scaled_mm_why) -> Iterator[Row]:

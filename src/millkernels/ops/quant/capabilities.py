@@ -12,8 +12,8 @@ import torch
 
 from millkernels import runtime
 from millkernels._native import cuda_unavailable_reason
-from millkernels.dispatch import BackendSpec, CallFacts, CapabilityTable
-from millkernels.ops.analysis_spec import CudaHot
+from millkernels.dispatch import BackendSpec, CallFacts, CapabilityTable, env_override
+from millkernels.ops.analysis_spec import CudaHot, Expect
 from millkernels.ops.quant.formats import FP8_SCHEMES, SCHEMES
 
 FP8_MIN_CAPABILITY = (8, 9)  # e4m3 tensor cores: Ada (8.9) and Hopper (9.0)
@@ -102,12 +102,21 @@ def fp8_reason(call: QuantCall) -> str | None:
     return None
 
 
+def cuda_first(call: QuantCall) -> bool:
+    """The auto rule's CUDA clause: 1 <= M <= :data:`CUDA_AUTO_MAX_M` and cuda can serve."""
+    m = call.m
+    return m is not None and 1 <= m <= CUDA_AUTO_MAX_M and TABLE.reason("cuda", call) is None
+
+
 def resolve(call: QuantCall, backend: str) -> str:
     """``TABLE.select(backend, call)``, after the fp8 check no backend waives (a ValueError
-    naming ``qweight``: the weight's scheme cannot run on this GPU at all)."""
+    naming ``qweight``: the weight's scheme cannot run on this GPU at all); ``"auto"`` (without
+    ``MILLKERNELS_BACKEND``) takes cuda first when :func:`cuda_first` holds."""
     why = fp8_reason(call)
     if why:
         raise ValueError(f"qweight: {why}")
+    if backend == "auto" and env_override(TABLE.family) is None and cuda_first(call):
+        return "cuda"
     return TABLE.select(backend, call, call.op)
 
 
@@ -195,7 +204,8 @@ TABLE = CapabilityTable(
             notes=(
                 "w4a16, M <= 16, K and group size multiples of 32: 16-byte weight loads, "
                 "lop3 magic-number int4 conversion, mma.sync tensor cores (an fp32-FMA path "
-                "for M <= 2 via ops.quant.cuda.matmul(path='fma')), split K; repacked once "
+                "for M <= 2 via ops.quant.cuda.matmul(path='fma'); a 3-stage cp.async weight "
+                "pipeline via path='pipe'), split K; repacked once "
                 "per weight; the K split is reduced inside the kernel (one launch). Not yet run "
                 "on a GPU: reached only when named"
             ),
@@ -211,13 +221,26 @@ TABLE = CapabilityTable(
         ),
     ),
     auto_rule=(
-        "triton when it can serve the call (GPU, or CPU under the interpreter), else the "
-        "reference. cuda comes after triton (auto never picks it on a GPU) until a GPU run "
-        "has checked it and benchmarks/results/ shows it faster for M <= 16. Not yet backed "
-        "by a GPU measurement in benchmarks/results/."
+        "cuda for 1 <= M <= CUDA_AUTO_MAX_M (now 0: never, until the GPU campaign's quant rows "
+        "show cuda / cuda_pipe faster than triton at small M), else triton when it can serve "
+        "the call (GPU, or CPU under the interpreter), else the reference. Not yet backed by a "
+        "GPU measurement in benchmarks/results/."
     ),
     choices=lambda: {f"fp8 GEMM kernels ({FP8_KERNELS_ENV})": fp8_kernels_setting()},
 )
 
-# csrc/quant/w4a16.cu: `millkernels analyze --check` fails if these spill
-ANALYSIS = (CudaHot(("w4a16_small_m_kernel", "w4_repack_kernel")),)
+# csrc/quant/w4a16.cu: `millkernels analyze --check` fails if these spill, or if the pipe
+# kernel's loop loses its evidence (sm_90a and sm_80 SASS: no I2F / MUFU, the instructions of
+# the integer-division sequence; LDGSTS: the cp.async weight copies)
+_PIPE_EXPECT = (
+    Expect("spill_bytes", "==", 0, "no register spills"),
+    Expect("loop.i2f", "==", 0, "no integer division in the loop (I2F.U32.RP of its sequence)"),
+    Expect("loop.mufu", "==", 0, "no integer division in the loop (MUFU.RCP of its sequence)"),
+    Expect("loop.async_copies", ">=", 1, "weights stream through cp.async (LDGSTS)"),
+)
+ANALYSIS = (
+    CudaHot(
+        ("w4a16_small_m_kernel", "w4a16_pipe_kernel", "w4_repack_kernel"),
+        expect={"w4a16_pipe_kernel": _PIPE_EXPECT},
+    ),
+)

@@ -8,9 +8,11 @@ tensor; the version counters of qweight, scales and zeros are checked, so an in-
 prepares again). :func:`repack_reference` is the same repack on the CPU (the layout's
 definition, used by the tests).
 
-``matmul`` launches once, on torch's current stream. The kernel has two paths: ``"mma"``
-(mma.sync.m16n8k16 tensor cores; what ``"auto"`` picks for every M, see the crossover note in
-``csrc/quant/w4a16.cu``) and ``"fma"`` (fp32 FMAs, M <= 2); both end in the same epilogue.
+``matmul`` launches once, on torch's current stream. Paths: ``"mma"`` (mma.sync.m16n8k16
+tensor cores; what ``"auto"`` picks for every M, see the crossover note in
+``csrc/quant/w4a16.cu``), ``"fma"`` (fp32 FMAs, M <= 2) and ``"pipe"`` (``w4a16_pipe_kernel``:
+the mma path with the weight stream in a 3-stage cp.async pipeline through shared memory, L2
+evict-first); all end in the same epilogue.
 
 K split (``split > 1``): K is split across ``split`` blocks per 32-column strip and reduced
 inside the same launch. Each block stores its float32 partial tile to a workspace, float32
@@ -48,7 +50,7 @@ CHUNK = 32  # K values per 16-byte load: K and the group size must be multiples 
 STRIP = 32  # output columns per block: N is padded to a multiple of it in the kernel layout
 MAX_M = 16
 FMA_MAX_M = 2  # rows the "fma" path is compiled for
-PATHS = {"auto": 0, "fma": 1, "mma": 2}
+PATHS = {"auto": 0, "fma": 1, "mma": 2, "pipe": 3}
 WS_TILE = MAX_M * STRIP  # floats per (strip, split) workspace tile (kW4WorkspaceTile)
 _NIBBLE_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)  # input feature held by nibble position p of a word
 
@@ -161,7 +163,8 @@ def matmul(
 ) -> torch.Tensor:
     """x (M <= 16, K) contiguous fp16/bf16 -> (M, N) in x's dtype (+ bias), one kernel launch.
 
-    ``path``: ``"auto"`` (the tensor-core path for every M), ``"mma"`` or ``"fma"`` (M <= 2).
+    ``path``: ``"auto"`` (the tensor-core path for every M), ``"mma"``, ``"fma"`` (M <= 2) or
+    ``"pipe"`` (mma with a cp.async weight pipeline).
     ``split``: blocks K is split across (default :func:`choose_split`), reduced in the kernel.
     ``workspace``: the (workspace, counters) pair for ``split > 1`` (:func:`new_workspace`;
     counters 0 on entry, left 0); default: the cached pair of the current stream

@@ -14,7 +14,7 @@ import torch
 
 from millkernels.ops.custom_op import family_op
 from millkernels.ops.quant import reference
-from millkernels.ops.quant.capabilities import call_facts, resolve
+from millkernels.ops.quant.capabilities import CUDA_DEFAULT_PATH, call_facts, resolve
 from millkernels.ops.quant.formats import FP8_SCHEMES, QuantizedWeight
 
 _FP8_MODE = {"fp8_tensor": 0, "fp8_rowwise": 1, "fp8_block": 2}
@@ -47,7 +47,10 @@ def _launch(
     if name == "cuda":
         from millkernels.ops.quant import cuda
 
-        return cuda.matmul(x2, qweight, scales, zeros, bias, group_size=group_size, n=out_features)
+        return cuda.matmul(
+            x2, qweight, scales, zeros, bias, group_size=group_size, n=out_features,
+            path=CUDA_DEFAULT_PATH,
+        )  # fmt: skip
     if scheme in FP8_SCHEMES:
         from millkernels.ops.quant import triton_fp8
 
