@@ -4,7 +4,8 @@ Ops: ``attention`` and ``attention_varlen`` (training: forward and backward) and
 ``attention_decode`` (paged KV cache). Every rule takes an :class:`AttentionCall`, built by
 :func:`call_facts` from validated arguments. Besides the backend rules (``serves``) this
 module owns the launch choices the table makes inside a backend: whether the Triton
-training kernels load through tensor descriptors (TMA), :func:`tma_reason`, and which previous
+training kernels load through tensor descriptors (TMA), :func:`tma_reason`, whether the
+Triton forward tries its warp-specialised kernel, :func:`ws_reason`, and which previous
 decode rules :data:`DECODE_LEGACY_ENV` brings back for GPU comparisons, :func:`decode_legacy`.
 """
 
@@ -44,6 +45,10 @@ CUDA_DECODE_MAX_GROUP = 4
 #: instead of KV_STAGES), ``cuda_gqa`` (the CUDA kernel serves GQA groups of 4 and more).
 DECODE_LEGACY_ENV = "MILLKERNELS_DECODE_LEGACY"
 DECODE_LEGACY_PARTS = ("splits", "stages", "cuda_gqa")
+#: Opt-in switch for the warp-specialised Triton forward on sm_90+: "1" to use it for calls
+#: it fits (full blocks, no mask: :func:`.triton_fwd.ws_unfit`). Off by default until GPU
+#: measurements show it ahead (`millkernels bench attention` reports ``triton_ws``).
+WS_ENV = "MILLKERNELS_ATTENTION_WS"
 
 
 @dataclass(frozen=True)
@@ -52,13 +57,15 @@ class AttentionCall(CallFacts):
 
     ``aligned16``: every data pointer of the call's tensors is 16-byte aligned and every
     stride but the last is a multiple of 16 bytes (the CUDA decode kernel's and TMA's rule).
-    ``tma_opt_in``: :data:`TMA_ENV` was "1" when the facts were taken.
+    ``tma_opt_in``, ``ws_opt_in``: :data:`TMA_ENV`, :data:`WS_ENV` were "1" when the facts
+    were taken.
     ``group``: query heads per key/value head (GQA; 1 for MHA).
     """
 
     head_dim: int = 0
     aligned16: bool = True
     tma_opt_in: bool = False
+    ws_opt_in: bool = False
     group: int = 1
 
 
@@ -117,6 +124,7 @@ def facts_from_values(
         aligned16=aligned,
         tma_opt_in=os.environ.get(TMA_ENV, "0") == "1",
         group=int(group),
+        ws_opt_in=os.environ.get(WS_ENV, "0") == "1",
     )
 
 
@@ -242,8 +250,13 @@ def tma_reason(call: AttentionCall) -> str | None:
     ``tl.make_tensor_descriptor``."""
     if not call.tma_opt_in:
         return f"{TMA_ENV} is not 1 (the TMA kernels are opt-in)"
+    return _descriptor_reason(call, "TMA kernels")
+
+
+def _descriptor_reason(call: AttentionCall, what: str) -> str | None:
+    """Why tensor-descriptor kernels (``what``) cannot serve ``call``, the opt-in aside."""
     if call.op not in TRAINING_OPS:
-        return f"no TMA kernels for {call.op}"
+        return f"no {what} for {call.op}"
     if not runtime.triton_interpret():
         cap = call.capability if call.device == "cuda" else None
         if cap is None:
@@ -262,14 +275,34 @@ def use_tma(call: AttentionCall) -> bool:
     return tma_reason(call) is None
 
 
-def tma_setting() -> str:
-    """The TMA choice on this machine for aligned tensors, in words (``millkernels info``)."""
+def ws_reason(call: AttentionCall) -> str | None:
+    """Why the Triton forward does not try its warp-specialised kernel for ``call``; None: it
+    does, and the launcher still takes the other kernel for calls that do not fit it
+    (:func:`.triton_fwd.ws_unfit`: masks, varlen, partial blocks) or when Triton did not
+    specialise it. Needs the opt-in (:data:`WS_ENV`) and what TMA needs (:func:`tma_reason`)
+    but its opt-in: the WS kernel loads through tensor descriptors."""
+    if not call.ws_opt_in:
+        return f"{WS_ENV} is not 1 (the warp-specialised forward is opt-in)"
+    return _descriptor_reason(call, "warp-specialised kernels")
+
+
+def use_ws(call: AttentionCall) -> bool:
+    """The warp-specialisation decision for ``call`` (see :func:`ws_reason`)."""
+    return ws_reason(call) is None
+
+
+def _machine_call() -> AttentionCall:
+    """A training call on this machine (GPU or interpreter) with aligned bf16 tensors."""
     if runtime.triton_interpret():
         device, cap = "cpu", None
     else:
         device, cap = "cuda", runtime.capability()
-    call = facts_from_values(TRAINING_OPS[0], device, "bfloat16", 128, capability=cap)
-    why = tma_reason(call)
+    return facts_from_values(TRAINING_OPS[0], device, "bfloat16", 128, capability=cap)
+
+
+def tma_setting() -> str:
+    """The TMA choice on this machine for aligned tensors, in words (``millkernels info``)."""
+    why = tma_reason(_machine_call())
     if why is None:
         return "on (training kernels, where q, k, v and dO are 16-byte aligned)"
     return f"off: {why}"
@@ -284,6 +317,14 @@ def decode_legacy_setting() -> str:
     return "previous: " + ", ".join(sorted(parts)) if parts else "current (none legacy)"
 
 
+def ws_setting() -> str:
+    """The warp-specialisation choice on this machine, in words (``millkernels info``)."""
+    why = ws_reason(_machine_call())
+    if why is None:
+        return "on (forward calls with full blocks and no mask, 16-byte aligned)"
+    return f"off: {why}"
+
+
 TABLE = CapabilityTable(
     family="attention",
     ops=OPS,
@@ -294,7 +335,8 @@ TABLE = CapabilityTable(
             dtypes=KERNEL_DTYPES,
             notes="FlashAttention-2 forward and deterministic backward, varlen, GQA, windows, "
             "softcap, head_dim multiple of 8 up to 256; paged-KV decode (split-KV); "
-            f"tensor-descriptor (TMA) training kernels on sm_90+ with {TMA_ENV}=1",
+            f"tensor-descriptor (TMA) training kernels on sm_90+ with {TMA_ENV}=1; "
+            f"warp-specialised forward on sm_90+ with {WS_ENV}=1",
             available=runtime.triton_unavailable_reason,
             serves=_triton_serves,
         ),
@@ -322,5 +364,6 @@ TABLE = CapabilityTable(
     choices=lambda: {
         f"TMA kernels ({TMA_ENV})": tma_setting(),
         f"decode legacy rules ({DECODE_LEGACY_ENV})": decode_legacy_setting(),
+        f"warp-specialised forward ({WS_ENV})": ws_setting(),
     },
 )
