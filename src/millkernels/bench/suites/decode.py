@@ -8,7 +8,8 @@ written once.
 
 On a few shapes (:data:`LEGACY_SHAPES`) the triton and cuda backends are also timed with
 ``MILLKERNELS_DECODE_LEGACY=all`` (rows ``triton-legacy`` / ``cuda-legacy``): the previous
-split rule, pipeline depth and the CUDA kernel for GQA groups of 4+, against the current ones.
+split rule, pipeline depth and the CUDA kernel for GQA groups of 4+, against the current ones;
+``cuda-gqa`` rows time the CUDA kernel at this group of 4 with the current split rule.
 
 Baselines measured in the same run: PyTorch SDPA on the same KV already gathered into a dense
 (batch, heads_kv, context, head_dim) tensor (``enable_gqa``; the gather is not timed, so this is
@@ -85,6 +86,16 @@ def _inputs(
     table[:, :blocks_per_seq] = perm.reshape(batch, blocks_per_seq)
     lens = torch.full((batch,), context, dtype=torch.int32, device=device)
     return q, k, v, table, lens
+
+
+def _legacy_settings(backend: str) -> tuple[str, ...]:
+    """MILLKERNELS_DECODE_LEGACY values a backend is timed under on :data:`LEGACY_SHAPES`:
+    the current rules, all previous ones, and for cuda the current split rule with the
+    kernel's GQA 4+ path (``cuda_gqa``: the table no longer offers it, so ``cuda`` alone
+    would time nothing at the suite's group of 4)."""
+    if backend == "reference":
+        return ("",)
+    return ("", "cuda_gqa", "all") if backend == "cuda" else ("", "all")
 
 
 @contextlib.contextmanager
@@ -213,8 +224,8 @@ def attention_decode_suite(ctx: BenchContext) -> Iterator[Row]:
         for backend in table_.names():
             if backend not in wanted or (backend == "reference" and ctx.gpu):
                 continue  # the reference syncs (cannot be graph-captured): it is the check
-            for legacy in ("", "all") if legacy_too and backend != "reference" else ("",):
-                label = f"{backend}-legacy" if legacy else backend
+            for legacy in _legacy_settings(backend) if legacy_too else ("",):
+                label = {"": backend, "all": f"{backend}-legacy"}.get(legacy, f"{backend}-gqa")
                 with _legacy(legacy):
                     facts = call_facts(DECODE_OP, q, k, v, group=heads_q // heads_kv)
                     reason = table_.reason(backend, facts)
