@@ -707,7 +707,7 @@ def test_bench_suite_on_cpu(monkeypatch):
         quick=True,
         rep_ms=5.0,
         warmup_ms=1.0,
-        options={"attention_decode.shapes": [(2, 40, 16)]},
+        options={"attention_decode.shapes": [(2, 48, 16), (1, 20, 16, 256)]},
         log=lambda m: None,
     )
     try:
@@ -715,10 +715,16 @@ def test_bench_suite_on_cpu(monkeypatch):
     finally:
         ceilings.clear_cache()
     assert report.exit_code() == 0, report.failures or report.errors
-    rows = {r.backend: r for r in report.rows}
-    assert {"sdpa", "reference", "triton"} <= set(rows)
-    work = bench_decode.decode_bytes(2, 40, 4, 2)
-    for r in report.rows:
+    rows = {r.backend: r for r in report.rows if r.shape["context"] == 48}
+    assert {"sdpa", "reference", "triton", "triton-legacy"} <= set(rows)  # a legacy shape
+    work = bench_decode.decode_bytes(2, 48, 4, 2)
+    for r in rows.values():
         assert r.op == "attention_decode" and r.bytes == work and r.gbps > 0
-        assert r.ceiling == "copy"
+        assert r.ceiling == "copy" and r.pct_of_ceiling is not None
     assert rows["triton"].baseline == "sdpa" and rows["triton"].config["splits"] >= 1
+    assert rows["triton"].config["legacy"] is None
+    assert rows["triton-legacy"].config["legacy"] == "cuda_gqa,splits,stages"
+    assert rows["triton-legacy"].config["split_tokens"] == 0
+    roomy = [r for r in report.rows if r.shape["context"] == 20]  # 20 live in a 256 table
+    assert {r.backend for r in roomy} >= {"sdpa", "triton"}
+    assert all(r.shape["capacity"] == 256 for r in roomy)

@@ -1,8 +1,15 @@
 """Suite ``attention_decode``: paged-KV decode GB/s against the measured copy bandwidth.
 
 Shapes: batch 1..64, context 512..8192 (every sequence at the full context), block sizes 16
-and 64, 32 query heads over 8 key/value heads (GQA), head_dim 128, bf16. Bytes counted are the
-fewest a decode must move: every cached K and V row once, q read and out written once.
+and 64, 32 query heads over 8 key/value heads (GQA), head_dim 128, bf16; plus 2K live tokens
+in a 32K-token block table (the split count must follow the live length, not the capacity).
+Bytes counted are the fewest a decode must move: every cached K and V row once, q read and out
+written once.
+
+On a few shapes (:data:`LEGACY_SHAPES`) the triton and cuda backends are also timed with
+``MILLKERNELS_DECODE_LEGACY=all`` (rows ``triton-legacy`` / ``cuda-legacy``): the previous
+split rule, pipeline depth and the CUDA kernel for GQA groups of 4+, against the current ones;
+``cuda-gqa`` rows time the CUDA kernel at this group of 4 with the current split rule.
 
 Baselines measured in the same run: PyTorch SDPA on the same KV already gathered into a dense
 (batch, heads_kv, context, head_dim) tensor (``enable_gqa``; the gather is not timed, so this is
@@ -13,12 +20,15 @@ Every backend is checked against the float32 reference (flash-attention's 2x rul
 is timed. Timing replays a CUDA graph of the call (no validation, no dispatch inside a replay,
 as in a serving loop); cases whose KV fits in L2 say so in ``notes``.
 
-Options: ``attention_decode.shapes`` (list of (batch, context, block_size) tuples),
+Options: ``attention_decode.shapes`` (list of (batch, context, block_size) tuples, or
+(batch, context, block_size, capacity) with a block table of ``capacity`` tokens),
 ``attention_decode.backends`` (subset of the family's backends).
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Iterator
 from functools import partial
 from typing import Any
@@ -29,20 +39,27 @@ from millkernels.bench.registry import suite
 from millkernels.bench.rows import Row
 
 HEADS_Q, HEADS_KV, HEAD_DIM = 32, 8, 128
-FULL_SHAPES = [
+FULL_SHAPES: list[tuple[int, ...]] = [
     (batch, context, block)
     for batch in (1, 8, 64)
     for context in (512, 2048, 4096, 8192)
     for block in (16, 64)
 ]
-QUICK_SHAPES = [(1, 512, 16), (8, 2048, 16), (64, 4096, 16), (64, 4096, 64)]
-CPU_SHAPES = [(2, 48, 16)]
+#: 2K live tokens per sequence in a 32K-token table (the capacity sizes the grid, not the work):
+#: at batch 1 the previous rule ran 64 splits, 32 of them empty; batch 8 does not fit in L2.
+CAPACITY_SHAPES: list[tuple[int, ...]] = [(1, 2048, 16, 32768), (8, 2048, 16, 32768)]
+QUICK_SHAPES: list[tuple[int, ...]] = [(1, 512, 16), (8, 2048, 16), (64, 4096, 16), (64, 4096, 64)]
+CPU_SHAPES: list[tuple[int, ...]] = [(2, 48, 16)]
+#: Shapes also timed with the previous rules (MILLKERNELS_DECODE_LEGACY=all); few, for time.
+LEGACY_SHAPES = {(1, 512, 16), (64, 4096, 16), *CAPACITY_SHAPES, *CPU_SHAPES}
+LEGACY_ENV = "MILLKERNELS_DECODE_LEGACY"
 #: KV smaller than this stays in a 50 MB L2 across graph replays.
 L2_BYTES = 50 << 20
 
 
-def shapes(gpu: bool, quick: bool) -> list[tuple[int, int, int]]:
-    """(batch, context, block_size) cases (also the pytest-benchmark suite's)."""
+def shapes(gpu: bool, quick: bool) -> list[tuple[int, ...]]:
+    """(batch, context, block_size) cases (also the pytest-benchmark suite's); the suite adds
+    :data:`CAPACITY_SHAPES` on a GPU."""
     return CPU_SHAPES if not gpu else QUICK_SHAPES if quick else FULL_SHAPES
 
 
@@ -51,7 +68,11 @@ def heads(gpu: bool) -> tuple[int, int]:
     return (HEADS_Q, HEADS_KV) if gpu else (4, 2)
 
 
-def _inputs(batch: int, context: int, block: int, device: str, heads_q: int, heads_kv: int):
+def _inputs(
+    batch: int, context: int, block: int, device: str, heads_q: int, heads_kv: int, capacity: int
+):
+    """Pages for ``context`` tokens per sequence in random order; the table has room for
+    ``capacity`` tokens, its entries past the live pages -1 (never read)."""
     import torch
 
     blocks_per_seq = -(-context // block)
@@ -61,9 +82,35 @@ def _inputs(batch: int, context: int, block: int, device: str, heads_q: int, hea
     k = torch.randn(num_blocks, block, heads_kv, HEAD_DIM, device=device, dtype=dtype)
     v = torch.randn(num_blocks, block, heads_kv, HEAD_DIM, device=device, dtype=dtype)
     perm = torch.randperm(num_blocks, device=device).to(torch.int32)
-    table = perm.reshape(batch, blocks_per_seq).contiguous()
+    table = torch.full((batch, max(-(-capacity // block), blocks_per_seq)), -1, dtype=torch.int32)
+    table = table.to(device)
+    table[:, :blocks_per_seq] = perm.reshape(batch, blocks_per_seq)
     lens = torch.full((batch,), context, dtype=torch.int32, device=device)
     return q, k, v, table, lens
+
+
+def _legacy_settings(backend: str) -> tuple[str, ...]:
+    """MILLKERNELS_DECODE_LEGACY values a backend is timed under on :data:`LEGACY_SHAPES`:
+    the current rules, all previous ones, and for cuda the current split rule with the
+    kernel's GQA 4+ path (``cuda_gqa``: the table no longer offers it, so ``cuda`` alone
+    would time nothing at the suite's group of 4)."""
+    if backend == "reference":
+        return ("",)
+    return ("", "cuda_gqa", "all") if backend == "cuda" else ("", "all")
+
+
+@contextlib.contextmanager
+def _legacy(value: str) -> Iterator[None]:
+    """``MILLKERNELS_DECODE_LEGACY`` set to ``value`` ("" unset) inside the block."""
+    old = os.environ.pop(LEGACY_ENV, None)
+    if value:
+        os.environ[LEGACY_ENV] = value
+    try:
+        yield
+    finally:
+        os.environ.pop(LEGACY_ENV, None)
+        if old is not None:
+            os.environ[LEGACY_ENV] = old
 
 
 def decode_bytes(batch: int, context: int, heads_q: int, heads_kv: int, itemsize: int = 2) -> int:
@@ -110,18 +157,25 @@ def attention_decode_suite(ctx: BenchContext) -> Iterator[Row]:
     from millkernels.testing import flash_tolerance_ok
 
     table_ = tables()["attention"]
-    cases = ctx.option("attention_decode.shapes", shapes(ctx.gpu, ctx.quick))
+    cases = ctx.option(
+        "attention_decode.shapes",
+        shapes(ctx.gpu, ctx.quick) + (CAPACITY_SHAPES if ctx.gpu else []),
+    )
     wanted = ctx.option("attention_decode.backends", table_.names())
     heads_q, heads_kv = heads(ctx.gpu)
     graph = ctx.gpu
     ctx.skip("flash-attn paged decode", "flash-attn's paged KV needs block_size % 256 == 0")
-    for batch, context, block in cases:
-        args = _inputs(batch, context, block, ctx.device, heads_q, heads_kv)
+    for case in cases:
+        batch, context, block = case[:3]
+        capacity = case[3] if len(case) > 3 else context
+        args = _inputs(batch, context, block, ctx.device, heads_q, heads_kv, capacity)
         q, k, v, table, lens = args
         shape = {
             "batch": batch, "context": context, "block_size": block,
             "heads_q": heads_q, "heads_kv": heads_kv, "head_dim": HEAD_DIM,
         }  # fmt: skip
+        if capacity > context:
+            shape["capacity"] = capacity
         work = decode_bytes(batch, context, heads_q, heads_kv)
         kv_bytes = 2 * batch * context * heads_kv * HEAD_DIM * 2
         notes = None
@@ -131,8 +185,9 @@ def attention_decode_suite(ctx: BenchContext) -> Iterator[Row]:
         ref_lp, _ = attention_decode_reference(*args, upcast=False)
 
         # baseline: SDPA over the same KV gathered into dense tensors (gather not timed)
-        dense_k = k[table.long()].reshape(batch, -1, heads_kv, HEAD_DIM)[:, :context]
-        dense_v = v[table.long()].reshape(batch, -1, heads_kv, HEAD_DIM)[:, :context]
+        live = table[:, : -(-context // block)].long()
+        dense_k = k[live].reshape(batch, -1, heads_kv, HEAD_DIM)[:, :context]
+        dense_v = v[live].reshape(batch, -1, heads_kv, HEAD_DIM)[:, :context]
         dk, dv = dense_k.transpose(1, 2).contiguous(), dense_v.transpose(1, 2).contiguous()
         q4 = q[:, :, None, :]
 
@@ -166,35 +221,47 @@ def attention_decode_suite(ctx: BenchContext) -> Iterator[Row]:
                     baseline_timing=base_t, notes=notes,
                 )  # fmt: skip
 
-        facts = call_facts(DECODE_OP, q, k, v)
+        legacy_too = tuple(case) in LEGACY_SHAPES
         for backend in table_.names():
             if backend not in wanted or (backend == "reference" and ctx.gpu):
                 continue  # the reference syncs (cannot be graph-captured): it is the check
-            reason = table_.reason(backend, facts)
-            if reason:
-                ctx.skip(f"{backend} {shape}", reason)
-                continue
-            try:
-                out = attention_decode(*args, backend=backend)
-                ok, err, _ = flash_tolerance_ok(out, ref_lp, ref32)
-            except Exception as exc:
-                ok, err = False, float("nan")
-                ctx.check(False, f"{backend} {shape} raised {type(exc).__name__}: {exc}")
-                continue
-            if not ctx.check(ok, f"{backend} {shape}: error {err:.3g}"):
-                continue
-            t = ctx.measure(partial(attention_decode, *args, backend=backend), cuda_graph=graph)
-            yield ctx.row(
-                op="attention_decode", shape=shape, dtype="bf16", backend=backend, timing=t,
-                bytes=work, baseline="sdpa" if base_t else None, baseline_timing=base_t,
-                config=_config(backend, batch, heads_q, heads_kv, table.shape[1] * block, q),
-                notes=notes,
-            )  # fmt: skip
+            for legacy in _legacy_settings(backend) if legacy_too else ("",):
+                label = {"": backend, "all": f"{backend}-legacy"}.get(legacy, f"{backend}-gqa")
+                with _legacy(legacy):
+                    facts = call_facts(DECODE_OP, q, k, v, group=heads_q // heads_kv)
+                    reason = table_.reason(backend, facts)
+                    if reason:
+                        ctx.skip(f"{label} {shape}", reason)
+                        continue
+                    try:
+                        out = attention_decode(*args, backend=backend)
+                        ok, err, _ = flash_tolerance_ok(out, ref_lp, ref32)
+                    except Exception as exc:
+                        ctx.check(False, f"{label} {shape} raised {type(exc).__name__}: {exc}")
+                        continue
+                    if not ctx.check(ok, f"{label} {shape}: error {err:.3g}"):
+                        continue
+                    run = partial(attention_decode, *args, backend=backend)
+                    t = ctx.measure(run, cuda_graph=graph)
+                    config = _config(backend, batch, heads_q, heads_kv, table.shape[1] * block, q)
+                yield ctx.row(
+                    op="attention_decode", shape=shape, dtype="bf16", backend=label, timing=t,
+                    bytes=work, baseline="sdpa" if base_t else None, baseline_timing=base_t,
+                    config=config, notes=notes,
+                )  # fmt: skip
         if ctx.gpu:
             torch.cuda.empty_cache()
 
 
 def _config(backend: str, batch: int, heads_q: int, heads_kv: int, capacity: int, q) -> dict:
+    """The launch choices of a row (under the legacy switch the row was timed with)."""
+    from millkernels.ops.attention import decode_plan
+    from millkernels.ops.attention.capabilities import decode_legacy
+
+    common = {
+        "split_tokens": decode_plan.split_tokens(q.device),
+        "legacy": ",".join(sorted(decode_legacy())) or None,
+    }
     if backend == "triton":
         from millkernels.ops.attention import triton_decode
 
@@ -202,6 +269,8 @@ def _config(backend: str, batch: int, heads_q: int, heads_kv: int, capacity: int
             "splits": triton_decode.num_splits(batch, heads_kv, capacity, q.device),
             "block_n": triton_decode.block_n(q.shape[-1]),
             "num_warps": triton_decode.NUM_WARPS,
+            "kv_stages": triton_decode.kv_stages(),
+            **common,
         }
     if backend == "cuda":
         from millkernels.ops.attention import cuda_decode
@@ -210,5 +279,6 @@ def _config(backend: str, batch: int, heads_q: int, heads_kv: int, capacity: int
         return {
             "splits": cuda_decode.num_splits(batch, heads_q, heads_kv, capacity, sms),
             "heads_per_cta": cuda_decode.heads_per_cta(heads_q // heads_kv),
+            **common,
         }
     return {}

@@ -220,7 +220,7 @@ def _attention_decode(ctx: ProbeContext, dev: Any) -> None:
     vc = torch.randn(num_blocks, block, heads_kv, d, device=dev, dtype=dtype)
     table = torch.randperm(num_blocks, device=dev).to(torch.int32).reshape(batch, per_seq)
     lens = torch.full((batch,), context, dtype=torch.int32, device=dev)
-    facts = call_facts(DECODE_OP, q, kc, vc)
+    facts = call_facts(DECODE_OP, q, kc, vc, group=heads_q // heads_kv)
     name = _kernel_backend(
         capabilities.TABLE, "attention_decode", facts, ctx.params.get("backend", "auto")
     )

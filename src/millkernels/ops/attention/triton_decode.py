@@ -308,6 +308,11 @@ def _split_variants() -> list[TritonVariant]:
                 "split_tokens": "i32",
             }  # fmt: skip
             stages = LEGACY_KV_STAGES if legacy else KV_STAGES
+            expect = [_NO_SPILL, _ASYNC_KV]
+            if not legacy:  # two shared-memory buffers each of K and V (the legacy depth: one)
+                tiles = 2 * 2 * block_n(head_dim) * head_dim * 2
+                why = "K and V are double-buffered in shared memory (2 x 2 tiles)"
+                expect.append(Expect("shared_bytes", ">=", tiles, why))
             for single in (False, True):
                 consts = {
                     "GROUP": group,
@@ -327,7 +332,7 @@ def _split_variants() -> list[TritonVariant]:
                         NUM_WARPS,
                         label=f"{label} stages{stages}",
                         divisible_by_16=_DIV16,
-                        expect=(_NO_SPILL, _ASYNC_KV),
+                        expect=tuple(expect),
                     )
                 )
     return out
