@@ -14,6 +14,7 @@ causal is folded in as ``right = min(right, 0)`` by the caller.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -22,6 +23,7 @@ import triton.language as tl
 
 from millkernels import runtime
 from millkernels.ops.analysis_spec import (
+    Expect,
     TritonAnalysis,
     TritonVariant,
     variants_from_configs,
@@ -682,6 +684,45 @@ def aligned_for_analysis(signature: dict[str, str]) -> list[str]:
     ]
 
 
+# Hot-loop counts per iteration and thread, sm_90, Triton 3.6 and 3.9 alike (`millkernels
+# analyze`). Fusing the scale into the exponent's FFMA: d128 128x64 w8 (TMA and pointer) FMUL
+# 96 -> 66. Softcap as one tanh.approx.f32: d128 varlen TMA 128x64 MUFU 98 -> 66, FMUL 256 -> 98;
+# 128x128 MUFU 194 -> 130, FMUL 448 -> 130, registers 255 -> 227 (3.6), 238 -> 229 (3.9).
+_FUSED = "the softmax scale rides in the exponent's FFMA (one multiply per row, not per score)"
+_ONE_MUFU = "softcap's tanh is one MUFU (tanh.approx.f32) next to the exp2 (was exp + divide)"
+
+
+def _tma_expect(v: TritonVariant) -> TritonVariant:
+    """The scale-fusion and softcap evidence on the d128 TMA variants."""
+    c = v.constexprs
+    if c.get("HEAD_DIM") != 128 or c["BLOCK_M"] != 128:
+        return v
+    threads = 32 * v.num_warps
+    if c["SOFTCAP"]:  # tanh and exp2 per score, exp2 per row (two rows per thread)
+        mufu = 2 * c["BLOCK_M"] * c["BLOCK_N"] // threads + 2
+        return replace(v, expect=(Expect("loop.mufu", "<=", mufu, _ONE_MUFU),))
+    fmul = c["BLOCK_M"] * c["BLOCK_D"] // threads + 2  # the accumulator's rescale, row scales
+    return replace(v, expect=(Expect("loop.op.FMUL", "<=", fmul, _FUSED),))
+
+
+def _ws_expect(head_dim: int, softcap: bool) -> tuple[Expect, ...]:
+    """What the warp-specialised variants must show: Triton specialised the loop (12 warps),
+    no spills, no CTA-wide barrier in the consumer loop (the warpgroups sync on named
+    barriers only), and the fused scale / one-MUFU softcap counts (d64: 64x128 scores and a
+    64x64 accumulator per consumer warpgroup, 34 FMUL; d128: 66)."""
+    out = [
+        Expect("num_warps", "==", WS_WARPS, "Triton warp-specialised the loop: 1 + 2 groups"),
+        Expect("spill_bytes", "==", 0, "the consumers' 232 registers hold their tiles"),
+        Expect("loop.barriers", "==", 0, "no CTA-wide barrier in the consumer loop"),
+    ]
+    if softcap:  # tanh's argument takes a multiply per score: 64 FMUL more
+        out.append(Expect("loop.mufu", "<=", 130, _ONE_MUFU))
+    else:
+        out.append(Expect("loop.op.FMUL", "<=", 34 if head_dim == 64 else 66, _FUSED))
+        out.append(Expect("loop.mufu", "<=", 66, "one exp2 per score, one per row"))
+    return tuple(out)
+
+
 def _variants() -> list[TritonVariant]:
     out: list[TritonVariant] = []
     for head_dim in (64, 128):
@@ -695,13 +736,25 @@ def _variants() -> list[TritonVariant]:
         )
     # the tensor-descriptor (TMA) forward, sm_90 only: dense 64 and 128, varlen 128 + softcap
     for head_dim, varlen, cap in ((64, False, False), (128, False, False), (128, True, True)):
-        out += variants_from_configs(
+        out += map(_tma_expect, variants_from_configs(
             _configs({head_dim: _FWD_TABLE[head_dim][:1] + _FWD_TMA_EXTRA.get(head_dim, [])}, True),
             fwd_signature(),
             {"HEAD_DIM": head_dim, "BLOCK_D": head_dim, "VARLEN": varlen, "SOFTCAP": cap},
             min_arch=lambda c: c._mk_meta[1],
             divisible_by_16=aligned_for_analysis(fwd_signature()),
-        )
+        ))  # fmt: skip
+    # the warp-specialised forward, sm_90 only: dense 64 and 128, and 128 with softcap
+    for head_dim, cap in ((64, False), (128, False), (128, True)):
+        out += [
+            replace(v, expect=_ws_expect(head_dim, cap))
+            for v in variants_from_configs(
+                _configs({head_dim: _FWD_WS_TABLE[head_dim]}, ws=True),
+                fwd_signature(),
+                {"HEAD_DIM": head_dim, "BLOCK_D": head_dim, "VARLEN": False, "SOFTCAP": cap},
+                min_arch=lambda c: c._mk_meta[1],
+                divisible_by_16=aligned_for_analysis(fwd_signature()),
+            )
+        ]
     # varlen + softcap, padded head_dim (80 -> 128), head_dim 256: the first config of each
     for head_dim, varlen, cap in ((128, True, True), (80, False, False), (256, False, False)):
         bd = _bucket_d(head_dim)
