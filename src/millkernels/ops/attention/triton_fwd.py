@@ -350,11 +350,15 @@ def _attn_fwd_kernel(
 # (mma.sync): d64 as on sm_90 (184-198); d128 128x64 w8: 208, 64x64 w4: 255, no spills.
 # Three key loops (left mask, full, right mask) cost +47 registers over two loops (full, then
 # both masked ranges in one loop), hence the two-loop form.
-_FWD_TABLE: dict[int, list[tuple[int, int, int, int, int]]] = {
+# An optional sixth field caps registers (maxnreg). d64 128x64 w8 s3 at 128 registers: two CTAs
+# per sm_90 SM (2 x 256 threads x 128 registers, 2 x 66 KB shared), 121-124 registers, no
+# spills on Triton 3.6 and 3.9 (pointer and TMA). d256 128x32 w8 s2 (sm_90): 246 registers, no
+# spills, 131 KB: twice the N work per shared-memory read of 64x16, which is bound by them.
+_FWD_TABLE: dict[int, list[tuple[int, ...]]] = {
     32: [(128, 64, 8, 3, 80), (64, 64, 4, 3, 80)],
-    64: [(128, 64, 8, 3, 80), (64, 64, 4, 3, 80), (128, 128, 8, 3, 80)],
+    64: [(128, 64, 8, 3, 80), (64, 64, 4, 3, 80), (128, 128, 8, 3, 80), (128, 64, 8, 3, 90, 128)],
     128: [(128, 64, 8, 2, 80), (128, 64, 8, 3, 90), (128, 32, 8, 3, 80), (64, 64, 4, 3, 80)],
-    256: [(64, 16, 4, 2, 80), (64, 32, 4, 2, 80), (128, 16, 8, 2, 90)],
+    256: [(64, 16, 4, 2, 80), (64, 32, 4, 2, 80), (128, 16, 8, 2, 90), (128, 32, 8, 2, 90)],
 }
 #: Under the interpreter: one small config (no autotuning on a CPU); BLOCK_M != BLOCK_N so the
 #: block-range arithmetic is exercised with unequal blocks.
@@ -370,16 +374,16 @@ def _table_key(block_d: int) -> int:
 
 
 def _configs(
-    table: dict[int, list[tuple[int, int, int, int, int]]], tma: bool = False, ws: bool = False
+    table: dict[int, list[tuple[int, ...]]], tma: bool = False, ws: bool = False
 ) -> list[triton.Config]:
     """Autotune configs from a table; ``tma`` configs load through tensor descriptors, which
     need sm_90, so they never go below it; ``ws`` configs are the warp-specialised form."""
     out = []
     tma = tma or ws
     for bd, rows in table.items():
-        for bm, bn, w, s, arch in rows:
+        for bm, bn, w, s, arch, *cap in rows:
             kwargs = {"BLOCK_M": bm, "BLOCK_N": bn, "TMA": tma, "WS": ws}
-            cfg = triton.Config(kwargs, num_warps=w, num_stages=s)
+            cfg = triton.Config(kwargs, num_warps=w, num_stages=s, maxnreg=cap[0] if cap else None)
             # head-dim bucket and lowest arch, read by the pruner
             cfg._mk_meta = (bd, max(arch, 90) if tma else arch)
             out.append(cfg)
@@ -399,14 +403,19 @@ def prune_for(configs, named_args, **kwargs):
 FWD_CONFIGS = _configs(_FWD_TABLE)
 #: Tiles only the TMA kernel affords: without per-thread load addresses d128 128x128 w8 needs
 #: 222 registers on sm_90, no spills (the pointer kernel spills 232 B there).
-_FWD_TMA_EXTRA: dict[int, list[tuple[int, int, int, int, int]]] = {128: [(128, 128, 8, 2, 90)]}
+#: d256 128x64 w8 s2: 218 (3.9) / 237 (3.6) registers, no spills, 197 KB shared (the pointer
+#: kernel spills there).
+_FWD_TMA_EXTRA: dict[int, list[tuple[int, ...]]] = {
+    128: [(128, 128, 8, 2, 90)],
+    256: [(128, 64, 8, 2, 90)],
+}
 FWD_TMA_CONFIGS = _configs(_FWD_TABLE, tma=True) + _configs(_FWD_TMA_EXTRA, tma=True)
 #: The warp-specialised forward (``WS``), sm_90: num_warps 4 is one consumer warpgroup that
 #: Triton's Hopper pass doubles along M and gives a producer warpgroup: 12 warps compiled,
 #: setmaxnreg 40 (producer) / 232 (consumers), on Triton 3.6 and 3.9. d64 and d128 128x128 s2:
 #: no spills, 99 / 197 KB shared memory; 3 stages (257 KB) and d256 128x64 (263 KB) overflow
 #: the 227 KB of an sm_90 SM.
-_FWD_WS_TABLE: dict[int, list[tuple[int, int, int, int, int]]] = {
+_FWD_WS_TABLE: dict[int, list[tuple[int, ...]]] = {
     64: [(128, 128, 4, 2, 90)],
     128: [(128, 128, 4, 2, 90)],
 }
@@ -734,10 +743,14 @@ def _variants() -> list[TritonVariant]:
             min_arch=lambda c: c._mk_meta[1],
             divisible_by_16=aligned_for_analysis(fwd_signature()),
         )
-    # the tensor-descriptor (TMA) forward, sm_90 only: dense 64 and 128, varlen 128 + softcap
-    for head_dim, varlen, cap in ((64, False, False), (128, False, False), (128, True, True)):
+    # the tensor-descriptor (TMA) forward, sm_90 only: dense 64, 128 and 256, varlen 128 +
+    # softcap; the first config and those only TMA affords (d64: the 2-CTA config)
+    tma_cases = ((64, False, False), (128, False, False), (128, True, True), (256, False, False))
+    for head_dim, varlen, cap in tma_cases:
+        tma_rows = _FWD_TABLE[head_dim][:1] + _FWD_TMA_EXTRA.get(head_dim, [])
+        tma_rows += [r for r in _FWD_TABLE[head_dim] if len(r) > 5]
         out += map(_tma_expect, variants_from_configs(
-            _configs({head_dim: _FWD_TABLE[head_dim][:1] + _FWD_TMA_EXTRA.get(head_dim, [])}, True),
+            _configs({head_dim: tma_rows}, True),
             fwd_signature(),
             {"HEAD_DIM": head_dim, "BLOCK_D": head_dim, "VARLEN": varlen, "SOFTCAP": cap},
             min_arch=lambda c: c._mk_meta[1],
@@ -755,17 +768,20 @@ def _variants() -> list[TritonVariant]:
                 divisible_by_16=aligned_for_analysis(fwd_signature()),
             )
         ]
-    # varlen + softcap, padded head_dim (80 -> 128), head_dim 256: the first config of each
+    # varlen + softcap, padded head_dim (80 -> 128): the first config; head_dim 256: the first
+    # and the widest (128x32)
     for head_dim, varlen, cap in ((128, True, True), (80, False, False), (256, False, False)):
         bd = _bucket_d(head_dim)
+        table_rows = _FWD_TABLE[_table_key(bd)]
         out += variants_from_configs(
-            _configs({bd: _FWD_TABLE[_table_key(bd)][:1]}),
+            _configs({bd: [table_rows[0], table_rows[-1]] if bd == 256 else table_rows[:1]}),
             fwd_signature(),
             {"HEAD_DIM": head_dim, "BLOCK_D": bd, "VARLEN": varlen, "SOFTCAP": cap},
             min_arch=lambda c: c._mk_meta[1],
             divisible_by_16=aligned_for_analysis(fwd_signature()),
         )
-    return out
+    capped = Expect("registers", "<=", 128, "two CTAs per SM: 2 x 256 threads x 128 registers")
+    return [replace(v, expect=(*v.expect, capped)) if v.maxnreg == 128 else v for v in out]
 
 
 # Known spills, head_dim -> {capability: bytes per thread (stores + loads)}, measured with
