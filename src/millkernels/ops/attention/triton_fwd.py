@@ -8,6 +8,10 @@ sequence end). Query head ``h`` reads key/value head ``h // group``. ``head_dim`
 to a power of two (``BLOCK_D``) with masked loads. Rows that see no key produce zeros and
 ``lse = -inf``.
 
+Calls with only full blocks and no mask can take a warp-specialised form (``WS``): one
+unmasked loop whose TMA loads a producer warpgroup issues while two consumer warpgroups
+compute (:func:`ws_unfit` says which calls fit; opt-in through the capability table).
+
 Windows arrive as two non-negative ints ``(left, right)`` with ``BIG`` meaning unbounded;
 causal is folded in as ``right = min(right, 0)`` by the caller.
 """
@@ -117,7 +121,9 @@ def softmax_step(x, mult, m_i, l_i, acc, MASKED: tl.constexpr):
         m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
     else:
         m_use = m_new
-    p = tl.math.exp2(x * mult - m_use[:, None])
+    # an explicit fma: one FFMA whatever the launch's enable_fp_fusion (Triton 3.10's default
+    # turns contraction off)
+    p = tl.math.exp2(tl.fma(x, mult, -m_use[:, None]))
     alpha = tl.math.exp2(m_i - m_use)
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None]
