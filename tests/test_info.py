@@ -152,3 +152,14 @@ def test_info_shows_the_attention_launch_choices(monkeypatch, env, opt_in, expec
     print_info(summary, console)
     lines = [ln for ln in console.export_text().splitlines() if f"({env}):" in ln]
     assert len(lines) == 1 and expected in lines[0], lines
+
+
+@pytest.mark.parametrize(
+    ("legacy", "expected"), [("", "current"), ("stages,splits", "previous: splits, stages")]
+)
+def test_info_shows_the_decode_legacy_rules(monkeypatch, legacy, expected):
+    """`millkernels info` says which previous decode rules MILLKERNELS_DECODE_LEGACY selects."""
+    monkeypatch.setenv("MILLKERNELS_DECODE_LEGACY", legacy)
+    summary = json.loads(CliRunner().invoke(app, ["info", "--format", "json"]).output)
+    key = "decode legacy rules (MILLKERNELS_DECODE_LEGACY)"
+    assert summary["choices"]["attention"][key].startswith(expected)

@@ -47,6 +47,19 @@ def cast(x, dtype: tl.constexpr):
 
 
 @triton.jit
+def sub(a, b):
+    """``a - b``; right for bf16 under the interpreter too, which subtracts bf16 operands' bit
+    patterns (seen on Triton 3.9: 131 - 131 gave 0 but 129 - 131 gave NaN). There it goes
+    through float32 and :func:`cast` (the float32 difference, exact unless the exponents differ
+    by more than 16, rounded to bf16 once, as a compiled bf16 subtraction rounds); compiled, it
+    is a plain subtraction in the operands' dtype."""
+    if INTERPRET and a.dtype == tl.bfloat16:
+        return cast(a.to(tl.float32) - b.to(tl.float32), tl.bfloat16)
+    else:
+        return a - b
+
+
+@triton.jit
 def tanh(x):
     """tanh of float32 ``x``. Compiled: one ``tanh.approx.f32`` (one MUFU; absolute error
     about 2**-11, below the bf16/fp16 rounding of the probabilities it feeds) instead of an

@@ -4,8 +4,9 @@ Ops: ``attention`` and ``attention_varlen`` (training: forward and backward) and
 ``attention_decode`` (paged KV cache). Every rule takes an :class:`AttentionCall`, built by
 :func:`call_facts` from validated arguments. Besides the backend rules (``serves``) this
 module owns the launch choices the table makes inside a backend: whether the Triton
-training kernels load through tensor descriptors (TMA), :func:`tma_reason`, and whether the
-Triton forward tries its warp-specialised kernel, :func:`ws_reason`.
+training kernels load through tensor descriptors (TMA), :func:`tma_reason`, whether the
+Triton forward tries its warp-specialised kernel, :func:`ws_reason`, and which previous
+decode rules :data:`DECODE_LEGACY_ENV` brings back for GPU comparisons, :func:`decode_legacy`.
 """
 
 from __future__ import annotations
@@ -33,6 +34,17 @@ ALIGN_BYTES = 16
 #: where the tensors allow. Off by default until GPU measurements show them ahead of the
 #: pointer kernels (`millkernels bench attention` reports both).
 TMA_ENV = "MILLKERNELS_ATTENTION_TMA"
+#: GQA groups of this many query heads per key/value head or more go to Triton, not to the
+#: CUDA decode kernel: its scalar FMA loop issues 210 warp-instructions per 512 bytes of K/V
+#: at G=8 (compute-bound where a decode should be memory-bound); Triton's tl.dot tiles use
+#: the tensor cores.
+CUDA_DECODE_MAX_GROUP = 4
+#: Comparison switch for the decode kernels: "all" or a comma list of DECODE_LEGACY_PARTS,
+#: each bringing back the previous rule: ``splits`` (every grid split live, the grid sized
+#: from the capacity alone), ``stages`` (the Triton K/V loop pipelined at the launch default
+#: instead of KV_STAGES), ``cuda_gqa`` (the CUDA kernel serves GQA groups of 4 and more).
+DECODE_LEGACY_ENV = "MILLKERNELS_DECODE_LEGACY"
+DECODE_LEGACY_PARTS = ("splits", "stages", "cuda_gqa")
 #: Opt-in switch for the warp-specialised Triton forward on sm_90+: "1" to use it for calls
 #: it fits (full blocks, no mask: :func:`.triton_fwd.ws_unfit`). Off by default until GPU
 #: measurements show it ahead (`millkernels bench attention` reports ``triton_ws``).
@@ -47,12 +59,33 @@ class AttentionCall(CallFacts):
     stride but the last is a multiple of 16 bytes (the CUDA decode kernel's and TMA's rule).
     ``tma_opt_in``, ``ws_opt_in``: :data:`TMA_ENV`, :data:`WS_ENV` were "1" when the facts
     were taken.
+    ``group``: query heads per key/value head (GQA; 1 for MHA).
     """
 
     head_dim: int = 0
     aligned16: bool = True
     tma_opt_in: bool = False
     ws_opt_in: bool = False
+    group: int = 1
+
+
+def decode_legacy() -> frozenset[str]:
+    """The previous decode rules :data:`DECODE_LEGACY_ENV` selects (empty: the current ones).
+
+    Raises ValueError on a part not in :data:`DECODE_LEGACY_PARTS` (or "all")."""
+    raw = os.environ.get(DECODE_LEGACY_ENV, "").strip()
+    if not raw:
+        return frozenset()
+    if raw == "all":
+        return frozenset(DECODE_LEGACY_PARTS)
+    parts = frozenset(p.strip() for p in raw.split(",") if p.strip())
+    bad = sorted(parts - set(DECODE_LEGACY_PARTS))
+    if bad:
+        raise ValueError(
+            f"{DECODE_LEGACY_ENV}: expected 'all' or a comma list of {DECODE_LEGACY_PARTS}, "
+            f"got {bad}"
+        )
+    return parts
 
 
 def aligned16(*tensors: torch.Tensor) -> bool:
@@ -78,6 +111,7 @@ def facts_from_values(
     *,
     capability: tuple[int, int] | None = None,
     aligned: bool = True,
+    group: int = 1,
 ) -> AttentionCall:
     """The facts from plain values: what :func:`call_facts` reads off the tensors, or what a
     backend choice that must stay constant under torch.compile receives."""
@@ -89,13 +123,15 @@ def facts_from_values(
         head_dim=int(head_dim),
         aligned16=aligned,
         tma_opt_in=os.environ.get(TMA_ENV, "0") == "1",
+        group=int(group),
         ws_opt_in=os.environ.get(WS_ENV, "0") == "1",
     )
 
 
-def call_facts(op: str, q: torch.Tensor, *others: torch.Tensor) -> AttentionCall:
+def call_facts(op: str, q: torch.Tensor, *others: torch.Tensor, group: int = 1) -> AttentionCall:
     """The facts of a call whose query is ``q`` (validated arguments); ``others`` (k, v,
-    dO...) count towards ``aligned16`` with ``q``."""
+    dO...) count towards ``aligned16`` with ``q``; ``group``: query heads per key/value
+    head."""
     where = CallFacts.of_tensor(q)
     return facts_from_values(
         op,
@@ -104,6 +140,7 @@ def call_facts(op: str, q: torch.Tensor, *others: torch.Tensor) -> AttentionCall
         q.shape[-1],
         capability=where["capability"],
         aligned=aligned16(q, *others),
+        group=group,
     )
 
 
@@ -176,6 +213,12 @@ def _cuda_serves(call: AttentionCall) -> str | None:
         return (
             "the CUDA decode kernel needs 16-byte aligned data pointers and strides that "
             "are multiples of 8 elements (q, k_cache, v_cache)"
+        )
+    if call.group >= CUDA_DECODE_MAX_GROUP and "cuda_gqa" not in decode_legacy():
+        return (
+            f"GQA groups of {CUDA_DECODE_MAX_GROUP}+ query heads per key/value head go to the "
+            f"triton backend (tensor cores), this call has {call.group} "
+            f"({DECODE_LEGACY_ENV}=cuda_gqa brings the CUDA kernel back)"
         )
     return _native_decode_missing()
 
@@ -265,6 +308,15 @@ def tma_setting() -> str:
     return f"off: {why}"
 
 
+def decode_legacy_setting() -> str:
+    """The decode rules in use, in words (``millkernels info``)."""
+    try:
+        parts = decode_legacy()
+    except ValueError as exc:
+        return f"invalid: {exc}"
+    return "previous: " + ", ".join(sorted(parts)) if parts else "current (none legacy)"
+
+
 def ws_setting() -> str:
     """The warp-specialisation choice on this machine, in words (``millkernels info``)."""
     why = ws_reason(_machine_call())
@@ -292,7 +344,7 @@ TABLE = CapabilityTable(
             "cuda",
             archs="sm_80, sm_90a (the archs _C was built for)",
             dtypes=KERNEL_DTYPES,
-            notes="paged-KV decode only",
+            notes=f"paged-KV decode only, GQA groups below {CUDA_DECODE_MAX_GROUP}",
             available=_cuda_available,
             serves=_cuda_serves,
         ),
@@ -311,6 +363,7 @@ TABLE = CapabilityTable(
     ),
     choices=lambda: {
         f"TMA kernels ({TMA_ENV})": tma_setting(),
+        f"decode legacy rules ({DECODE_LEGACY_ENV})": decode_legacy_setting(),
         f"warp-specialised forward ({WS_ENV})": ws_setting(),
     },
 )
