@@ -209,3 +209,67 @@ def test_softcap_tanh_approximation_on_the_gpu():
     kw = dict(causal=False, window=(-1, -1), softcap=5.0)
     out, lse = attention(q, k, v, return_lse=True, backend="triton", **kw)
     check_forward(out.cpu(), lse.cpu(), q.cpu(), k.cpu(), v.cpu(), kw)
+
+
+def _fwd_variants(pick) -> list:
+    from millkernels.analyze.registry import triton_kernels
+
+    return [v for v in triton_kernels().triton["attention.fwd"].variants if pick(v.constexprs, v)]
+
+
+_COMPILE_WS = """
+import json, re, sys
+from millkernels.analyze.registry import triton_kernels
+from millkernels.analyze.triton_compile import compile_variant
+from millkernels.ops.attention import triton_fwd as F
+(v,) = [
+    v for v in triton_kernels().triton["attention.fwd"].variants
+    if v.constexprs["WS"] and v.constexprs["HEAD_DIM"] == 128 and not v.constexprs["SOFTCAP"]
+]
+k = compile_variant(F._attn_fwd_kernel, v, 90)
+regs = re.findall(r"setmaxnreg\\.(inc|dec)\\.sync\\.aligned\\.u32\\s+(\\d+)", k.asm["ptx"])
+json.dump({"warps": k.metadata.num_warps, "setmaxnreg": sorted(set(regs))}, sys.stdout)
+"""
+
+
+def test_ws_kernel_is_warp_specialised_on_sm90():
+    """Offline (no GPU), on the installed Triton, in a process without the interpreter: the
+    d128 WS variant compiles to 12 warps, a producer warpgroup lowered to 40 registers and
+    consumers raised to 232."""
+    import json
+    import subprocess
+    import sys
+
+    from millkernels.analyze.triton_compile import _worker_env
+
+    r = subprocess.run(
+        [sys.executable, "-c", _COMPILE_WS], capture_output=True, text=True, env=_worker_env()
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    got = json.loads(r.stdout)
+    assert got["warps"] == F.WS_WARPS, got
+    assert {("dec", "40"), ("inc", "232")} <= {tuple(x) for x in got["setmaxnreg"]}, got
+
+
+def test_two_cta_and_wide_d256_configs_compile_without_spills_on_sm90():
+    """The d64 config capped at 128 registers (two CTAs per SM) stays within them, and the
+    d256 128x32 (pointer) and 128x64 (TMA) tiles do not spill (installed Triton)."""
+    from millkernels.analyze.core import analyze_kernels
+    from millkernels.analyze.registry import Registry, triton_kernels
+
+    picked = _fwd_variants(
+        lambda c, v: (
+            (v.maxnreg == 128 and not c["TMA"])
+            or (c["HEAD_DIM"] == 256 and c["BLOCK_M"] == 128 and c["BLOCK_N"] in (32, 64))
+        )
+    )
+    kinds = {
+        (v.constexprs["HEAD_DIM"], v.constexprs["BLOCK_N"], v.constexprs["TMA"]) for v in picked
+    }
+    assert kinds == {(64, 64, False), (256, 32, False), (256, 64, True)}, kinds
+    reg = Registry()
+    reg.register_triton("attention.fwd", triton_kernels().triton["attention.fwd"].fn, picked)
+    for r in analyze_kernels("sm_90", registry=reg, include_cuda=False).reports:
+        assert r.status == "ok" and r.spill_bytes == 0, (r.variant, r.reason, r.spill_bytes)
+        if "r128" in r.variant:
+            assert r.registers <= 128, (r.variant, r.registers)

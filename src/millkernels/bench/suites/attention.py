@@ -13,7 +13,9 @@ fp32 reference with the flash-attention rule on a small slice of the inputs (one
 of at most 512 tokens); a wrong result is a failed check and the case is not timed.
 Each row's baseline is the fastest SDPA backend measured in the same run. ``triton_tma`` is
 the Triton backend with the tensor-descriptor forward switched on (sm_90+; opt-in for users
-through ``MILLKERNELS_ATTENTION_TMA=1`` until these rows show it ahead).
+through ``MILLKERNELS_ATTENTION_TMA=1`` until these rows show it ahead); ``triton_ws`` the
+warp-specialised forward (``MILLKERNELS_ATTENTION_WS=1``; non-causal forward rows only, its
+config says whether it ran or why it fell back).
 
 Options: ``attention.seqlens``, ``attention.head_dims``, ``attention.causal`` (tuple of
 bools), ``attention.directions`` (``fwd``, ``fwd_bwd``), ``attention.backends`` (subset of
@@ -98,25 +100,27 @@ def _ours(backend: str, causal: bool) -> Callable:
     return lambda q, k, v: attention(q, k, v, causal=causal, backend=backend)
 
 
-def _with_tma(fn: Callable) -> Callable:
-    """``fn`` with the tensor-descriptor kernels switched on for the whole call (forward and,
-    in a forward+backward call, the backward)."""
+def _with_env(fn: Callable, name: str) -> Callable:
+    """``fn`` with the opt-in switch ``name`` set to "1" for the whole call (forward and, in a
+    forward+backward call, the backward)."""
     import os
 
-    from millkernels.ops.attention.capabilities import TMA_ENV
-
     def run(*args):
-        old = os.environ.get(TMA_ENV)
-        os.environ[TMA_ENV] = "1"
+        old = os.environ.get(name)
+        os.environ[name] = "1"
         try:
             return fn(*args)
         finally:
             if old is None:
-                del os.environ[TMA_ENV]
+                del os.environ[name]
             else:
-                os.environ[TMA_ENV] = old
+                os.environ[name] = old
 
     return run
+
+
+#: Our Triton variants timed beside ``triton``: name -> the opt-in switch each sets.
+_OPT_IN = {"triton_tma": "MILLKERNELS_ATTENTION_TMA", "triton_ws": "MILLKERNELS_ATTENTION_WS"}
 
 
 def _candidates(ctx: BenchContext, causal: bool, seqlen: int) -> dict[str, Callable | str]:
@@ -156,8 +160,12 @@ def _candidates(ctx: BenchContext, causal: bool, seqlen: int) -> dict[str, Calla
     if callable(out.get("triton")):
         if ctx.gpu and torch.cuda.get_device_capability()[0] < 9:
             out["triton_tma"] = "tensor descriptors (TMA) need sm_90"
+            out["triton_ws"] = "the warp-specialised forward needs sm_90"
         else:
-            out["triton_tma"] = _with_tma(_ours("triton", causal))
+            out["triton_tma"] = _with_env(_ours("triton", causal), _OPT_IN["triton_tma"])
+            out["triton_ws"] = _with_env(_ours("triton", causal), _OPT_IN["triton_ws"])
+        if causal:  # it would time the masked kernel it falls back to
+            out["triton_ws"] = "the warp-specialised forward serves unmasked calls only"
     return out
 
 
@@ -231,6 +239,8 @@ def attention_suite(ctx: BenchContext) -> Iterator[Row]:
                     if wanted is not None and name not in wanted:
                         continue
                     what = f"{name} d{head_dim} causal={causal} seqlen={seqlen} {direction}"
+                    if name == "triton_ws" and direction != "fwd":
+                        fn = "the warp-specialised kernel is a forward (see its fwd rows)"
                     if isinstance(fn, str):
                         ctx.skip(what, fn)
                         continue
@@ -240,14 +250,18 @@ def attention_suite(ctx: BenchContext) -> Iterator[Row]:
                     if not checked[key]:
                         continue
                     run = _timed_call(fn, q, k, v, direction)
-                    if name == "triton_tma":
-                        run = _with_tma(run)
+                    if name in _OPT_IN:
+                        run = _with_env(run, _OPT_IN[name])
                     try:
                         timed[name] = ctx.measure(run)
                     except Exception as exc:  # e.g. out of memory for one baseline
                         ctx.skip(what, f"raised {type(exc).__name__}: {str(exc)[:200]}")
                         continue
-                    if name in ("triton", "triton_tma"):  # what it ran, read before the next
+                    if name == "triton_ws":  # what it ran (or why not), before the next
+                        why = triton_fwd.WS_LAST["fallback"]
+                        configs[name] = {"fwd": triton_fwd.chosen_config(True, ws=why is None)}
+                        configs[name]["ws_fallback"] = why
+                    elif name in ("triton", "triton_tma"):
                         facts = capabilities.call_facts("attention", q, k, v)
                         tma = name == "triton_tma" or capabilities.use_tma(facts)
                         configs[name] = {"fwd": triton_fwd.chosen_config(tma)}

@@ -8,12 +8,17 @@ sequence end). Query head ``h`` reads key/value head ``h // group``. ``head_dim`
 to a power of two (``BLOCK_D``) with masked loads. Rows that see no key produce zeros and
 ``lse = -inf``.
 
+Calls with only full blocks and no mask can take a warp-specialised form (``WS``): one
+unmasked loop whose TMA loads a producer warpgroup issues while two consumer warpgroups
+compute (:func:`ws_unfit` says which calls fit; opt-in through the capability table).
+
 Windows arrive as two non-negative ints ``(left, right)`` with ``BIG`` meaning unbounded;
 causal is folded in as ``right = min(right, 0)`` by the caller.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -22,6 +27,7 @@ import triton.language as tl
 
 from millkernels import runtime
 from millkernels.ops.analysis_spec import (
+    Expect,
     TritonAnalysis,
     TritonVariant,
     variants_from_configs,
@@ -115,7 +121,9 @@ def softmax_step(x, mult, m_i, l_i, acc, MASKED: tl.constexpr):
         m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
     else:
         m_use = m_new
-    p = tl.math.exp2(x * mult - m_use[:, None])
+    # an explicit fma: one FFMA whatever the launch's enable_fp_fusion (Triton 3.10's default
+    # turns contraction off)
+    p = tl.math.exp2(tl.fma(x, mult, -m_use[:, None]))
     alpha = tl.math.exp2(m_i - m_use)
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None]
@@ -348,11 +356,15 @@ def _attn_fwd_kernel(
 # (mma.sync): d64 as on sm_90 (184-198); d128 128x64 w8: 208, 64x64 w4: 255, no spills.
 # Three key loops (left mask, full, right mask) cost +47 registers over two loops (full, then
 # both masked ranges in one loop), hence the two-loop form.
-_FWD_TABLE: dict[int, list[tuple[int, int, int, int, int]]] = {
+# An optional sixth field caps registers (maxnreg). d64 128x64 w8 s3 at 128 registers: two CTAs
+# per sm_90 SM (2 x 256 threads x 128 registers, 2 x 66 KB shared), 121-124 registers, no
+# spills on Triton 3.6 and 3.9 (pointer and TMA). d256 128x32 w8 s2 (sm_90): 246 registers, no
+# spills, 131 KB: twice the N work per shared-memory read of 64x16, which is bound by them.
+_FWD_TABLE: dict[int, list[tuple[int, ...]]] = {
     32: [(128, 64, 8, 3, 80), (64, 64, 4, 3, 80)],
-    64: [(128, 64, 8, 3, 80), (64, 64, 4, 3, 80), (128, 128, 8, 3, 80)],
+    64: [(128, 64, 8, 3, 80), (64, 64, 4, 3, 80), (128, 128, 8, 3, 80), (128, 64, 8, 3, 90, 128)],
     128: [(128, 64, 8, 2, 80), (128, 64, 8, 3, 90), (128, 32, 8, 3, 80), (64, 64, 4, 3, 80)],
-    256: [(64, 16, 4, 2, 80), (64, 32, 4, 2, 80), (128, 16, 8, 2, 90)],
+    256: [(64, 16, 4, 2, 80), (64, 32, 4, 2, 80), (128, 16, 8, 2, 90), (128, 32, 8, 2, 90)],
 }
 #: Under the interpreter: one small config (no autotuning on a CPU); BLOCK_M != BLOCK_N so the
 #: block-range arithmetic is exercised with unequal blocks.
@@ -368,16 +380,16 @@ def _table_key(block_d: int) -> int:
 
 
 def _configs(
-    table: dict[int, list[tuple[int, int, int, int, int]]], tma: bool = False, ws: bool = False
+    table: dict[int, list[tuple[int, ...]]], tma: bool = False, ws: bool = False
 ) -> list[triton.Config]:
     """Autotune configs from a table; ``tma`` configs load through tensor descriptors, which
     need sm_90, so they never go below it; ``ws`` configs are the warp-specialised form."""
     out = []
     tma = tma or ws
     for bd, rows in table.items():
-        for bm, bn, w, s, arch in rows:
+        for bm, bn, w, s, arch, *cap in rows:
             kwargs = {"BLOCK_M": bm, "BLOCK_N": bn, "TMA": tma, "WS": ws}
-            cfg = triton.Config(kwargs, num_warps=w, num_stages=s)
+            cfg = triton.Config(kwargs, num_warps=w, num_stages=s, maxnreg=cap[0] if cap else None)
             # head-dim bucket and lowest arch, read by the pruner
             cfg._mk_meta = (bd, max(arch, 90) if tma else arch)
             out.append(cfg)
@@ -397,14 +409,19 @@ def prune_for(configs, named_args, **kwargs):
 FWD_CONFIGS = _configs(_FWD_TABLE)
 #: Tiles only the TMA kernel affords: without per-thread load addresses d128 128x128 w8 needs
 #: 222 registers on sm_90, no spills (the pointer kernel spills 232 B there).
-_FWD_TMA_EXTRA: dict[int, list[tuple[int, int, int, int, int]]] = {128: [(128, 128, 8, 2, 90)]}
+#: d256 128x64 w8 s2: 218 (3.9) / 237 (3.6) registers, no spills, 197 KB shared (the pointer
+#: kernel spills there).
+_FWD_TMA_EXTRA: dict[int, list[tuple[int, ...]]] = {
+    128: [(128, 128, 8, 2, 90)],
+    256: [(128, 64, 8, 2, 90)],
+}
 FWD_TMA_CONFIGS = _configs(_FWD_TABLE, tma=True) + _configs(_FWD_TMA_EXTRA, tma=True)
 #: The warp-specialised forward (``WS``), sm_90: num_warps 4 is one consumer warpgroup that
 #: Triton's Hopper pass doubles along M and gives a producer warpgroup: 12 warps compiled,
 #: setmaxnreg 40 (producer) / 232 (consumers), on Triton 3.6 and 3.9. d64 and d128 128x128 s2:
 #: no spills, 99 / 197 KB shared memory; 3 stages (257 KB) and d256 128x64 (263 KB) overflow
 #: the 227 KB of an sm_90 SM.
-_FWD_WS_TABLE: dict[int, list[tuple[int, int, int, int, int]]] = {
+_FWD_WS_TABLE: dict[int, list[tuple[int, ...]]] = {
     64: [(128, 128, 4, 2, 90)],
     128: [(128, 128, 4, 2, 90)],
 }
@@ -682,6 +699,45 @@ def aligned_for_analysis(signature: dict[str, str]) -> list[str]:
     ]
 
 
+# Hot-loop counts per iteration and thread, sm_90, Triton 3.6 and 3.9 alike (`millkernels
+# analyze`). Fusing the scale into the exponent's FFMA: d128 128x64 w8 (TMA and pointer) FMUL
+# 96 -> 66. Softcap as one tanh.approx.f32: d128 varlen TMA 128x64 MUFU 98 -> 66, FMUL 256 -> 98;
+# 128x128 MUFU 194 -> 130, FMUL 448 -> 130, registers 255 -> 227 (3.6), 238 -> 229 (3.9).
+_FUSED = "the softmax scale rides in the exponent's FFMA (one multiply per row, not per score)"
+_ONE_MUFU = "softcap's tanh is one MUFU (tanh.approx.f32) next to the exp2 (was exp + divide)"
+
+
+def _tma_expect(v: TritonVariant) -> TritonVariant:
+    """The scale-fusion and softcap evidence on the d128 TMA variants."""
+    c = v.constexprs
+    if c.get("HEAD_DIM") != 128 or c["BLOCK_M"] != 128:
+        return v
+    threads = 32 * v.num_warps
+    if c["SOFTCAP"]:  # tanh and exp2 per score, exp2 per row (two rows per thread)
+        mufu = 2 * c["BLOCK_M"] * c["BLOCK_N"] // threads + 2
+        return replace(v, expect=(Expect("loop.mufu", "<=", mufu, _ONE_MUFU),))
+    fmul = c["BLOCK_M"] * c["BLOCK_D"] // threads + 2  # the accumulator's rescale, row scales
+    return replace(v, expect=(Expect("loop.op.FMUL", "<=", fmul, _FUSED),))
+
+
+def _ws_expect(head_dim: int, softcap: bool) -> tuple[Expect, ...]:
+    """What the warp-specialised variants must show: Triton specialised the loop (12 warps),
+    no spills, no CTA-wide barrier in the consumer loop (the warpgroups sync on named
+    barriers only), and the fused scale / one-MUFU softcap counts (d64: 64x128 scores and a
+    64x64 accumulator per consumer warpgroup, 34 FMUL; d128: 66)."""
+    out = [
+        Expect("num_warps", "==", WS_WARPS, "Triton warp-specialised the loop: 1 + 2 groups"),
+        Expect("spill_bytes", "==", 0, "the consumers' 232 registers hold their tiles"),
+        Expect("loop.barriers", "==", 0, "no CTA-wide barrier in the consumer loop"),
+    ]
+    if softcap:  # tanh's argument takes a multiply per score: 64 FMUL more
+        out.append(Expect("loop.mufu", "<=", 130, _ONE_MUFU))
+    else:
+        out.append(Expect("loop.op.FMUL", "<=", 34 if head_dim == 64 else 66, _FUSED))
+        out.append(Expect("loop.mufu", "<=", 66, "one exp2 per score, one per row"))
+    return tuple(out)
+
+
 def _variants() -> list[TritonVariant]:
     out: list[TritonVariant] = []
     for head_dim in (64, 128):
@@ -693,26 +749,45 @@ def _variants() -> list[TritonVariant]:
             min_arch=lambda c: c._mk_meta[1],
             divisible_by_16=aligned_for_analysis(fwd_signature()),
         )
-    # the tensor-descriptor (TMA) forward, sm_90 only: dense 64 and 128, varlen 128 + softcap
-    for head_dim, varlen, cap in ((64, False, False), (128, False, False), (128, True, True)):
-        out += variants_from_configs(
-            _configs({head_dim: _FWD_TABLE[head_dim][:1] + _FWD_TMA_EXTRA.get(head_dim, [])}, True),
+    # the tensor-descriptor (TMA) forward, sm_90 only: dense 64, 128 and 256, varlen 128 +
+    # softcap; the first config and those only TMA affords (d64: the 2-CTA config)
+    tma_cases = ((64, False, False), (128, False, False), (128, True, True), (256, False, False))
+    for head_dim, varlen, cap in tma_cases:
+        tma_rows = _FWD_TABLE[head_dim][:1] + _FWD_TMA_EXTRA.get(head_dim, [])
+        tma_rows += [r for r in _FWD_TABLE[head_dim] if len(r) > 5]
+        out += map(_tma_expect, variants_from_configs(
+            _configs({head_dim: tma_rows}, True),
             fwd_signature(),
             {"HEAD_DIM": head_dim, "BLOCK_D": head_dim, "VARLEN": varlen, "SOFTCAP": cap},
             min_arch=lambda c: c._mk_meta[1],
             divisible_by_16=aligned_for_analysis(fwd_signature()),
-        )
-    # varlen + softcap, padded head_dim (80 -> 128), head_dim 256: the first config of each
+        ))  # fmt: skip
+    # the warp-specialised forward, sm_90 only: dense 64 and 128, and 128 with softcap
+    for head_dim, cap in ((64, False), (128, False), (128, True)):
+        out += [
+            replace(v, expect=_ws_expect(head_dim, cap))
+            for v in variants_from_configs(
+                _configs({head_dim: _FWD_WS_TABLE[head_dim]}, ws=True),
+                fwd_signature(),
+                {"HEAD_DIM": head_dim, "BLOCK_D": head_dim, "VARLEN": False, "SOFTCAP": cap},
+                min_arch=lambda c: c._mk_meta[1],
+                divisible_by_16=aligned_for_analysis(fwd_signature()),
+            )
+        ]
+    # varlen + softcap, padded head_dim (80 -> 128): the first config; head_dim 256: the first
+    # and the widest (128x32)
     for head_dim, varlen, cap in ((128, True, True), (80, False, False), (256, False, False)):
         bd = _bucket_d(head_dim)
+        table_rows = _FWD_TABLE[_table_key(bd)]
         out += variants_from_configs(
-            _configs({bd: _FWD_TABLE[_table_key(bd)][:1]}),
+            _configs({bd: [table_rows[0], table_rows[-1]] if bd == 256 else table_rows[:1]}),
             fwd_signature(),
             {"HEAD_DIM": head_dim, "BLOCK_D": bd, "VARLEN": varlen, "SOFTCAP": cap},
             min_arch=lambda c: c._mk_meta[1],
             divisible_by_16=aligned_for_analysis(fwd_signature()),
         )
-    return out
+    capped = Expect("registers", "<=", 128, "two CTAs per SM: 2 x 256 threads x 128 registers")
+    return [replace(v, expect=(*v.expect, capped)) if v.maxnreg == 128 else v for v in out]
 
 
 # Known spills, head_dim -> {capability: bytes per thread (stores + loads)}, measured with
