@@ -140,9 +140,20 @@ def test_info_shows_the_attention_tma_choice(monkeypatch, opt_in, expected):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     monkeypatch.setenv("MILLKERNELS_ATTENTION_TMA", opt_in)
     summary = json.loads(CliRunner().invoke(app, ["info", "--format", "json"]).output)
-    (choice,) = summary["choices"]["attention"].values()
-    assert choice.startswith(expected)
+    choices = summary["choices"]["attention"]
+    assert choices["TMA kernels (MILLKERNELS_ATTENTION_TMA)"].startswith(expected)
     console = Console(width=1000, record=True)
     print_info(summary, console)
     lines = [ln for ln in console.export_text().splitlines() if "attention TMA kernels" in ln]
     assert len(lines) == 1 and expected in lines[0], lines
+
+
+@pytest.mark.parametrize(("value", "expected"), [("legacy", "legacy"), ("", "fused")])
+def test_info_shows_the_attention_backward_choice(monkeypatch, value, expected):
+    """`millkernels info` names the Triton backward that runs (MILLKERNELS_ATTENTION_BWD)."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setenv("MILLKERNELS_ATTENTION_BWD", value)
+    summary = json.loads(CliRunner().invoke(app, ["info", "--format", "json"]).output)
+    assert summary["choices"]["attention"]["backward (MILLKERNELS_ATTENTION_BWD)"].startswith(
+        expected
+    )

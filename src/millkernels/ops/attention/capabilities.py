@@ -32,6 +32,10 @@ ALIGN_BYTES = 16
 #: where the tensors allow. Off by default until GPU measurements show them ahead of the
 #: pointer kernels (`millkernels bench attention` reports both).
 TMA_ENV = "MILLKERNELS_ATTENTION_TMA"
+#: Which Triton backward runs: "legacy" selects the separate dK/dV and dQ kernels with their
+#: original tables (kept for GPU comparisons); anything else the fused backward (dQ by fp32
+#: atomics, or a separate dQ pass when ``deterministic``).
+BWD_ENV = "MILLKERNELS_ATTENTION_BWD"
 
 
 @dataclass(frozen=True)
@@ -219,6 +223,21 @@ def use_tma(call: AttentionCall) -> bool:
     return tma_reason(call) is None
 
 
+def legacy_backward() -> bool:
+    """Whether :data:`BWD_ENV` selects the legacy Triton backward."""
+    return os.environ.get(BWD_ENV, "").strip().lower() == "legacy"
+
+
+def backward_setting() -> str:
+    """The Triton backward on this machine, in words (``millkernels info``)."""
+    if legacy_backward():
+        return f"legacy ({BWD_ENV}=legacy): separate dK/dV and dQ kernels"
+    return (
+        "fused: one dK/dV pass adding dQ with fp32 atomics (deterministic=True: a separate "
+        f"dQ pass); {BWD_ENV}=legacy selects the old kernels"
+    )
+
+
 def tma_setting() -> str:
     """The TMA choice on this machine for aligned tensors, in words (``millkernels info``)."""
     if runtime.triton_interpret():
@@ -240,7 +259,8 @@ TABLE = CapabilityTable(
             "triton",
             archs="sm_80+ (autotuned per arch; sm_90 wgmma); CPU under TRITON_INTERPRET=1",
             dtypes=KERNEL_DTYPES,
-            notes="FlashAttention-2 forward and deterministic backward, varlen, GQA, windows, "
+            notes="FlashAttention-2 forward and backward (dQ by atomics; deterministic=True "
+            "reproducible), varlen, GQA, windows, "
             "softcap, head_dim multiple of 8 up to 256; paged-KV decode (split-KV); "
             f"tensor-descriptor (TMA) training kernels on sm_90+ with {TMA_ENV}=1",
             available=runtime.triton_unavailable_reason,
@@ -267,5 +287,8 @@ TABLE = CapabilityTable(
         "cuda (decode only), then reference (float32 inputs, or no Triton). Not yet backed by "
         "a GPU measurement in benchmarks/results/."
     ),
-    choices=lambda: {f"TMA kernels ({TMA_ENV})": tma_setting()},
+    choices=lambda: {
+        f"TMA kernels ({TMA_ENV})": tma_setting(),
+        f"backward ({BWD_ENV})": backward_setting(),
+    },
 )
