@@ -655,8 +655,11 @@ _dq_tma_tuned = triton.autotune(
 # 244/234, TMA 32x128 w8 s1: 232/244, TMA 16x128 w8: 224/250. Deterministic dK/dV: d64
 # 32x128 w8: 212/252 (TMA 183/234), 32x64 w4: 229/254 (TMA 183/242); d128 32x128 w8 s1:
 # 255/251 (TMA 226/238), 16x128 w8: 242/250 (TMA 219/250), TMA 32x64 w4 s1: 232/234.
-# d32 64x128 w8: 238/255 (64x64 w4 spills 52 B on 3.6). TMA 32x128 w8 s1 at d128 spills
-# 16/20 B on 3.6 with varlen + softcap (second row: the autotuner may still try it there).
+# d32 64x128 w8: 238/255 (64x64 w4 spills 52 B on 3.6). Second rows that spill on 3.6 where
+# the analysis checks first rows only (the autotuner may still try them there): TMA atomic
+# 32x128 w8 s1 with varlen + softcap 16/20 B, deterministic 32x128 w8 s1 at d80 8/8 B. A
+# split group's fp32 partials (pointer stores, d128 16x128 w8) spill 28/28 B on 3.9 (s1:
+# 16 B, s3: 44 B; 3.6: 0 at s2): allowed below, the TMA stores do not spill (226/250).
 # 64 query rows per iteration spill at d128 with every layout tried (atomic 64x128 w8 s1:
 # 3.9/3.6 188/228 B per thread, TMA 136/140 B; deterministic 64x128 w8 s2: 216 B (3.9); 64x64
 # w4: 276-432 B): dK and dV alone hold 128 fp32 registers per thread at d128, and without
@@ -675,7 +678,7 @@ _FUSED_TMA_TABLE: dict[int, list[tuple[int, int, int, int, int]]] = {
 _DKDV_DET_TABLE: dict[int, list[tuple[int, int, int, int, int]]] = {
     32: [(64, 128, 8, 2, 90)],
     64: [(32, 128, 8, 2, 90), (32, 64, 4, 2, 90)],
-    128: [(32, 128, 8, 1, 90), (16, 128, 8, 2, 90)],
+    128: [(16, 128, 8, 2, 90), (32, 128, 8, 1, 90)],
 }
 _DKDV_DET_TMA_TABLE: dict[int, list[tuple[int, int, int, int, int]]] = {
     32: [(64, 128, 8, 2, 90)],
@@ -1010,6 +1013,26 @@ def _fused_variants(rows, sig, extra: dict[str, Any]) -> list[TritonVariant]:
     return [dataclasses.replace(v, expect=FUSED_EXPECT) for v in out]
 
 
+def _split_variants() -> list[TritonVariant]:
+    """A split GQA group stores fp32 partials: d64 and d128, pointer and TMA stores."""
+    f32 = {"DQ_ATOMIC": True, "DK": "*fp32", "DV": "*fp32"}
+    out = _fused_variants([(_FUSED_TABLE, False)], DKDV_SIG, f32)[:2]
+    out += _fused_variants([(_FUSED_TMA_TABLE, True)], DKDV_SIG, f32)[:1]
+    out += _fused_variants([(_FUSED_TMA_TABLE, True)], DKDV_SIG, f32)[2:3]
+    d128 = out[1]  # pointer stores at d128: 28 B stores + 28 B loads on 3.9
+    out[1] = dataclasses.replace(
+        d128,
+        spill_allowance={90: 56},
+        allowance_reason="fp32 dK/dV partials of a split GQA group, pointer stores (3.9)",
+        expect=(
+            FUSED_EXPECT[0],
+            Expect("spill_bytes", "==", 0, "no spill with Triton 3.6", triton="3.6"),
+            Expect("spill_bytes", "<=", 56, "the known epilogue spill, no more", triton="3.9"),
+        ),
+    )
+    return out
+
+
 def _legacy(variants: list[TritonVariant]) -> list[TritonVariant]:
     """Labelled legacy (``MILLKERNELS_ATTENTION_BWD=legacy``; their dup_warp_dots is not 0)."""
     return [dataclasses.replace(v, label="legacy " + v.describe()) for v in variants]
@@ -1022,10 +1045,7 @@ _FUSED_VARIANTS = (
     + _fused_variants(
         [(_DKDV_DET_TABLE, False), (_DKDV_DET_TMA_TABLE, True)], DKDV_SIG, {"DQ_ATOMIC": False}
     )
-    # a split GQA group stores fp32 partials
-    + _fused_variants(
-        [(_FUSED_TABLE, False)], DKDV_SIG, {"DQ_ATOMIC": True, "DK": "*fp32", "DV": "*fp32"}
-    )[:2]
+    + _split_variants()
 )
 
 
