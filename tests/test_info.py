@@ -127,33 +127,41 @@ def test_triton_without_gpu_or_interpreter_is_unusable_with_the_calls_reason(mon
 
 
 @pytest.mark.parametrize(
-    ("opt_in", "expected"),
-    [("1", "on (training kernels"), ("0", "off: MILLKERNELS_ATTENTION_TMA is not 1")],
+    ("env", "opt_in", "expected"),
+    [
+        ("MILLKERNELS_ATTENTION_TMA", "1", "on (training kernels"),
+        ("MILLKERNELS_ATTENTION_TMA", "0", "off: MILLKERNELS_ATTENTION_TMA is not 1"),
+        ("MILLKERNELS_ATTENTION_WS", "1", "on (forward calls"),
+        ("MILLKERNELS_ATTENTION_WS", "0", "off: MILLKERNELS_ATTENTION_WS is not 1"),
+        ("MILLKERNELS_ATTENTION_BWD", "legacy", "legacy"),
+        ("MILLKERNELS_ATTENTION_BWD", "", "fused"),
+    ],
 )
-def test_info_shows_the_attention_tma_choice(monkeypatch, opt_in, expected):
-    """`millkernels info` says whether the attention training kernels use TMA here (the
-    interpreter emulates tensor descriptors, so the opt-in alone decides on this machine)."""
+def test_info_shows_the_attention_launch_choices(monkeypatch, env, opt_in, expected):
+    """`millkernels info` says whether the attention training kernels use TMA, and whether the
+    forward tries its warp-specialised kernel, here (the interpreter emulates tensor
+    descriptors, so the opt-in alone decides on this machine)."""
     from rich.console import Console
 
     from millkernels.info_table import print_info
 
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    monkeypatch.setenv("MILLKERNELS_ATTENTION_TMA", opt_in)
+    monkeypatch.setenv(env, opt_in)
     summary = json.loads(CliRunner().invoke(app, ["info", "--format", "json"]).output)
-    choices = summary["choices"]["attention"]
-    assert choices["TMA kernels (MILLKERNELS_ATTENTION_TMA)"].startswith(expected)
+    (choice,) = (v for k, v in summary["choices"]["attention"].items() if f"({env})" in k)
+    assert choice.startswith(expected)
     console = Console(width=1000, record=True)
     print_info(summary, console)
-    lines = [ln for ln in console.export_text().splitlines() if "attention TMA kernels" in ln]
+    lines = [ln for ln in console.export_text().splitlines() if f"({env}):" in ln]
     assert len(lines) == 1 and expected in lines[0], lines
 
 
-@pytest.mark.parametrize(("value", "expected"), [("legacy", "legacy"), ("", "fused")])
-def test_info_shows_the_attention_backward_choice(monkeypatch, value, expected):
-    """`millkernels info` names the Triton backward that runs (MILLKERNELS_ATTENTION_BWD)."""
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    monkeypatch.setenv("MILLKERNELS_ATTENTION_BWD", value)
+@pytest.mark.parametrize(
+    ("legacy", "expected"), [("", "current"), ("stages,splits", "previous: splits, stages")]
+)
+def test_info_shows_the_decode_legacy_rules(monkeypatch, legacy, expected):
+    """`millkernels info` says which previous decode rules MILLKERNELS_DECODE_LEGACY selects."""
+    monkeypatch.setenv("MILLKERNELS_DECODE_LEGACY", legacy)
     summary = json.loads(CliRunner().invoke(app, ["info", "--format", "json"]).output)
-    assert summary["choices"]["attention"]["backward (MILLKERNELS_ATTENTION_BWD)"].startswith(
-        expected
-    )
+    key = "decode legacy rules (MILLKERNELS_DECODE_LEGACY)"
+    assert summary["choices"]["attention"][key].startswith(expected)

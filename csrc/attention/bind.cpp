@@ -43,8 +43,8 @@ void require_int32(int64_t value, const char* name) {
 void attention_decode(const ArrayView& q, const ArrayView& k_cache, const ArrayView& v_cache,
                       const ArrayView& block_table, const ArrayView& cache_seqlens,
                       const ArrayView& out, const ArrayView& lse, const ArrayView& o_partial,
-                      const ArrayView& lse_partial, int64_t num_splits, double softmax_scale,
-                      double softcap) {
+                      const ArrayView& lse_partial, int64_t num_splits, int64_t split_tokens,
+                      double softmax_scale, double softcap) {
   require_rank(q, 3, kOp, "q", "(batch, heads_q, head_dim)");
   require_rank(k_cache, 4, kOp, "k_cache", "(num_blocks, block_size, heads_kv, head_dim)");
   require_rank(v_cache, 4, kOp, "v_cache", "(num_blocks, block_size, heads_kv, head_dim)");
@@ -84,6 +84,7 @@ void attention_decode(const ArrayView& q, const ArrayView& k_cache, const ArrayV
   require_shape(out, q.shape, kOp, "out");
   require_shape(lse, {batch, heads_q}, kOp, "lse");
   require_range(num_splits, 1, 256, kOp, "num_splits");
+  require_range(split_tokens, 0, INT32_MAX, kOp, "split_tokens");
   if (num_splits > 1) {
     require_dtype(o_partial, "f32", kOp, "o_partial");
     require_dtype(lse_partial, "f32", kOp, "lse_partial");
@@ -146,6 +147,7 @@ void attention_decode(const ArrayView& q, const ArrayView& k_cache, const ArrayV
   p.head_dim = static_cast<int>(head_dim);
   p.block_size = static_cast<int>(block_size);
   p.num_splits = static_cast<int>(num_splits);
+  p.split_tokens = static_cast<int>(split_tokens);
   p.softmax_scale = static_cast<float>(softmax_scale);
   p.softcap = static_cast<float>(softcap);
   const DecodeDtype dtype = q.dtype == "f16" ? DecodeDtype::kF16 : DecodeDtype::kBF16;
@@ -160,10 +162,12 @@ void bind(py::module_& m) {
   m.def("attention_decode", &attention_decode, py::arg("q"), py::arg("k_cache"), py::arg("v_cache"),
         py::arg("block_table"), py::arg("cache_seqlens"), py::arg("out"), py::arg("lse"),
         py::arg("o_partial"), py::arg("lse_partial"), py::arg("num_splits"),
-        py::arg("softmax_scale"), py::arg("softcap"),
+        py::arg("split_tokens"), py::arg("softmax_scale"), py::arg("softcap"),
         "Paged-KV decode attention into out (batch, heads_q, head_dim) and lse (batch, heads_q) "
         "f32; with num_splits > 1, o_partial (batch, heads_q, num_splits, head_dim) and "
-        "lse_partial (batch, heads_q, num_splits) f32 are workspace. Async on q.stream.");
+        "lse_partial (batch, heads_q, num_splits) f32 are workspace. A sequence of n tokens uses "
+        "ceil(n / split_tokens) of the splits (at least 1; split_tokens 0: all). Async on "
+        "q.stream.");
   m.def("attention_decode_heads_per_cta", &decode_heads_per_cta, py::arg("group"),
         "Query heads one decode CTA handles for a GQA group size (grid sizing).");
 }

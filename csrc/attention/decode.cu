@@ -8,6 +8,12 @@
 // loads issued before the first use); at the end the row groups are merged through shared
 // memory. With one split the CTA writes the output; otherwise it writes a float32 partial and
 // its log-sum-exp, and the combine kernel merges the splits.
+//
+// Live splits: the grid has num_splits splits per sequence (sized on the host from the table's
+// capacity), but a sequence of n tokens uses only live_splits(n) of them, about split_tokens
+// tokens each (decode_plan.live_splits in Python is the same rule). CTAs past the live range
+// exit at once; when one split is live it writes the output itself and the combine skips the
+// row. split_tokens 0 keeps every split live (the previous rule, for comparisons).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -66,6 +72,14 @@ __device__ __forceinline__ uint4 load_stream(const void* ptr) {
   return r;
 }
 
+// Splits that hold tokens of a sequence of seqlen tokens: ceil(seqlen / split_tokens) in
+// [1, num_splits]; every split when split_tokens is 0.
+__device__ __forceinline__ int live_splits(int seqlen, int split_tokens, int num_splits) {
+  if (split_tokens <= 0) return num_splits;
+  const int want = (seqlen + split_tokens - 1) / split_tokens;
+  return max(1, min(want, num_splits));
+}
+
 template <int D, int G>
 struct alignas(16) SplitShared {
   static constexpr int kLanesPerRow = D / 8;
@@ -90,6 +104,9 @@ __global__ void __launch_bounds__(kThreads) decode_split_kernel(const DecodePara
   const int group = p.heads_q / p.heads_kv;
   const int g0 = blockIdx.y * G;  // first query head of the chunk, within the group
   const int split = blockIdx.z;
+  const int seqlen = p.seqlens[b];
+  const int live = live_splits(seqlen, p.split_tokens, p.num_splits);
+  if (split >= live) return;  // the whole CTA: before any barrier
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int row = warp * S::kRowsPerWarp + lane / kLanes;  // this lane's row group
   const int sub = lane % kLanes;                           // its 8 elements: sub*8 .. sub*8+7
@@ -112,8 +129,7 @@ __global__ void __launch_bounds__(kThreads) decode_split_kernel(const DecodePara
     }
   }
 
-  const int seqlen = p.seqlens[b];
-  const int chunk = (seqlen + p.num_splits - 1) / p.num_splits;
+  const int chunk = (seqlen + live - 1) / live;
   const int lo = split * chunk;
   const int hi = min(lo + chunk, seqlen);
   const int32_t* table = p.block_table + b * p.bt_stride;
@@ -227,7 +243,7 @@ __global__ void __launch_bounds__(kThreads) decode_split_kernel(const DecodePara
     o = any ? o / total : 0.f;
     const float lse = any ? (mx + log2f(total)) * kLn2 : -INFINITY;
     const int64_t rq = rows_q + g;  // b * heads_q + query head
-    if (p.num_splits == 1) {
+    if (live == 1) {
       T* out = static_cast<T*>(p.out) + b * p.out_stride_b +
                (rq - int64_t{b} * p.heads_q) * p.out_stride_h;
       out[d] = Vec<T>::from_float(o);
@@ -246,13 +262,15 @@ __global__ void __launch_bounds__(256) decode_combine_kernel(const DecodeParams 
   const int64_t rq = blockIdx.x;  // b * heads_q + query head
   const int b = static_cast<int>(rq / p.heads_q), hq = static_cast<int>(rq % p.heads_q);
   const int d = threadIdx.x;
+  const int live = live_splits(p.seqlens[b], p.split_tokens, p.num_splits);
+  if (live == 1) return;  // the split kernel wrote this row
   const float* lse = p.lse_partial + rq * p.num_splits;
   const float* po = p.o_partial + rq * p.num_splits * p.head_dim + d;
   float mx = -INFINITY;
-  for (int s = 0; s < p.num_splits; ++s) mx = fmaxf(mx, lse[s]);
+  for (int s = 0; s < live; ++s) mx = fmaxf(mx, lse[s]);
   const float ref = mx == -INFINITY ? 0.f : mx;
   float total = 0.f, o = 0.f;
-  for (int s = 0; s < p.num_splits; ++s) {
+  for (int s = 0; s < live; ++s) {
     const float w = __expf(lse[s] - ref);
     total += w;
     o = fmaf(w, po[static_cast<int64_t>(s) * p.head_dim], o);

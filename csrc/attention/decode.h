@@ -31,7 +31,8 @@ struct DecodeParams {
   int64_t out_stride_b = 0, out_stride_h = 0;
   int batch = 0, heads_q = 0, heads_kv = 0, head_dim = 0;
   int block_size = 1;
-  int num_splits = 1;
+  int num_splits = 1;    // grid splits per sequence (the partials' second-to-last extent)
+  int split_tokens = 0;  // tokens per live split; 0: every split is live (see decode.cu)
   float softmax_scale = 1.f;
   float softcap = 0.f;  // > 0: scores x -> softcap * tanh(x / softcap)
 };

@@ -8,7 +8,9 @@ import pytest
 
 from millkernels.analyze import tools
 from millkernels.analyze.cuda_compile import analyze_cuda, find_csrc
+from millkernels.analyze.registry import Registry
 from millkernels.analyze.report import ARCHS
+from millkernels.ops.analysis_spec import CudaHot, Expect
 
 needs_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not on PATH")
 
@@ -69,6 +71,39 @@ def test_tiny_cu_file(tmp_path, arch):
     # a hot name that matches no kernel is an error, so a typo cannot pass --check
     missing_hot = by[("no_such_kernel", "")]
     assert missing_hot.status == "error" and missing_hot.failed
+
+
+@needs_nvcc
+def test_cuda_expects_and_kernel_selection(tmp_path):
+    """CudaHot's Expects are judged on the kernel's SASS (``__syncthreads`` is a CTA-wide
+    barrier); ``only`` compiles and reports the matching kernels; an Expect for a kernel that
+    does not exist is an error."""
+    (tmp_path / "tiny.cu").write_text(TINY_CU)
+    (tmp_path / "other.cu").write_text("__global__ void unrelated(int* x) { x[0] = 1; }\n")
+    reg = Registry()
+    reg.collect(
+        [
+            CudaHot(
+                ("tiny_smem", "ghost_kernel"),
+                expect={
+                    "tiny_smem": [
+                        Expect("kernel.op.BAR", "==", 1, "one __syncthreads"),
+                        Expect("loops", "==", 1, "wrongly expects a loop"),
+                    ],
+                    "ghost_kernel": [Expect("loops", "==", 0, "no such kernel")],
+                },
+            )
+        ]
+    )
+    reports, _ = analyze_cuda(
+        ARCHS["sm_90"], reg.cuda_hot, csrc=tmp_path, expects=reg.cuda_expect, only=["smem", "gh"]
+    )
+    by = {r.kernel: r for r in reports}
+    assert set(by) == {"tiny_smem", "ghost_kernel"}
+    smem = by["tiny_smem"]
+    assert [e["holds"] for e in smem.expect] == [True, False]
+    assert smem.metrics["loops"] == 0 and smem.failed
+    assert by["ghost_kernel"].status == "error"
 
 
 @needs_nvcc

@@ -5,7 +5,7 @@ import torch
 import triton
 import triton.language as tl
 
-from millkernels.ops.triton_common import cast, dot
+from millkernels.ops.triton_common import cast, dot, sub
 
 
 @triton.jit
@@ -61,3 +61,22 @@ def test_cast_rounds_to_nearest_even_like_torch(triton_device, dtype):
     y = torch.full_like(x, float("nan"), dtype=dtype)
     _cast_kernel[(triton.cdiv(x.numel(), 256),)](x, y, x.numel(), BLOCK=256)
     assert torch.equal(y, x.to(dtype))  # torch's cast rounds to nearest even
+
+
+@triton.jit
+def _sub_kernel(a_ptr, b_ptr, c_ptr, n, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    a = tl.load(a_ptr + offs, mask=offs < n)
+    b = tl.load(b_ptr + offs, mask=offs < n)
+    tl.store(c_ptr + offs, sub(a, b), mask=offs < n)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_sub_matches_torch(triton_device, dtype):
+    a = (torch.randn(1000, device=triton_device) * 100).to(dtype)
+    b = (torch.randn(1000, device=triton_device) * 100).to(dtype)
+    a[:2] = torch.tensor([129.0, 131.0])  # the interpreter's bf16 bit-pattern subtraction: NaN
+    b[:2] = torch.tensor([131.0, 131.0])
+    c = torch.full_like(a, float("nan"))
+    _sub_kernel[(triton.cdiv(a.numel(), 256),)](a, b, c, a.numel(), BLOCK=256)
+    assert torch.equal(c, a - b)  # one rounding of the exact difference, as torch does

@@ -31,13 +31,19 @@ def analyze(
         False,
         "--check",
         help="Exit 1 when a hot kernel spills registers, overflows shared memory or fails "
-        "to compile.",
+        "to compile, or when a declared Expect does not hold.",
+    ),
+    kernel: list[str] = typer.Option(
+        [],
+        "--kernel",
+        help="Only kernels whose name contains this (repeatable, or a comma list).",
     ),
 ) -> None:
     """Compile every kernel for an architecture, without a GPU, and report registers, spills,
     shared memory and tensor-core instructions (wgmma = HGMMA, mma = HMMA).
 
-    Exit codes: 0 ok, 1 a hot kernel failed (--check), 2 usage error, 3 no compiler at all.
+    Exit codes: 0 ok, 1 a hot kernel or an Expect failed (--check), 2 usage error, 3 no
+    compiler at all.
     """
     from millkernels.analyze.core import analyze_kernels
     from millkernels.analyze.report import parse_arch
@@ -51,11 +57,12 @@ def analyze(
             f"{fmt!r} is not one of {', '.join(FORMATS)}", param_hint="--format"
         )
 
+    only = [part.strip() for k in kernel for part in k.split(",") if part.strip()] or None
     lines = fmt == "table" and not sys.stdout.isatty()
     if lines:
         typer.echo(_title(target))
     with _progress(to_stdout=lines) as on_report:
-        result = analyze_kernels(target, hot_only=hot_only, on_report=on_report)
+        result = analyze_kernels(target, hot_only=hot_only, on_report=on_report, only=only)
     if fmt == "json":
         typer.echo(json.dumps([r.to_json() for r in result.reports], indent=2))
     elif lines:
@@ -109,6 +116,8 @@ def report_line(report: Any) -> str:
     )
     if report.hot:
         line += " hot"
+    if report.expect_failures:
+        line += f" expect_failed={len(report.expect_failures)}"
     if report.reason and report.status != "ok":
         first = report.reason.strip().splitlines()[0] if report.reason.strip() else ""
         line += f" -- {first[:200]}"
@@ -164,7 +173,7 @@ def print_table(result: object, *, check: bool = False) -> None:
             _kib(r.shared_bytes),
             _tensor_cores(r),
             "hot" if r.hot else "",
-            f"[{_color(r)}]{r.status}[/]",
+            f"[{_color(r)}]{r.status}{' expect!' if r.expect_failures else ''}[/]",
         )
     Console().print(table)
     print_summary(result, check=check)
@@ -179,11 +188,18 @@ def print_summary(result: Any, *, check: bool = False) -> None:
     """The reason of every problem, then the counts by status (and --check's verdict)."""
     from rich.console import Console
 
+    from millkernels.analyze.expect import describe
+
     console = Console(soft_wrap=True)  # piped: long reasons stay whole lines
     problems = [
         f"[{_color(r)}]{_escape(_name(r))}[/]: {_escape(r.reason[:600])}"
         for r in result.reports
         if r.reason and r.status != "ok"
+    ]
+    problems += [
+        f"[bold red]{_escape(_name(r))}[/]: Expect fails: {_escape(describe(row))}"
+        for r in result.reports
+        for row in r.expect_failures
     ]
     for p in problems:
         console.print(p)
@@ -193,11 +209,16 @@ def print_summary(result: Any, *, check: bool = False) -> None:
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no kernels"
     failures = result.failures
     line = f"{len(result.reports)} kernel variants: {summary}."
+    expects = [row for r in result.reports for row in r.expect]
+    if expects:
+        held = sum(1 for row in expects if row["holds"])
+        skipped = sum(1 for row in expects if row["skipped"])
+        line += f" Expects: {held} hold, {len(expects) - held - skipped} fail, {skipped} skipped."
     if failures:
         names = ", ".join(sorted({f.kernel for f in failures}))
-        line += f" [bold red]{len(failures)} hot kernel variant(s) fail: {_escape(names)}[/]"
+        line += f" [bold red]{len(failures)} kernel variant(s) fail: {_escape(names)}[/]"
     elif check:
-        line += " [green]Every hot kernel passes.[/]"
+        line += " [green]Every hot kernel and Expect passes.[/]"
     console.print(line)
 
 

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import importlib.util
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from millkernels.analyze import tools
+from millkernels.analyze.expect import judge
 from millkernels.analyze.registry import Registry, TritonVariant, triton_kernels
-from millkernels.analyze.report import Arch, KernelReport, measured, parse_arch
+from millkernels.analyze.report import Arch, KernelReport, measured, parse_arch, selected
 
 EXIT_OK, EXIT_FAILED, EXIT_COULD_NOT_RUN = 0, 1, 3
 
@@ -62,6 +63,7 @@ def analyze_triton(
     *,
     hot_only: bool = False,
     on_report: OnReport | None = None,
+    only: Sequence[str] | None = None,
 ) -> tuple[list[KernelReport], str | None]:
     """Compile every variant of every registered Triton kernel for ``arch`` (in workers);
     ``on_report`` gets each report as soon as it is final (from the workers' threads)."""
@@ -71,7 +73,7 @@ def analyze_triton(
     reports: list[KernelReport] = []
     pending: list[tuple[int, triton_compile.TritonJob, TritonVariant]] = []  # row, job, variant
     for kernel in registry.triton.values():
-        if hot_only and not kernel.hot:
+        if (hot_only and not kernel.hot) or not selected(kernel.name, only):
             continue
         for variant in kernel.variants:
             row = KernelReport(
@@ -152,6 +154,8 @@ def _triton_report(
         note=f"no SASS: {res['sass_error']}" if res.get("sass_error") else "",
         symbol=res.get("symbol", ""),
     )
+    rep.triton_version = str(res.get("triton_version", ""))
+    judge(rep, res.get("metrics", {}), variant.expect, rep.triton_version)
     allowed = variant.spill_allowance.get(arch.capability, 0)
     if rep.status == "spills" and (rep.spill_bytes or 0) <= allowed:
         rep.status = "waived"
@@ -167,6 +171,7 @@ def analyze_kernels(
     csrc: Path | None = None,
     include_cuda: bool = True,
     on_report: OnReport | None = None,
+    only: Sequence[str] | None = None,
 ) -> Analysis:
     """Compile and report every kernel for ``arch``; no GPU is needed.
 
@@ -184,6 +189,9 @@ def analyze_kernels(
         Where the CUDA sources are (default: found from the package).
     include_cuda
         False: Triton kernels only.
+    only
+        Only kernels whose name contains one of these substrings (CUDA: only the files
+        whose text contains one are compiled).
     on_report
         Called with each report as soon as it is final (progress; one call at a time, from
         any thread). ``Analysis.reports`` keeps the registry's order regardless.
@@ -223,7 +231,14 @@ def analyze_kernels(
         from millkernels.analyze.cuda_compile import analyze_cuda
 
         try:
-            found = analyze_cuda(arch, set(registry.cuda_hot), csrc=csrc, hot_only=hot_only)
+            found = analyze_cuda(
+                arch,
+                set(registry.cuda_hot),
+                csrc=csrc,
+                hot_only=hot_only,
+                expects=registry.cuda_expect,
+                only=only,
+            )
         except Exception as exc:  # never let the CUDA side take the Triton results down
             failed = KernelReport(
                 kernel="csrc",
@@ -242,7 +257,7 @@ def analyze_kernels(
     if thread:
         thread.start()  # nvcc runs while the Triton worker compiles
     triton_reports, analysis.triton_missing = analyze_triton(
-        registry, arch, hot_only=hot_only, on_report=emit
+        registry, arch, hot_only=hot_only, on_report=emit, only=only
     )
     analysis.reports.extend(triton_reports)
     if thread:

@@ -21,12 +21,16 @@ import os
 import re
 import sysconfig
 import tempfile
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from millkernels.analyze import cache, tools
-from millkernels.analyze.report import Arch, KernelReport, measured
+from millkernels.analyze import cache, sass_loops, tools
+from millkernels.analyze.expect import judge
+from millkernels.analyze.report import Arch, KernelReport, measured, selected
+from millkernels.ops.analysis_spec import Expect
 
 CSRC_ENV = "MILLKERNELS_CSRC"
 
@@ -87,8 +91,63 @@ def _hot(plain: str, qualified: str, hot_names: set[str]) -> bool:
     return plain in hot_names or qualified in hot_names
 
 
+@dataclass
+class _Code:
+    """One cubin's disassembly: per mangled kernel name its SASS statistics and instructions,
+    and the Expects declared by kernel name."""
+
+    sass: dict[str, tools.SassStats]
+    functions: dict[str, list[sass_loops.Instr]]
+    expects: Mapping[str, Sequence[Expect]]
+
+    @classmethod
+    def of(cls, text: str | None, expects: Mapping[str, Sequence[Expect]] | None) -> _Code:
+        if not text:
+            return cls({}, {}, expects or {})
+        return cls(tools.parse_sass(text), sass_loops.parse_functions(text), expects or {})
+
+    def report(
+        self,
+        mangled: str,
+        demangled: str,
+        arch: Arch,
+        hot_names: set[str],
+        source: str,
+        spills_known: bool = True,
+        **numbers: Any,
+    ) -> KernelReport:
+        """The kernel's report from ``numbers`` (registers, spills, shared memory, note) and
+        its SASS, with its metrics and Expects judged (spills None when not ``spills_known``)."""
+        plain, qualified = tools.plain_name(demangled)
+        s = self.sass.get(mangled)
+        rep = measured(
+            kernel=plain,
+            backend="cuda",
+            arch=arch,
+            variant=tools.template_args(demangled),
+            hot=_hot(plain, qualified, hot_names),
+            source=source,
+            symbol=demangled,
+            tensor_core=dict(s.tensor_core) if s else {},
+            tma=bool(s.tma) if s else False,
+            **numbers,
+        )
+        if not spills_known:
+            rep.spill_bytes = rep.spill_stores = rep.spill_loads = None
+        instrs = self.functions.get(mangled)
+        code = sass_loops.sass_metrics(instrs) if instrs is not None else {}
+        judge(rep, code, self.expects.get(plain) or self.expects.get(qualified) or (), None)
+        return rep
+
+
 def compile_file(
-    nvcc: str, src: Path, csrc: Path, arch: Arch, hot_names: set[str], tmp: Path
+    nvcc: str,
+    src: Path,
+    csrc: Path,
+    arch: Arch,
+    hot_names: set[str],
+    tmp: Path,
+    expects: Mapping[str, Sequence[Expect]] | None = None,
 ) -> CudaFileResult:
     """Compile one ``.cu`` file and report each of its kernels."""
     rel = src.relative_to(csrc).as_posix() if src.is_relative_to(csrc) else str(src)
@@ -130,36 +189,34 @@ def compile_file(
         return CudaFileResult(rel, error=str(outputs["error"]))
     stats = tools.parse_ptxas_log(str(outputs["log"]))
     sass_text, sass_err = str(outputs["sass"]) or None, str(outputs["sass_err"])
-    sass = tools.parse_sass(sass_text) if sass_text else {}
+    code = _Code.of(sass_text, expects)
     names = tools.demangle(list(stats))
     out = CudaFileResult(rel)
     for mangled, st in sorted(stats.items(), key=lambda kv: names.get(kv[0], kv[0])):
-        demangled = names.get(mangled, mangled)
-        plain, qualified = tools.plain_name(demangled)
-        s = sass.get(mangled)
-        out.reports.append(
-            measured(
-                kernel=plain,
-                backend="cuda",
-                arch=arch,
-                variant=tools.template_args(demangled),
-                hot=_hot(plain, qualified, hot_names),
-                source=rel,
-                symbol=demangled,
-                registers=st.registers,
-                spill_stores=st.spill_stores,
-                spill_loads=st.spill_loads,
-                shared_bytes=st.smem_bytes,
-                tensor_core=dict(s.tensor_core) if s else {},
-                tma=bool(s.tma) if s else False,
-                note="" if sass_text else f"no SASS: {sass_err}",
-            )
+        rep = code.report(
+            mangled,
+            names.get(mangled, mangled),
+            arch,
+            hot_names,
+            rel,
+            registers=st.registers,
+            spill_stores=st.spill_stores,
+            spill_loads=st.spill_loads,
+            shared_bytes=st.smem_bytes,
+            note="" if sass_text else f"no SASS: {sass_err}",
         )
+        out.reports.append(rep)
     return out
 
 
 def analyze_cuda(
-    arch: Arch, hot_names: set[str], *, csrc: Path | None = None, hot_only: bool = False
+    arch: Arch,
+    hot_names: set[str],
+    *,
+    csrc: Path | None = None,
+    hot_only: bool = False,
+    expects: Mapping[str, Sequence[Expect]] | None = None,
+    only: Sequence[str] | None = None,
 ) -> tuple[list[KernelReport], str | None]:
     """Report every CUDA kernel under ``csrc`` (default :func:`find_csrc`) for ``arch``.
 
@@ -167,6 +224,9 @@ def analyze_cuda(
     nothing could be compiled, else None. Without nvcc, the package's kernels (``csrc`` not
     given) are read from the built extension when there is one. Never raises for a compile
     failure: a file that does not compile is one ``error`` report named after the file.
+    ``expects``: kernel name (plain or qualified) -> the Expects judged on its SASS.
+    ``only``: report only kernels whose name contains one of these (and compile only the
+    files whose text does).
     """
     own_sources = csrc is None
     csrc = csrc if csrc is not None else find_csrc()
@@ -175,11 +235,17 @@ def analyze_cuda(
     sources = cuda_sources(csrc)
     if not sources:
         return [], f"no .cu files under {csrc}"
+    if only is not None:
+        sources = [s for s in sources if selected(s.read_text(errors="replace"), only)]
     nvcc = tools.find_nvcc()
     if nvcc is None:
-        built = analyze_built_extension(arch, hot_names, hot_only=hot_only) if own_sources else None
+        built = (
+            analyze_built_extension(arch, hot_names, hot_only=hot_only, expects=expects)
+            if own_sources
+            else None
+        )
         if built is not None:
-            return built, None
+            return [r for r in built if selected(r.symbol, only)], None
         reason = "nvcc not found (install the CUDA toolkit or put nvcc on PATH)"
         skipped = [
             KernelReport(
@@ -198,7 +264,10 @@ def analyze_cuda(
         workers = max(1, min(len(sources), os.cpu_count() or 1))
         with ThreadPoolExecutor(workers) as pool:
             results = list(
-                pool.map(lambda s: compile_file(nvcc, s, csrc, arch, hot_names, Path(tmp)), sources)
+                pool.map(
+                    lambda s: compile_file(nvcc, s, csrc, arch, hot_names, Path(tmp), expects),
+                    sources,
+                )
             )
     for res in results:
         if res.error:
@@ -217,10 +286,13 @@ def analyze_cuda(
                     source=res.source,
                 )
             )
-        reports.extend(r for r in res.reports if r.hot or not hot_only)
+        reports.extend(
+            r for r in res.reports if (r.hot or not hot_only) and selected(r.symbol, only)
+        )
     found = {r.kernel for r in reports} | {tools.plain_name(r.symbol)[1] for r in reports}
+    declared = {n for n in hot_names | set(expects or {}) if selected(n, only)}
     if not any(r.status == "error" for r in reports):
-        for name in sorted(hot_names - found):
+        for name in sorted(declared - found):
             reports.append(
                 KernelReport(
                     kernel=name,
@@ -228,7 +300,7 @@ def analyze_cuda(
                     arch=arch.name,
                     hot=True,
                     status="error",
-                    reason="marked hot with register_cuda_hot, but no such kernel in csrc/",
+                    reason="declared in CudaHot, but no such kernel in csrc/",
                 )
             )
     return reports, None
@@ -242,7 +314,11 @@ _SM90_RESERVED_SHARED = 1024
 
 
 def analyze_built_extension(
-    arch: Arch, hot_names: set[str], *, hot_only: bool = False
+    arch: Arch,
+    hot_names: set[str],
+    *,
+    hot_only: bool = False,
+    expects: Mapping[str, Sequence[Expect]] | None = None,
 ) -> list[KernelReport] | None:
     """Reports read from the built ``millkernels._C`` (no nvcc needed), or None when there is
     no extension, no cuobjdump, or no code for ``arch`` in it."""
@@ -269,7 +345,7 @@ def analyze_built_extension(
     if not usage:
         return None
     sass_run = tools.run([cuobjdump, "-sass", "-arch", arch.gpu_name, spec.origin])
-    sass = tools.parse_sass(sass_run.stdout) if sass_run.returncode == 0 else {}
+    code = _Code.of(sass_run.stdout if sass_run.returncode == 0 else None, expects)
     names = tools.demangle(list(usage))
     reports = []
     for mangled, (regs, _stack, shared, local) in sorted(
@@ -277,27 +353,20 @@ def analyze_built_extension(
     ):
         if arch.capability >= 90 and shared >= _SM90_RESERVED_SHARED:
             shared -= _SM90_RESERVED_SHARED
-        demangled = names.get(mangled, mangled)
-        plain, qualified = tools.plain_name(demangled)
-        s = sass.get(mangled)
-        rep = measured(
-            kernel=plain,
-            backend="cuda",
-            arch=arch,
-            variant=tools.template_args(demangled),
-            hot=_hot(plain, qualified, hot_names),
-            source="millkernels._C",
+        rep = code.report(
+            mangled,
+            names.get(mangled, mangled),
+            arch,
+            hot_names,
+            "millkernels._C",
+            spills_known=False,
             registers=regs,
             spill_stores=0,
             spill_loads=0,
             shared_bytes=shared,
-            tensor_core=dict(s.tensor_core) if s else {},
-            tma=bool(s.tma) if s else False,
             note=f"read from the built extension (nvcc not found): spills unknown, "
             f"{local} B local memory per thread",
-            symbol=demangled,
         )
-        rep.spill_bytes = rep.spill_stores = rep.spill_loads = None
         if not hot_only or rep.hot:
             reports.append(rep)
     # dedupe: the fatbinary may hold the same kernel twice (one cubin per translation unit)

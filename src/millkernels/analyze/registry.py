@@ -29,6 +29,7 @@ from typing import Any
 
 from millkernels.ops.analysis_spec import (
     CudaHot,
+    Expect,
     TritonAnalysis,
     TritonVariant,
     variants_from_configs,
@@ -73,6 +74,8 @@ class Registry:
 
     triton: dict[str, TritonKernel] = field(default_factory=dict)
     cuda_hot: set[str] = field(default_factory=set)
+    #: CUDA kernel name (plain or qualified) -> the Expects its compiled code must show.
+    cuda_expect: dict[str, tuple[Expect, ...]] = field(default_factory=dict)
     #: Kernel modules that failed to import: module -> error (filled by triton_kernels()).
     import_errors: dict[str, str] = field(default_factory=dict)
 
@@ -112,6 +115,8 @@ class Registry:
                 self.register_triton(entry.name, entry.fn, entry.variants, hot=entry.hot)
             elif isinstance(entry, CudaHot):
                 self.register_cuda_hot(*entry.kernels)
+                for kernel, expects in entry.expect.items():
+                    self.cuda_expect[kernel] = tuple(expects)
             else:
                 raise TypeError(f"{where}: entries are TritonAnalysis or CudaHot, got {entry!r}")
 

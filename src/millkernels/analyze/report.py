@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -67,11 +68,23 @@ class KernelReport:
     tensor_core_counts: dict[str, int] = field(default_factory=dict)
     source: str = ""  # CUDA: the .cu file, relative to csrc/; Triton: module:function
     symbol: str = ""  # the compiled function: CUDA's demangled signature, Triton's kernel name
+    #: Measured metrics, named as in :class:`~millkernels.ops.analysis_spec.Expect`.
+    metrics: dict[str, float] = field(default_factory=dict)
+    #: One row per declared Expect (:func:`millkernels.analyze.expect.evaluate`).
+    expect: list[dict[str, Any]] = field(default_factory=list)
+    #: The Triton version that compiled a Triton kernel ("" for CUDA kernels).
+    triton_version: str = ""
+
+    @property
+    def expect_failures(self) -> list[dict[str, Any]]:
+        """Declared Expects that neither hold nor are skipped (hot or not, they fail --check)."""
+        return [r for r in self.expect if not r["skipped"] and not r["holds"]]
 
     @property
     def failed(self) -> bool:
-        """True when this is a hot kernel whose status fails ``--check``."""
-        return self.hot and self.status in FAILING
+        """True when this is a hot kernel whose status fails ``--check``, or any kernel with
+        an Expect that does not hold."""
+        return (self.hot and self.status in FAILING) or bool(self.expect_failures)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -129,3 +142,8 @@ def measured(
         source=source,
         symbol=symbol,
     )
+
+
+def selected(name: str, only: Sequence[str] | None) -> bool:
+    """Whether ``name`` contains one of ``only`` (everything is, when ``only`` is None)."""
+    return only is None or any(s in name for s in only)

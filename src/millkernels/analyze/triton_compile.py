@@ -402,8 +402,27 @@ def compile_variant(jit_fn: Any, variant: TritonVariant, capability: int) -> Any
     return triton.compile(src, target=GPUTarget("cuda", capability, 32), options=options)
 
 
+def compiled_metrics(compiled: Any, sass_text: str | None) -> dict[str, float]:
+    """The metrics Expects read that come from the compiled kernel itself: the SASS loop
+    statistics (:mod:`~millkernels.analyze.sass_loops`), ``dup_warp_dots`` from the TTGIR and
+    ``num_warps`` (a warp-specialised kernel's producer warps included)."""
+    from millkernels.analyze import sass_loops, ttgir
+
+    meta = compiled.metadata
+    ir = compiled.asm.get("ttgir", "")
+    metrics: dict[str, float] = {}
+    functions = sass_loops.parse_functions(sass_text) if sass_text else {}
+    if meta.name in functions:
+        metrics.update(sass_loops.sass_metrics(functions[meta.name]))
+    metrics["dup_warp_dots"] = float(ttgir.dup_warp_dots(ir))
+    metrics["num_warps"] = float(max(int(meta.num_warps), ttgir.total_warps(ir) or 0))
+    return metrics
+
+
 def compile_one(jit_fn: Any, variant: TritonVariant, capability: int, tmp: Path) -> dict[str, Any]:
     """Compile one variant and measure it (in the worker)."""
+    import triton
+
     from millkernels.analyze import cache, tools
 
     compiled = compile_variant(jit_fn, variant, capability)
@@ -447,6 +466,8 @@ def compile_one(jit_fn: Any, variant: TritonVariant, capability: int, tmp: Path)
     sass_text, sass_err = str(outputs["sass"]) or None, str(outputs["sass_err"])
     sass = tools.parse_sass(sass_text).get(name) if sass_text else None
     return {
+        "metrics": compiled_metrics(compiled, sass_text),
+        "triton_version": triton.__version__,
         "symbol": name,
         "registers": stats.registers,
         "spill_stores": stats.spill_stores,

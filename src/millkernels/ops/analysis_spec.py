@@ -47,17 +47,28 @@ class Expect:
     - ``registers``, ``spill_bytes``, ``shared_bytes``, ``num_warps`` (warps of the compiled
       kernel, producer warps of a warp-specialised kernel included), ``tma`` (0 or 1);
     - ``kernel.op.<OPCODE>``: instructions of the whole kernel whose SASS opcode, up to its
-      first dot, is ``<OPCODE>`` (``kernel.op.MUFU``, ``kernel.op.I2F``);
-    - ``loops``: the number of loops (backward branches) in the SASS;
+      first dot, is ``<OPCODE>`` (``kernel.op.MUFU``, ``kernel.op.I2F``); 0 when none. Never
+      executed padding (``@!PT``-guarded instructions, ``NOP``) is not counted anywhere;
+    - ``loops``: the number of loops (backward branches; several to one target are one loop)
+      in the SASS, not counting spin loops (at most 4 instructions, no tensor-core
+      instruction: a wait's or a register reallocation's retry) nor the jump back from a
+      wait's out-of-line retry stub (warp-specialised kernels);
     - ``loop.<field>``: the hot loop, the innermost loop with the most tensor-core
-      instructions (without any: the innermost loop with the most instructions). Fields are
+      instructions (innermost among loops with any; the first of equals), without any the
+      innermost loop with the most instructions; spin loops inside do not count. Fields are
       per iteration, per thread: ``instructions``, ``mma`` (tensor-core instructions: HGMMA,
       QGMMA, HMMA, IMMA, ...), ``mma_ratio`` (mma / the other instructions), ``barriers``
-      (CTA-wide ``BAR`` instructions), ``global_loads`` (LDG), ``shared_loads`` (LDS, LDSM),
-      ``async_copies`` (LDGSTS and TMA loads), ``i2f`` (I2F), ``mufu`` (MUFU), and
-      ``op.<OPCODE>`` as for the kernel;
-    - ``dup_warp_dots`` (Triton only): dots in the TTGIR whose MMA layout puts more warps along
-      M than the tile has 16-row slices, so several warpgroups compute the same tile.
+      (CTA-wide barriers: ``BAR.SYNC`` of barrier 0 without a thread count; a named barrier
+      of some warps such as ``BAR.SYNC 0x1, 0x100``, and ``BAR.ARV``, are not counted),
+      ``global_loads`` (LDG), ``shared_loads`` (LDS, LDSM), ``async_copies`` (LDGSTS and TMA
+      loads: UTMALDG, UBLKCP), ``i2f`` (I2F, I2FP), ``mufu`` (MUFU), and ``op.<OPCODE>`` as
+      for the kernel. A kernel without a loop has no ``loop.*`` value (such an Expect fails);
+    - ``dup_warp_dots`` (Triton only): dots in the TTGIR whose MMA layout puts more warps
+      along M than the tile has 16-row slices (``warpsPerCTA[0] * 16 > M``; a Hopper
+      warpgroup is 4 of them), or along N than it has ``instrShape[1]``-column slices, so
+      several warps compute the same products.
+
+    A metric name outside this list fails ``--check`` (no typo passes silently).
     """
 
     metric: str

@@ -10,7 +10,9 @@ nearest even (seen: 1.1244 -> 1.1172 instead of 1.125, a whole ulp), which can p
 kernel past the flash-attention 2x rule on the CPU only. :func:`cast` rounds the bits first
 there; compiled, it is a plain ``x.to(dtype)`` (round to nearest even, the same instruction).
 Kernels call ``cast`` wherever a float32 value becomes bf16/fp16 (operands rounded before a
-``dot``, output stores), so CPU results round as GPU results do.
+``dot``, output stores), so CPU results round as GPU results do. Third, inline assembly does
+not run under the interpreter: :func:`tanh` (attention's softcap, forward and backward) is one
+hardware approximation when compiled and the exact formula there.
 """
 
 from __future__ import annotations
@@ -42,3 +44,30 @@ def cast(x, dtype: tl.constexpr):
         return bits.to(tl.float32, bitcast=True).to(dtype)
     else:
         return x.to(dtype)
+
+
+@triton.jit
+def sub(a, b):
+    """``a - b``; right for bf16 under the interpreter too, which subtracts bf16 operands' bit
+    patterns (seen on Triton 3.9: 131 - 131 gave 0 but 129 - 131 gave NaN). There it goes
+    through float32 and :func:`cast` (the float32 difference, exact unless the exponents differ
+    by more than 16, rounded to bf16 once, as a compiled bf16 subtraction rounds); compiled, it
+    is a plain subtraction in the operands' dtype."""
+    if INTERPRET and a.dtype == tl.bfloat16:
+        return cast(a.to(tl.float32) - b.to(tl.float32), tl.bfloat16)
+    else:
+        return a - b
+
+
+@triton.jit
+def tanh(x):
+    """tanh of float32 ``x``. Compiled: one ``tanh.approx.f32`` (one MUFU; absolute error
+    about 2**-11, below the bf16/fp16 rounding of the probabilities it feeds) instead of an
+    exp and a division (two MUFU). Under the interpreter, where inline assembly does not run,
+    the exact ``1 - 2 / (exp(2x) + 1)`` (``tl.math.tanh`` is not in every Triton)."""
+    if INTERPRET:
+        return 1.0 - 2.0 / (tl.exp(2.0 * x) + 1.0)
+    else:
+        return tl.inline_asm_elementwise(
+            "tanh.approx.f32 $0, $1;", "=r,r", [x], dtype=tl.float32, is_pure=True, pack=1
+        )

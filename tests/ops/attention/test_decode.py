@@ -138,9 +138,104 @@ def test_split_plan_is_shared_and_within_limits(batch, heads_q, heads_kv, capaci
         assert cuda == triton
     for splits in (cuda, triton):
         assert 1 <= splits <= decode_plan.MAX_SPLITS
-        assert splits == 1 or capacity // splits >= decode_plan.MIN_TOKENS_PER_SPLIT
+        assert splits <= -(-capacity // decode_plan.SPLIT_TOKENS)
     cpu = decode_plan.num_splits(batch, heads_q, heads_kv, capacity, None, group)
     assert 1 <= cpu <= decode_plan.CPU_SPLITS
+
+
+@pytest.mark.parametrize("batch, heads_q, heads_kv, capacity, sms", PLAN_SHAPES)
+def test_legacy_split_plan(monkeypatch, batch, heads_q, heads_kv, capacity, sms):
+    """MILLKERNELS_DECODE_LEGACY=splits: the previous grid (capacity // MIN_TOKENS_PER_SPLIT
+    floor) with every split live (split_tokens 0)."""
+    monkeypatch.setenv("MILLKERNELS_DECODE_LEGACY", "splits")
+    splits = decode_plan.num_splits(batch, heads_q, heads_kv, capacity, sms, 1)
+    assert splits == 1 or capacity // splits >= decode_plan.MIN_TOKENS_PER_SPLIT
+    assert decode_plan.split_tokens(torch.device("cpu")) == 0
+    assert decode_plan.live_splits(0, 0, splits) == splits
+
+
+@pytest.mark.parametrize(
+    "seqlen, tokens, splits, live",
+    [(0, 16, 8, 1), (1, 16, 8, 1), (16, 16, 8, 1), (17, 16, 8, 2), (2048, 256, 64, 8),
+     (32768, 256, 64, 64), (100, 16, 3, 3), (5, 0, 7, 7)],
+)  # fmt: skip
+def test_live_splits(seqlen, tokens, splits, live):
+    """Live splits: ceil(seqlen / split_tokens) within [1, splits]; 2K live tokens in a
+    32K table use 8 of the grid's 64 splits."""
+    assert decode_plan.live_splits(seqlen, tokens, splits) == live
+
+
+def test_decode_legacy_setting(monkeypatch):
+    from millkernels.ops.attention.capabilities import DECODE_LEGACY_PARTS, decode_legacy
+
+    monkeypatch.delenv("MILLKERNELS_DECODE_LEGACY", raising=False)
+    assert decode_legacy() == frozenset()
+    monkeypatch.setenv("MILLKERNELS_DECODE_LEGACY", "all")
+    assert decode_legacy() == frozenset(DECODE_LEGACY_PARTS)
+    monkeypatch.setenv("MILLKERNELS_DECODE_LEGACY", " stages, cuda_gqa ")
+    assert decode_legacy() == {"stages", "cuda_gqa"}
+    monkeypatch.setenv("MILLKERNELS_DECODE_LEGACY", "splits,fast")
+    with pytest.raises(ValueError, match="MILLKERNELS_DECODE_LEGACY.*'fast'"):
+        decode_legacy()
+
+
+def _recorded_buffers(monkeypatch):
+    """Record every buffer decode_plan allocates (NaN-poisoned)."""
+    made: list[torch.Tensor] = []
+
+    def record(shape, dtype, device):
+        t = empty_poisoned(shape, dtype, device)
+        made.append(t)
+        return t
+
+    monkeypatch.setattr(decode_plan, "empty", record)
+    return made
+
+
+# (batch, heads_q, heads_kv, lens): GQA groups 1, 4 and 8; lengths 0, 1, one split's worth,
+# several splits; a table with far more capacity than any live sequence.
+LIVE_CASES = [
+    (3, 4, 4, [0, 1, 16]),
+    (3, 8, 2, [100, 17, 5]),
+    (2, 8, 1, [63, 0]),
+]
+
+
+@pytest.mark.parametrize("batch, heads_q, heads_kv, lens", LIVE_CASES)
+@pytest.mark.parametrize("legacy", ["", "all"])
+def test_triton_live_splits_in_a_large_table(
+    monkeypatch, triton_device, batch, heads_q, heads_kv, lens, legacy
+):
+    """A table of 40+ pages (640+ tokens) holding at most 100: the grid has CPU_SPLITS
+    splits, each sequence uses ceil(n / 16) of them (legacy: all), and every output element
+    is written (outputs and workspaces start as NaN). The legacy rules pass too."""
+    from millkernels.ops.attention import triton_decode
+
+    monkeypatch.setenv("MILLKERNELS_DECODE_LEGACY", legacy)
+    made = _recorded_buffers(monkeypatch)
+    args = make_case(batch, heads_q, heads_kv, 64, 16, lens, BF16, triton_device, spare_blocks=40)
+    out, lse = triton_decode.attention_decode(*args, 0.125, 0.0)
+    check_against_reference(args, out, lse, 0.125)
+    if not legacy:  # the partials of splits past a sequence's live ones are never written
+        assert len(made) == 4 and made[2].shape[2] == decode_plan.CPU_SPLITS
+        po = made[2].cpu()
+        for b, n in enumerate(lens):
+            live = decode_plan.live_splits(n, decode_plan.CPU_SPLIT_TOKENS, po.shape[2])
+            assert torch.isnan(po[b, :, live:]).all()
+            if live == 1:  # written directly: no partial at all
+                assert torch.isnan(po[b]).all()
+
+
+def test_triton_legacy_matches_new(monkeypatch, triton_device):
+    """The previous rules and the current ones agree (different split points: not bitwise)."""
+    from millkernels.ops.attention import triton_decode
+
+    args = make_case(2, 8, 2, 128, 16, [90, 33], F16, triton_device, spare_blocks=6)
+    new, lse_new = triton_decode.attention_decode(*args, 0.1, 0.0)
+    monkeypatch.setenv("MILLKERNELS_DECODE_LEGACY", "all")
+    old, lse_old = triton_decode.attention_decode(*args, 0.1, 0.0)
+    torch.testing.assert_close(new.float(), old.float(), atol=2e-3, rtol=2e-3)
+    torch.testing.assert_close(lse_new, lse_old, atol=1e-4, rtol=1e-4)
 
 
 def test_triton_launcher_uses_the_plan(monkeypatch, poisoned):
@@ -395,6 +490,11 @@ def test_decode_rules_live_in_the_table(monkeypatch):
     assert "CUDA tensors" in why("cuda", device="cpu")
     assert "sm_80" in why("cuda", capability=(7, 5))
     assert "16-byte" in why("cuda", aligned16=False)
+    assert why("cuda", group=2) is None or "native extension" in why("cuda", group=2)
+    assert "go to the triton backend" in why("cuda", group=4)
+    assert "this call has 8" in why("cuda", group=8)
+    monkeypatch.setenv("MILLKERNELS_DECODE_LEGACY", "cuda_gqa")
+    assert "triton backend" not in (why("cuda", group=8) or "")
     assert "bf16 needs sm_80" in why("triton", capability=(7, 5), device="cuda")
     assert "unknown attention op" in why("triton", op="nope")
 
@@ -408,6 +508,7 @@ def test_misaligned_cache_is_not_offered_to_cuda():
     flat = torch.empty(k.numel() + 1, dtype=F16)
     k_odd = flat[1:].view(k.shape)
     assert call_facts("attention_decode", q, k, v).aligned16
+    assert call_facts("attention_decode", q, k, v, group=2).group == 2
     assert not call_facts("attention_decode", q, k_odd, v).aligned16
 
 
@@ -480,6 +581,7 @@ NATIVE_BAD = [
     ({"lse": torch.empty(2, 5)}, r"lse: expected shape \(2, 4\)"),
     ({"o_partial": torch.empty(2, 4, 2, 64)}, r"o_partial: expected shape \(2, 4, 3, 64\)"),
     ({"splits": 0}, "num_splits: expected 1 <= num_splits <= 256"),
+    ({"split_tokens": -1}, "split_tokens: expected 0 <= split_tokens"),
     ({"q": _misaligned()}, "q: expected a 16-byte aligned data pointer"),
     ({"q": torch.empty(2, 4, 128, dtype=F16)[..., ::2]}, "q: expected a unit stride"),
     ({"softcap": -1.0}, "softcap: expected a finite value >= 0"),
@@ -525,12 +627,13 @@ GPU_CASES = [
 @pytest.mark.gpu
 @pytest.mark.parametrize("case", GPU_CASES)
 @pytest.mark.parametrize("backend", ["cuda", "triton"])
-def test_gpu_decode_matches_reference(case, backend, poisoned):
+def test_gpu_decode_matches_reference(case, backend, poisoned, monkeypatch):
     if backend == "cuda":
         from millkernels import runtime
 
         if not runtime.native().built:
             pytest.skip("millkernels._C is not built")
+        monkeypatch.setenv("MILLKERNELS_DECODE_LEGACY", "cuda_gqa")  # the kernel, all groups
     *shape, lens, dtype, softcap = case
     args = make_case(*shape, lens, dtype, "cuda")
     out, lse = attention_decode(*args, softcap=softcap, return_lse=True, backend=backend)
@@ -551,6 +654,22 @@ def test_gpu_split_counts(splits, backend, poisoned):
             pytest.skip("millkernels._C is not built")
     args = make_case(3, 8, 2, 128, 16, [1500, 7, 0], BF16, "cuda")
     out, lse = mod.attention_decode(*args, 0.09, 0.0, splits=splits)
+    check_against_reference(args, out, lse, 0.09)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("legacy", ["", "all"])
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_gpu_live_splits_in_a_large_table(legacy, backend, poisoned, monkeypatch):
+    """2K, 1 and 300 live tokens in a 32K-token table (64 grid splits, 8 / 1 / 2 live), GQA 2."""
+    from millkernels.ops.attention import cuda_decode, triton_decode
+
+    if backend == "cuda" and not __import__("millkernels").runtime.native().built:
+        pytest.skip("millkernels._C is not built")
+    monkeypatch.setenv("MILLKERNELS_DECODE_LEGACY", legacy)
+    mod = cuda_decode if backend == "cuda" else triton_decode
+    args = make_case(3, 8, 4, 128, 16, [2048, 1, 300], BF16, "cuda", spare_blocks=2048 - 128)
+    out, lse = mod.attention_decode(*args, 0.09, 0.0, splits=64)
     check_against_reference(args, out, lse, 0.09)
 
 

@@ -156,20 +156,31 @@ def _cu_seqlens(name: str, cu: Any, q: torch.Tensor, total: int, what: str) -> t
     return cu
 
 
-def _select(op: str, q: torch.Tensor, backend: str, aligned: bool = True) -> str:
+def _select(op: str, q: torch.Tensor, backend: str, aligned: bool = True, group: int = 1) -> str:
     index = q.device.index if q.device.type == "cuda" else None
     dtype = str(q.dtype).removeprefix("torch.")
-    return _select_constant(op, q.device.type, index, dtype, int(q.shape[-1]), aligned, backend)
+    return _select_constant(
+        op, q.device.type, index, dtype, int(q.shape[-1]), aligned, backend, group
+    )
 
 
 @constant_under_compile
 def _select_constant(
-    op: str, device: str, index: int | None, dtype: str, head_dim: int, aligned: bool, backend: str
+    op: str,
+    device: str,
+    index: int | None,
+    dtype: str,
+    head_dim: int,
+    aligned: bool,
+    backend: str,
+    group: int = 1,
 ) -> str:
     """Backend choice from plain facts; under torch.compile it runs once at trace time and
     its answer is baked into the graph (the capability queries are not traceable)."""
     cap = runtime.capability(index) if device == "cuda" else None
-    facts = facts_from_values(op, device, dtype, head_dim, capability=cap, aligned=aligned)
+    facts = facts_from_values(
+        op, device, dtype, head_dim, capability=cap, aligned=aligned, group=group
+    )
     return TABLE.select(backend, facts, op)
 
 
@@ -610,7 +621,8 @@ def attention_decode(
     scale = _decode_arguments(
         q, k_cache, v_cache, block_table, cache_seqlens, softmax_scale, softcap
     )
-    name = _select(DECODE_OP, q, backend, aligned16(q, k_cache, v_cache))
+    group = q.shape[1] // k_cache.shape[2]
+    name = _select(DECODE_OP, q, backend, aligned16(q, k_cache, v_cache), group)
     out, lse = custom_ops.attention_decode(
         q, k_cache, v_cache, block_table, cache_seqlens, scale, float(softcap), name
     )

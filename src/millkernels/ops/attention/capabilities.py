@@ -3,8 +3,10 @@
 Ops: ``attention`` and ``attention_varlen`` (training: forward and backward) and
 ``attention_decode`` (paged KV cache). Every rule takes an :class:`AttentionCall`, built by
 :func:`call_facts` from validated arguments. Besides the backend rules (``serves``) this
-module owns the one launch choice the table makes inside a backend: whether the Triton
-training kernels load through tensor descriptors (TMA), :func:`tma_reason`.
+module owns the launch choices the table makes inside a backend: whether the Triton
+training kernels load through tensor descriptors (TMA), :func:`tma_reason`, whether the
+Triton forward tries its warp-specialised kernel, :func:`ws_reason`, and which previous
+decode rules :data:`DECODE_LEGACY_ENV` brings back for GPU comparisons, :func:`decode_legacy`.
 """
 
 from __future__ import annotations
@@ -36,6 +38,21 @@ TMA_ENV = "MILLKERNELS_ATTENTION_TMA"
 #: original tables (kept for GPU comparisons); anything else the fused backward (dQ by fp32
 #: atomics, or a separate dQ pass when ``deterministic``).
 BWD_ENV = "MILLKERNELS_ATTENTION_BWD"
+#: GQA groups of this many query heads per key/value head or more go to Triton, not to the
+#: CUDA decode kernel: its scalar FMA loop issues 210 warp-instructions per 512 bytes of K/V
+#: at G=8 (compute-bound where a decode should be memory-bound); Triton's tl.dot tiles use
+#: the tensor cores.
+CUDA_DECODE_MAX_GROUP = 4
+#: Comparison switch for the decode kernels: "all" or a comma list of DECODE_LEGACY_PARTS,
+#: each bringing back the previous rule: ``splits`` (every grid split live, the grid sized
+#: from the capacity alone), ``stages`` (the Triton K/V loop pipelined at the launch default
+#: instead of KV_STAGES), ``cuda_gqa`` (the CUDA kernel serves GQA groups of 4 and more).
+DECODE_LEGACY_ENV = "MILLKERNELS_DECODE_LEGACY"
+DECODE_LEGACY_PARTS = ("splits", "stages", "cuda_gqa")
+#: Opt-in switch for the warp-specialised Triton forward on sm_90+: "1" to use it for calls
+#: it fits (full blocks, no mask: :func:`.triton_fwd.ws_unfit`). Off by default until GPU
+#: measurements show it ahead (`millkernels bench attention` reports ``triton_ws``).
+WS_ENV = "MILLKERNELS_ATTENTION_WS"
 
 
 @dataclass(frozen=True)
@@ -44,12 +61,35 @@ class AttentionCall(CallFacts):
 
     ``aligned16``: every data pointer of the call's tensors is 16-byte aligned and every
     stride but the last is a multiple of 16 bytes (the CUDA decode kernel's and TMA's rule).
-    ``tma_opt_in``: :data:`TMA_ENV` was "1" when the facts were taken.
+    ``tma_opt_in``, ``ws_opt_in``: :data:`TMA_ENV`, :data:`WS_ENV` were "1" when the facts
+    were taken.
+    ``group``: query heads per key/value head (GQA; 1 for MHA).
     """
 
     head_dim: int = 0
     aligned16: bool = True
     tma_opt_in: bool = False
+    ws_opt_in: bool = False
+    group: int = 1
+
+
+def decode_legacy() -> frozenset[str]:
+    """The previous decode rules :data:`DECODE_LEGACY_ENV` selects (empty: the current ones).
+
+    Raises ValueError on a part not in :data:`DECODE_LEGACY_PARTS` (or "all")."""
+    raw = os.environ.get(DECODE_LEGACY_ENV, "").strip()
+    if not raw:
+        return frozenset()
+    if raw == "all":
+        return frozenset(DECODE_LEGACY_PARTS)
+    parts = frozenset(p.strip() for p in raw.split(",") if p.strip())
+    bad = sorted(parts - set(DECODE_LEGACY_PARTS))
+    if bad:
+        raise ValueError(
+            f"{DECODE_LEGACY_ENV}: expected 'all' or a comma list of {DECODE_LEGACY_PARTS}, "
+            f"got {bad}"
+        )
+    return parts
 
 
 def aligned16(*tensors: torch.Tensor) -> bool:
@@ -75,6 +115,7 @@ def facts_from_values(
     *,
     capability: tuple[int, int] | None = None,
     aligned: bool = True,
+    group: int = 1,
 ) -> AttentionCall:
     """The facts from plain values: what :func:`call_facts` reads off the tensors, or what a
     backend choice that must stay constant under torch.compile receives."""
@@ -86,12 +127,15 @@ def facts_from_values(
         head_dim=int(head_dim),
         aligned16=aligned,
         tma_opt_in=os.environ.get(TMA_ENV, "0") == "1",
+        group=int(group),
+        ws_opt_in=os.environ.get(WS_ENV, "0") == "1",
     )
 
 
-def call_facts(op: str, q: torch.Tensor, *others: torch.Tensor) -> AttentionCall:
+def call_facts(op: str, q: torch.Tensor, *others: torch.Tensor, group: int = 1) -> AttentionCall:
     """The facts of a call whose query is ``q`` (validated arguments); ``others`` (k, v,
-    dO...) count towards ``aligned16`` with ``q``."""
+    dO...) count towards ``aligned16`` with ``q``; ``group``: query heads per key/value
+    head."""
     where = CallFacts.of_tensor(q)
     return facts_from_values(
         op,
@@ -100,6 +144,7 @@ def call_facts(op: str, q: torch.Tensor, *others: torch.Tensor) -> AttentionCall
         q.shape[-1],
         capability=where["capability"],
         aligned=aligned16(q, *others),
+        group=group,
     )
 
 
@@ -173,6 +218,12 @@ def _cuda_serves(call: AttentionCall) -> str | None:
             "the CUDA decode kernel needs 16-byte aligned data pointers and strides that "
             "are multiples of 8 elements (q, k_cache, v_cache)"
         )
+    if call.group >= CUDA_DECODE_MAX_GROUP and "cuda_gqa" not in decode_legacy():
+        return (
+            f"GQA groups of {CUDA_DECODE_MAX_GROUP}+ query heads per key/value head go to the "
+            f"triton backend (tensor cores), this call has {call.group} "
+            f"({DECODE_LEGACY_ENV}=cuda_gqa brings the CUDA kernel back)"
+        )
     return _native_decode_missing()
 
 
@@ -203,8 +254,13 @@ def tma_reason(call: AttentionCall) -> str | None:
     ``tl.make_tensor_descriptor``."""
     if not call.tma_opt_in:
         return f"{TMA_ENV} is not 1 (the TMA kernels are opt-in)"
+    return _descriptor_reason(call, "TMA kernels")
+
+
+def _descriptor_reason(call: AttentionCall, what: str) -> str | None:
+    """Why tensor-descriptor kernels (``what``) cannot serve ``call``, the opt-in aside."""
     if call.op not in TRAINING_OPS:
-        return f"no TMA kernels for {call.op}"
+        return f"no {what} for {call.op}"
     if not runtime.triton_interpret():
         cap = call.capability if call.device == "cuda" else None
         if cap is None:
@@ -238,16 +294,53 @@ def backward_setting() -> str:
     )
 
 
-def tma_setting() -> str:
-    """The TMA choice on this machine for aligned tensors, in words (``millkernels info``)."""
+def ws_reason(call: AttentionCall) -> str | None:
+    """Why the Triton forward does not try its warp-specialised kernel for ``call``; None: it
+    does, and the launcher still takes the other kernel for calls that do not fit it
+    (:func:`.triton_fwd.ws_unfit`: masks, varlen, partial blocks) or when Triton did not
+    specialise it. Needs the opt-in (:data:`WS_ENV`) and what TMA needs (:func:`tma_reason`)
+    but its opt-in: the WS kernel loads through tensor descriptors."""
+    if not call.ws_opt_in:
+        return f"{WS_ENV} is not 1 (the warp-specialised forward is opt-in)"
+    return _descriptor_reason(call, "warp-specialised kernels")
+
+
+def use_ws(call: AttentionCall) -> bool:
+    """The warp-specialisation decision for ``call`` (see :func:`ws_reason`)."""
+    return ws_reason(call) is None
+
+
+def _machine_call() -> AttentionCall:
+    """A training call on this machine (GPU or interpreter) with aligned bf16 tensors."""
     if runtime.triton_interpret():
         device, cap = "cpu", None
     else:
         device, cap = "cuda", runtime.capability()
-    call = facts_from_values(TRAINING_OPS[0], device, "bfloat16", 128, capability=cap)
-    why = tma_reason(call)
+    return facts_from_values(TRAINING_OPS[0], device, "bfloat16", 128, capability=cap)
+
+
+def tma_setting() -> str:
+    """The TMA choice on this machine for aligned tensors, in words (``millkernels info``)."""
+    why = tma_reason(_machine_call())
     if why is None:
         return "on (training kernels, where q, k, v and dO are 16-byte aligned)"
+    return f"off: {why}"
+
+
+def decode_legacy_setting() -> str:
+    """The decode rules in use, in words (``millkernels info``)."""
+    try:
+        parts = decode_legacy()
+    except ValueError as exc:
+        return f"invalid: {exc}"
+    return "previous: " + ", ".join(sorted(parts)) if parts else "current (none legacy)"
+
+
+def ws_setting() -> str:
+    """The warp-specialisation choice on this machine, in words (``millkernels info``)."""
+    why = ws_reason(_machine_call())
+    if why is None:
+        return "on (forward calls with full blocks and no mask, 16-byte aligned)"
     return f"off: {why}"
 
 
@@ -262,7 +355,8 @@ TABLE = CapabilityTable(
             notes="FlashAttention-2 forward and backward (dQ by atomics; deterministic=True "
             "reproducible), varlen, GQA, windows, "
             "softcap, head_dim multiple of 8 up to 256; paged-KV decode (split-KV); "
-            f"tensor-descriptor (TMA) training kernels on sm_90+ with {TMA_ENV}=1",
+            f"tensor-descriptor (TMA) training kernels on sm_90+ with {TMA_ENV}=1; "
+            f"warp-specialised forward on sm_90+ with {WS_ENV}=1",
             available=runtime.triton_unavailable_reason,
             serves=_triton_serves,
         ),
@@ -270,7 +364,7 @@ TABLE = CapabilityTable(
             "cuda",
             archs="sm_80, sm_90a (the archs _C was built for)",
             dtypes=KERNEL_DTYPES,
-            notes="paged-KV decode only",
+            notes=f"paged-KV decode only, GQA groups below {CUDA_DECODE_MAX_GROUP}",
             available=_cuda_available,
             serves=_cuda_serves,
         ),
@@ -290,5 +384,7 @@ TABLE = CapabilityTable(
     choices=lambda: {
         f"TMA kernels ({TMA_ENV})": tma_setting(),
         f"backward ({BWD_ENV})": backward_setting(),
+        f"decode legacy rules ({DECODE_LEGACY_ENV})": decode_legacy_setting(),
+        f"warp-specialised forward ({WS_ENV})": ws_setting(),
     },
 )

@@ -15,9 +15,10 @@ Ops (``torch.ops.millkernels.*``):
 ``causal`` is folded into the window (``right = min(right, 0)``) before these ops; ``-1``
 means unbounded. ``backend`` is already resolved by the public functions (:mod:`.api`):
 "triton" or "reference" for the training ops, also "cuda" for decode. The Triton training
-launchers get the table's TMA decision (:func:`.capabilities.use_tma`), taken here on the
-real tensors. Each op is made by :func:`millkernels.ops.custom_op.family_op` (eager calls
-that record no gradient skip the dispatcher).
+launchers get the table's TMA decision (:func:`.capabilities.use_tma`) and the forward its
+warp-specialisation decision (:func:`.capabilities.use_ws`), taken here on the real tensors.
+Each op is made by :func:`millkernels.ops.custom_op.family_op` (eager calls that record no
+gradient skip the dispatcher).
 """
 
 from __future__ import annotations
@@ -42,6 +43,11 @@ def _check_backend(backend: str, names: tuple[str, ...] = _NAMES) -> None:
 def _tma(op: str, *tensors: Tensor) -> bool:
     """The table's TMA decision for a Triton training launch on these tensors."""
     return capabilities.use_tma(capabilities.call_facts(op, *tensors))
+
+
+def _ws(op: str, *tensors: Tensor) -> bool:
+    """The table's warp-specialisation decision for a Triton forward on these tensors."""
+    return capabilities.use_ws(capabilities.call_facts(op, *tensors))
 
 
 def _like(x: Tensor, ref: Tensor) -> Tensor:
@@ -147,7 +153,7 @@ def attention_fwd(
 
         out, lse = triton_fwd.forward(
             q, k, v, None, None, q.shape[1], k.shape[1], softmax_scale, window, softcap,
-            tma=_tma("attention", q, k, v),
+            tma=_tma("attention", q, k, v), ws=_ws("attention", q, k, v),
         )  # fmt: skip
     else:
         out, lse = reference.attention_ref(
@@ -250,6 +256,7 @@ def attention_varlen_fwd(
         out, lse = triton_fwd.forward(
             q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
             softmax_scale, window, softcap, tma=_tma("attention_varlen", q, k, v),
+            ws=_ws("attention_varlen", q, k, v),
         )  # fmt: skip
     else:
         out, lse = reference.attention_varlen_ref(

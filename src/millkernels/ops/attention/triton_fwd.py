@@ -28,7 +28,7 @@ from millkernels.ops.analysis_spec import (
     with_spill_allowance,
 )
 from millkernels.ops.attention.capabilities import aligned16
-from millkernels.ops.triton_common import cast, dot
+from millkernels.ops.triton_common import cast, dot, tanh
 
 BIG = 1 << 30  # an unbounded window side (seqlens stay below 2**29)
 LOG2E = 1.4426950408889634
@@ -95,9 +95,31 @@ def sequence_offsets(
 
 
 @triton.jit
-def tanh(x):
-    """tanh from exp (tl.math.tanh is not in every Triton): 1 - 2 / (exp(2x) + 1)."""
-    return 1.0 - 2.0 / (tl.exp(2.0 * x) + 1.0)
+def scores(qk, qk_scale, softcap, SOFTCAP: tl.constexpr):
+    """``(x, mult)`` with the base-2 scores ``x * mult``: ``(qk, qk_scale)``, or with a softcap
+    ``(tanh(qk * qk_scale), softcap)``. The multiply stays out of ``x`` so it fuses with the
+    max subtraction into one FFMA per score (:func:`softmax_step`); ``mult`` > 0."""
+    if SOFTCAP:
+        return tanh(qk * qk_scale), softcap
+    else:
+        return qk, qk_scale
+
+
+@triton.jit
+def softmax_step(x, mult, m_i, l_i, acc, MASKED: tl.constexpr):
+    """One online-softmax update for scores ``x * mult`` (masked scores ``x = -inf``):
+    ``(p, m_new, l_i, acc)`` with ``acc`` rescaled to the new running max. The row max is
+    taken on ``x`` and scaled once per row; ``x * mult - m`` is one FFMA per score."""
+    m_new = tl.maximum(m_i, tl.max(x, 1) * mult)
+    if MASKED:  # noqa: SIM108 (constexpr branch) a row with no visible key yet keeps m = -inf
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+    else:
+        m_use = m_new
+    p = tl.math.exp2(x * mult - m_use[:, None])
+    alpha = tl.math.exp2(m_i - m_use)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None]
+    return p, m_new, l_i, acc
 
 
 @triton.jit
@@ -151,24 +173,13 @@ def _fwd_inner(
             else:
                 kt = tl.load(k_ptrs, mask=d_ok[:, None], other=0.0)
         qk = dot(q, kt, tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32))
-        if SOFTCAP:  # noqa: SIM108  (constexpr branch)
-            qk = softcap * tanh(qk * qk_scale)
-        else:
-            qk = qk * qk_scale
+        x, mult = scores(qk, qk_scale, softcap, SOFTCAP)
         if MASKED:
             i = offs_m[:, None] + diag
             j = offs_n[None, :]
             vis = (j - i >= -win_left) & (j - i <= win_right) & (j < len_k)
-            qk = tl.where(vis, qk, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(qk, 1))
-            m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-        else:
-            m_new = tl.maximum(m_i, tl.max(qk, 1))
-            m_use = m_new
-        p = tl.math.exp2(qk - m_use[:, None])
-        alpha = tl.math.exp2(m_i - m_use)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None]
+            x = tl.where(vis, x, float("-inf"))
+        p, m_i, l_i, acc = softmax_step(x, mult, m_i, l_i, acc, MASKED)
         if TMA:
             v = v_base.load([n, 0])
         else:
@@ -180,7 +191,35 @@ def _fwd_inner(
             else:
                 v = tl.load(v_ptrs, mask=d_ok[None, :], other=0.0)
         acc = dot(cast(p, v.dtype), v, acc)
-        m_i = m_new
+    return acc, l_i, m_i
+
+
+@triton.jit
+def _fwd_inner_ws(
+    acc,
+    l_i,
+    m_i,
+    q,
+    k_desc,
+    v_desc,
+    len_k,
+    qk_scale,
+    softcap,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    SOFTCAP: tl.constexpr,
+):
+    """Every key block, unmasked, in one warp-specialised loop: a producer warpgroup issues
+    the TMA loads of K and V while the consumer warpgroups run the dots and the softmax. The
+    launcher guarantees full blocks (``len_k`` a multiple of ``BLOCK_N``, no window), so the
+    loop needs no mask; a second (masked) loop would stop Triton from specialising it."""
+    for n in tl.range(0, len_k, BLOCK_N, warp_specialize=True):
+        kt = tl.trans(k_desc.load([n, 0]))
+        qk = dot(q, kt, tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32))
+        x, mult = scores(qk, qk_scale, softcap, SOFTCAP)
+        p, m_i, l_i, acc = softmax_step(x, mult, m_i, l_i, acc, False)
+        v = v_desc.load([n, 0])
+        acc = dot(cast(p, v.dtype), v, acc)
     return acc, l_i, m_i
 
 
@@ -223,7 +262,12 @@ def _attn_fwd_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     TMA: tl.constexpr = False,
+    WS: tl.constexpr = False,
 ):
+    """One ``BLOCK_M`` block of query rows of one head (docstring of the module). ``WS``: the
+    warp-specialised form for calls with only full blocks and no mask (:func:`ws_unfit`):
+    tensor descriptors, one unmasked loop, no early exit (a runtime branch around the loop
+    stops Triton 3.6 from specialising it)."""
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = pid_bh // heads_q
@@ -234,13 +278,14 @@ def _attn_fwd_kernel(
         stride_vb, stride_vs, stride_ob, stride_os, stride_lb, VARLEN,
     )  # fmt: skip
     m_start = pid_m * BLOCK_M
-    if m_start >= len_q:
-        return
+    if not WS:  # noqa: SIM102 (constexpr) WS grids hold full blocks; no branch around its loop
+        if m_start >= len_q:
+            return
     offs_m = m_start + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < HEAD_DIM
     row_ok = offs_m < len_q
-    if TMA:  # Hopper tensor memory access; the launcher checked the 16-byte alignment rules
+    if TMA or WS:  # Hopper tensor memory access; the launcher checked TMA's 16-byte rules
         q_desc = tl.make_tensor_descriptor(
             Q + q_off + h * stride_qh, [len_q, HEAD_DIM], [stride_qs, 1], [BLOCK_M, BLOCK_D]
         )
@@ -263,21 +308,26 @@ def _attn_fwd_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    acc, l_i, m_i = _fwd_inner(
-        acc, l_i, m_i, q, k_base, v_base, stride_ks, stride_vs, full_lo, full_hi, 0, 0, offs_m,
-        offs_d, len_k, diag, win_left, win_right, qk_scale, softcap,
-        HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, False, SOFTCAP, TMA,
-    )  # fmt: skip
-    acc, l_i, m_i = _fwd_inner(
-        acc, l_i, m_i, q, k_base, v_base, stride_ks, stride_vs, lo, full_lo, full_hi, hi, offs_m,
-        offs_d, len_k, diag, win_left, win_right, qk_scale, softcap,
-        HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, True, SOFTCAP, TMA,
-    )  # fmt: skip
+    if WS:
+        acc, l_i, m_i = _fwd_inner_ws(
+            acc, l_i, m_i, q, k_base, v_base, len_k, qk_scale, softcap, BLOCK_M, BLOCK_N, SOFTCAP
+        )
+    else:
+        acc, l_i, m_i = _fwd_inner(
+            acc, l_i, m_i, q, k_base, v_base, stride_ks, stride_vs, full_lo, full_hi, 0, 0,
+            offs_m, offs_d, len_k, diag, win_left, win_right, qk_scale, softcap,
+            HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, False, SOFTCAP, TMA,
+        )  # fmt: skip
+        acc, l_i, m_i = _fwd_inner(
+            acc, l_i, m_i, q, k_base, v_base, stride_ks, stride_vs, lo, full_lo, full_hi, hi,
+            offs_m, offs_d, len_k, diag, win_left, win_right, qk_scale, softcap,
+            HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, True, SOFTCAP, TMA,
+        )  # fmt: skip
     empty = l_i == 0.0
     l_safe = tl.where(empty, 1.0, l_i)
     out = acc / l_safe[:, None]
     lse = tl.where(empty, float("-inf"), (m_i + tl.math.log2(l_safe)) * 0.6931471805599453)
-    if TMA:
+    if TMA or WS:
         o_desc = tl.make_tensor_descriptor(
             O + o_off + h * stride_oh, [len_q, HEAD_DIM], [stride_os, 1], [BLOCK_M, BLOCK_D]
         )
@@ -318,14 +368,15 @@ def _table_key(block_d: int) -> int:
 
 
 def _configs(
-    table: dict[int, list[tuple[int, int, int, int, int]]], tma: bool = False
+    table: dict[int, list[tuple[int, int, int, int, int]]], tma: bool = False, ws: bool = False
 ) -> list[triton.Config]:
     """Autotune configs from a table; ``tma`` configs load through tensor descriptors, which
-    need sm_90, so they never go below it."""
+    need sm_90, so they never go below it; ``ws`` configs are the warp-specialised form."""
     out = []
+    tma = tma or ws
     for bd, rows in table.items():
         for bm, bn, w, s, arch in rows:
-            kwargs = {"BLOCK_M": bm, "BLOCK_N": bn, "TMA": tma}
+            kwargs = {"BLOCK_M": bm, "BLOCK_N": bn, "TMA": tma, "WS": ws}
             cfg = triton.Config(kwargs, num_warps=w, num_stages=s)
             # head-dim bucket and lowest arch, read by the pruner
             cfg._mk_meta = (bd, max(arch, 90) if tma else arch)
@@ -348,12 +399,30 @@ FWD_CONFIGS = _configs(_FWD_TABLE)
 #: 222 registers on sm_90, no spills (the pointer kernel spills 232 B there).
 _FWD_TMA_EXTRA: dict[int, list[tuple[int, int, int, int, int]]] = {128: [(128, 128, 8, 2, 90)]}
 FWD_TMA_CONFIGS = _configs(_FWD_TABLE, tma=True) + _configs(_FWD_TMA_EXTRA, tma=True)
+#: The warp-specialised forward (``WS``), sm_90: num_warps 4 is one consumer warpgroup that
+#: Triton's Hopper pass doubles along M and gives a producer warpgroup: 12 warps compiled,
+#: setmaxnreg 40 (producer) / 232 (consumers), on Triton 3.6 and 3.9. d64 and d128 128x128 s2:
+#: no spills, 99 / 197 KB shared memory; 3 stages (257 KB) and d256 128x64 (263 KB) overflow
+#: the 227 KB of an sm_90 SM.
+_FWD_WS_TABLE: dict[int, list[tuple[int, int, int, int, int]]] = {
+    64: [(128, 128, 4, 2, 90)],
+    128: [(128, 128, 4, 2, 90)],
+}
+#: Warps of a compiled WS kernel: the producer warpgroup and two consumer warpgroups.
+WS_WARPS = 12
+#: Sequence lengths a WS call must be a multiple of (the largest WS block, so every config's
+#: blocks are full); under the interpreter, its one config's.
+WS_BLOCK = 128
 _FWD_KEY = ["seq_bucket", "HEAD_DIM", "VARLEN", "SOFTCAP", "group"]
 _attn_fwd_tuned = triton.autotune(
     configs=FWD_CONFIGS, key=_FWD_KEY, prune_configs_by={"early_config_prune": prune_for}
 )(_attn_fwd_kernel)
 _attn_fwd_tma_tuned = triton.autotune(
     configs=FWD_TMA_CONFIGS, key=_FWD_KEY, prune_configs_by={"early_config_prune": prune_for}
+)(_attn_fwd_kernel)
+FWD_WS_CONFIGS = _configs(_FWD_WS_TABLE, ws=True)
+_attn_fwd_ws_tuned = triton.autotune(
+    configs=FWD_WS_CONFIGS, key=_FWD_KEY, prune_configs_by={"early_config_prune": prune_for}
 )(_attn_fwd_kernel)
 
 
@@ -385,6 +454,76 @@ def ensure_descriptor_allocator() -> None:
     triton.set_allocator(alloc)
 
 
+def ws_block() -> int:
+    """What a WS call's sequence lengths must be multiples of (here: GPU or interpreter)."""
+    if runtime.triton_interpret():
+        return max(INTERPRET_FWD["BLOCK_M"], INTERPRET_FWD["BLOCK_N"])
+    return WS_BLOCK
+
+
+def ws_unfit(
+    varlen: bool,
+    max_q: int,
+    max_k: int,
+    head_dim: int,
+    window: tuple[int, int],
+    *tensors: torch.Tensor,
+) -> str | None:
+    """Why a forward call cannot take the warp-specialised kernel (None: it can). That kernel
+    runs one unmasked loop over full blocks, so the call needs: dense (not varlen) tensors,
+    both lengths positive multiples of :func:`ws_block`, a head_dim with WS configs, no window
+    and no causal mask (``window`` as the launcher takes it, causal folded in, -1 unbounded),
+    and TMA's 16-byte alignment for ``tensors``."""
+    block = ws_block()
+    if varlen:
+        return "varlen sequences end inside blocks"
+    if window != (-1, -1):
+        return "causal or window masks need the masked loop"
+    for name, n in (("seqlen_q", max_q), ("seqlen_k", max_k)):
+        if n <= 0 or n % block:
+            return f"{name} {n} is not a positive multiple of {block}"
+    if head_dim not in _FWD_WS_TABLE:
+        return f"no WS configs for head_dim {head_dim} (have {sorted(_FWD_WS_TABLE)})"
+    if not aligned16(*tensors):
+        return "the tensors are not 16-byte aligned (data or outer strides)"
+    return None
+
+
+#: Per compile key (head_dim, softcap, group, dtype, device): why the WS kernel is not used
+#: (None: it compiled to WS_WARPS warps for every config).
+_WS_COMPILED: dict[tuple, str | None] = {}
+#: What the last forward asked to run warp-specialised did: None (it did) or the reason it
+#: took the other kernel. Read by benchmark rows and tests.
+WS_LAST: dict[str, str | None] = {"fallback": None}
+
+
+def ws_compile_reason(args: tuple, consts: dict[str, Any], group: int) -> str | None:
+    """Compile every WS config for this call's constants once (cached) and check that Triton
+    warp-specialised it (:data:`WS_WARPS` warps); the reason when not, or when it fails to
+    compile. The interpreter runs the WS code path without specialising: None there."""
+    if runtime.triton_interpret():
+        return None
+    q = args[0]  # the launch arguments: q first, ``group`` among them (a specialised int)
+    key = (consts["HEAD_DIM"], consts["SOFTCAP"], group, q.dtype, str(q.device))
+    if key not in _WS_COMPILED:
+        why = None
+        for cfg in prune_for(FWD_WS_CONFIGS, {"BLOCK_D": consts["BLOCK_D"]}):
+            try:
+                k = _attn_fwd_kernel.warmup(
+                    *args, **consts, **cfg.kwargs, num_warps=cfg.num_warps,
+                    num_stages=cfg.num_stages, grid=(1,),
+                )  # fmt: skip
+            except Exception as exc:  # a Triton whose pass rejects the loop: use the other
+                why = f"the WS kernel failed to compile: {type(exc).__name__}: {exc}"[:300]
+                break
+            warps = int(getattr(k.metadata, "num_warps", 0))
+            if warps != WS_WARPS:
+                why = f"Triton did not warp-specialise the loop ({warps} warps, not {WS_WARPS})"
+                break
+        _WS_COMPILED[key] = why
+    return _WS_COMPILED[key]
+
+
 def seq_bucket(n: int) -> int:
     """Autotune key bucket of a sequence length: the next power of two, at least 64."""
     return max(64, triton.next_power_of_2(max(int(n), 1)))
@@ -414,10 +553,14 @@ def forward(
     window: tuple[int, int],
     softcap: float,
     tma: bool = False,
+    ws: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the forward. Dense: q (B, Sq, Hq, D); varlen: q (T, Hq, D) with cu_q/cu_k.
     ``window`` has causal folded in (-1 unbounded). ``tma``: load through tensor descriptors
-    (the table's choice, :func:`.capabilities.use_tma`). Returns (out, lse)."""
+    (the table's choice, :func:`.capabilities.use_tma`). ``ws``: the warp-specialised kernel
+    (the table's choice, :func:`.capabilities.use_ws`) where the call fits it
+    (:func:`ws_unfit`) and it compiles as such (:func:`ws_compile_reason`); otherwise the
+    other kernel, with the reason in :data:`WS_LAST`. Returns (out, lse)."""
     varlen = cu_q is not None
     if cu_q is not None:
         batch = cu_q.numel() - 1
@@ -451,28 +594,40 @@ def forward(
         HEAD_DIM=head_dim, BLOCK_D=_bucket_d(head_dim), VARLEN=varlen, SOFTCAP=softcap > 0
     )
     check_tma(tma, q, k, v, out)
-    if tma:
+    if ws:
+        why = ws_unfit(varlen, int(max_q), int(max_k), head_dim, window, q, k, v, out)
+        if why is None:
+            ensure_descriptor_allocator()
+            why = ws_compile_reason(args, consts, heads_q // heads_kv)
+        WS_LAST["fallback"] = why
+        ws = why is None
+    if tma or ws:
         ensure_descriptor_allocator()
     if runtime.triton_interpret():
         cfg = INTERPRET_FWD
         grid = (triton.cdiv(int(max_q), cfg["BLOCK_M"]), batch * heads_q)
-        _attn_fwd_kernel[grid](*args, **consts, **cfg, TMA=tma, num_warps=4, num_stages=1)
+        _attn_fwd_kernel[grid](
+            *args, **consts, **cfg, TMA=tma or ws, WS=ws, num_warps=4, num_stages=1
+        )
     else:
 
         def tuned_grid(meta: dict[str, Any]) -> tuple[int, int]:
             return (triton.cdiv(int(max_q), meta["BLOCK_M"]), batch * heads_q)
 
-        (_attn_fwd_tma_tuned if tma else _attn_fwd_tuned)[tuned_grid](*args, **consts)
+        kernel = _attn_fwd_ws_tuned if ws else _attn_fwd_tma_tuned if tma else _attn_fwd_tuned
+        kernel[tuned_grid](*args, **consts)
     return out, lse
 
 
-def chosen_config(tma: bool) -> dict | None:
-    """The config the autotuner picked last for the pointer (``tma`` False) or the
-    tensor-descriptor forward (for benchmark rows)."""
+def chosen_config(tma: bool, ws: bool = False) -> dict | None:
+    """The config the autotuner picked last for the pointer (``tma`` False), the
+    tensor-descriptor or (``ws``) the warp-specialised forward (for benchmark rows)."""
     from millkernels.ops.autotune import autotune_config
 
     if runtime.triton_interpret():
-        return {**INTERPRET_FWD, "TMA": tma, "interpreter": True}
+        return {**INTERPRET_FWD, "TMA": tma or ws, "WS": ws, "interpreter": True}
+    if ws:
+        return autotune_config(_attn_fwd_ws_tuned)
     return autotune_config(_attn_fwd_tma_tuned if tma else _attn_fwd_tuned)
 
 

@@ -5,6 +5,7 @@ Call facts: :class:`QuantCall`, built by :func:`call_facts` from the validated a
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -17,6 +18,30 @@ from millkernels.ops.quant.formats import FP8_SCHEMES, SCHEMES
 
 FP8_MIN_CAPABILITY = (8, 9)  # e4m3 tensor cores: Ada (8.9) and Hopper (9.0)
 DTYPES = ("float16", "bfloat16")
+
+#: Kernels of the Triton weight-only matmul (``triton_weight_only.matmul(variant=...)``):
+#: ``fused`` (magic-number dequantisation, split K reduced in the kernel) and ``legacy`` (one
+#: I2F per weight, split-K partials summed in torch), kept until a GPU run compares them.
+TRITON_VARIANTS = ("fused", "legacy")
+#: Environment switch for the variant ``backend="triton"`` uses (default ``fused``).
+TRITON_VARIANT_ENV = "MILLKERNELS_QUANT_TRITON_VARIANT"
+
+#: ``backend="auto"`` picks cuda for M <= CUDA_AUTO_MAX_M rows. 0 (never) until the GPU
+#: campaign (benchmarks/gpu_campaign.sh, quant suite rows cuda / cuda_pipe vs triton) shows
+#: the CUDA kernel faster; that campaign decides the value (at most cuda.MAX_M = 16).
+CUDA_AUTO_MAX_M = 0
+#: The CUDA kernel path ``backend="cuda"`` uses ("auto": the mma.sync kernel; "pipe": the
+#: cp.async-pipelined one). Left at "auto" until a GPU run compares them.
+CUDA_DEFAULT_PATH = "auto"
+
+
+def triton_variant() -> str:
+    """The Triton weight-only variant: ``MILLKERNELS_QUANT_TRITON_VARIANT`` or ``fused``.
+    Raises ValueError for a value that is not one of :data:`TRITON_VARIANTS`."""
+    v = os.environ.get(TRITON_VARIANT_ENV, "").strip() or TRITON_VARIANTS[0]
+    if v not in TRITON_VARIANTS:
+        raise ValueError(f"{TRITON_VARIANT_ENV}: expected one of {TRITON_VARIANTS}, got {v!r}")
+    return v
 
 
 @dataclass(frozen=True, kw_only=True)

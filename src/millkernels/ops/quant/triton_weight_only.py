@@ -2,16 +2,23 @@
 
 Packed int32 words (canonical layout, :mod:`millkernels.ops.quant.formats`) are loaded once
 each, unpacked in registers by shifts into a (BLOCK_K, BLOCK_N) tile of exact integers
-``q - zero`` in x's dtype (|q - zero| <= 256 is exact in fp16 and bf16), multiplied on the
-tensor cores with float32 accumulation, and scaled per K tile (``BLOCK_K`` divides the group
-size, so a tile lies in one group; per-channel weights are scaled once at the end). Small M
-splits K over a third grid axis into float32 partials that are summed afterwards
-(deterministic, no atomics). Configs are autotuned on GPUs with a key of the next power of two
-of M (capped at 256), N, K, the group size and the split.
+``q - zero`` in x's dtype (|q - zero| <= 255 is exact in fp16 and bf16; built with magic
+numbers, no int -> float conversion, see :func:`_dequant`), multiplied on the tensor cores with
+float32 accumulation, and scaled per K tile (``BLOCK_K`` divides the group size, so a tile lies
+in one group; per-channel weights are scaled once at the end). Small M splits K over a third
+grid axis into float32 partials, reduced inside the same launch: each program stores its
+partial and arrives on its output tile's counter; the last to arrive sums the partials in the
+fixed order 0..split-1 (deterministic), adds the bias, stores the output and resets the counter
+to 0. Configs are autotuned on GPUs with a key of the next power of two of M (capped at 256),
+N, K, the group size and the split.
+
+``variant="legacy"`` keeps the previous kernel (one I2F per weight, partials summed in torch
+by a second and third launch) selectable, to compare both on a GPU.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -19,24 +26,55 @@ import triton
 import triton.language as tl
 
 from millkernels import runtime
-from millkernels.ops.analysis_spec import TritonAnalysis, variants_from_configs
-from millkernels.ops.triton_common import INTERPRET, cast, dot
+from millkernels.ops.analysis_spec import Expect, TritonAnalysis, variants_from_configs
+from millkernels.ops.quant.capabilities import TRITON_VARIANTS, triton_variant
+from millkernels.ops.triton_common import INTERPRET, cast, dot, sub
 
 SPLIT_ALIGN = 128  # K per split is a multiple of this (>= every BLOCK_K)
 
 
 #: Allocates every output and workspace (tests swap in a poisoning allocator).
 _empty = torch.empty
+# (device index, stream handle, tiles) -> split-K counters (see split_counters); never evicted
+_COUNTERS: dict[tuple[int, int, int], torch.Tensor] = {}
 
 
 @triton.jit
 def _int_to(v, dtype: tl.constexpr):
-    """Small integers to fp16/bf16 (exact). The interpreter's int -> bf16 cast is wrong (it
-    gives NaN), so there it goes through float32."""
+    """Small integers to fp16/bf16 (exact), one I2F each (the legacy path). The interpreter's
+    int -> bf16 cast is wrong (it gives NaN), so there it goes through float32."""
     if INTERPRET:
         return v.to(tl.float32).to(dtype)
     else:
         return v.to(dtype)
+
+
+@triton.jit
+def _dequant(q, zero, BITS: tl.constexpr, dtype: tl.constexpr, LEGACY: tl.constexpr):
+    """``q - zero`` in ``dtype`` (exact) for codes ``q`` (BLOCK_K, BLOCK_N) and zero points
+    ``zero`` (BLOCK_N,), int32 in [0, 2**BITS), without an int -> float conversion per weight.
+
+    Magic numbers: OR-ing a code v < 2**m into the bits of the float 2**m (whose unit in the
+    last place is 1) gives the float 2**m + v, so a subtraction of the same construction of
+    the zero point leaves q - zero, an exact small integer. fp16: 0x6400 = 1024 (m = 10);
+    bf16 at 4 bits: 0x4300 = 128 (m = 7); bf16 at 8 bits (codes up to 255 exceed bf16's 7
+    mantissa bits): float32 0x4B000000 = 2**23, then a cast to bf16, exact for |q - zero| <=
+    255. Replaces one I2F (a quarter-rate instruction on sm_80/sm_90) per weight by integer
+    OR and half-precision subtraction. ``LEGACY``: the integer subtraction and an I2F."""
+    if LEGACY:
+        return _int_to(q - zero[None, :], dtype)
+    elif dtype == tl.float16:
+        w = (q | 0x6400).to(tl.int16).to(tl.float16, bitcast=True)
+        base = (zero | 0x6400).to(tl.int16).to(tl.float16, bitcast=True)
+        return w - base[None, :]
+    elif BITS == 4:
+        w = (q | 0x4300).to(tl.int16).to(tl.bfloat16, bitcast=True)
+        base = (zero | 0x4300).to(tl.int16).to(tl.bfloat16, bitcast=True)
+        return sub(w, base[None, :])
+    else:
+        w = (q | 0x4B000000).to(tl.float32, bitcast=True)
+        base = (zero | 0x4B000000).to(tl.float32, bitcast=True)
+        return (w - base[None, :]).to(dtype)
 
 
 @triton.jit
@@ -47,6 +85,8 @@ def _wo_kernel(
     z_ptr,
     bias_ptr,
     out_ptr,
+    ws_ptr,
+    cnt_ptr,
     M,
     N,
     K,
@@ -61,6 +101,7 @@ def _wo_kernel(
     PER_CHANNEL: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     SPLIT: tl.constexpr,
+    LEGACY: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -102,7 +143,7 @@ def _wo_kernel(
         q = (words[:, None, :] >> shifts[None, :, None]) & QMASK
         q = tl.reshape(q, (BLOCK_K, BLOCK_N))
         if PER_CHANNEL:
-            w = _int_to(q - zero[None, :], a.dtype)
+            w = _dequant(q, zero, BITS, a.dtype, LEGACY)
             acc = dot(a, w, acc)
         else:
             g = k0 // group_size
@@ -111,19 +152,46 @@ def _wo_kernel(
                 zero = tl.load(z_ptr + g * N + offs_n, mask=mask_n, other=0).to(tl.int32)
             else:
                 zero = tl.full((BLOCK_N,), 1 << (BITS - 1), tl.int32)
-            w = _int_to(q - zero[None, :], a.dtype)
+            w = _dequant(q, zero, BITS, a.dtype, LEGACY)
             part = dot(a, w, tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32))
             acc += part * scale[None, :]
     if PER_CHANNEL:
         acc = acc * scale[None, :]
     out_offs = offs_m[:, None] * stride_om + offs_n[None, :]
     mask = mask_m[:, None] & mask_n[None, :]
-    if SPLIT:
+    if SPLIT and LEGACY:  # float32 partials, summed by the launcher in torch
         tl.store(out_ptr + pid_k * stride_os + out_offs, acc, mask=mask)
     else:
-        if HAS_BIAS:
-            acc += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-        tl.store(out_ptr + out_offs, cast(acc, out_ptr.dtype.element_ty), mask=mask)
+        if SPLIT:
+            # float32 partial to the workspace (through L2), then arrive on the tile's counter;
+            # the last of the tile's programs to arrive sums the partials in the fixed order
+            # 0..split-1 (bitwise the same whatever the arrival order) and resets the counter.
+            # The barrier orders every thread's stores before the arrival (one thread's
+            # atomic, gpu scope, acquire-release; causality is transitive through bar.sync).
+            n_split = tl.num_programs(2)
+            tl.store(ws_ptr + pid_k * stride_os + out_offs, acc, mask=mask, cache_modifier=".cg")
+            tl.debug_barrier()
+            tile = pid_m * tl.num_programs(1) + pid_n
+            before = tl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel", scope="gpu")
+            if before == n_split - 1:
+                acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+                for s in range(0, n_split):
+                    acc += tl.load(
+                        ws_ptr + s * stride_os + out_offs, mask=mask, other=0.0,
+                        cache_modifier=".cg",
+                    )  # fmt: skip
+                tl.atomic_xchg(cnt_ptr + tile, 0, sem="relaxed", scope="gpu")
+                _epilogue(acc, bias_ptr, out_ptr, out_offs, offs_n, mask, mask_n, HAS_BIAS)
+        else:
+            _epilogue(acc, bias_ptr, out_ptr, out_offs, offs_n, mask, mask_n, HAS_BIAS)
+
+
+@triton.jit
+def _epilogue(acc, bias_ptr, out_ptr, out_offs, offs_n, mask, mask_n, HAS_BIAS: tl.constexpr):
+    """``acc`` (+ bias) rounded to the output's dtype and stored."""
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+    tl.store(out_ptr + out_offs, cast(acc, out_ptr.dtype.element_ty), mask=mask)
 
 
 def _cfg(bm: int, bn: int, bk: int, warps: int, stages: int) -> triton.Config:
@@ -206,6 +274,24 @@ def choose_split(m: int, n: int, k: int, device: torch.device) -> int:
     return split
 
 
+def split_counters(tiles: int, device: torch.device) -> torch.Tensor:
+    """int32 (tiles,) zeros: the split-K arrival counters of a launch with up to ``tiles``
+    output tiles. Every launch leaves them 0, so on a GPU one tensor per (device, stream,
+    tiles) is kept for the life of the process (a CUDA graph that captured it stays valid;
+    launches on one stream are ordered, two streams get two tensors). Under CUDA-graph
+    capture without a cached tensor, and on the CPU (interpreter), a fresh one each call."""
+    if device.type != "cuda":
+        return torch.zeros((tiles,), dtype=torch.int32, device=device)
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    key = (index, torch.cuda.current_stream(index).cuda_stream, tiles)
+    hit = _COUNTERS.get(key)
+    if hit is None:
+        hit = torch.zeros((tiles,), dtype=torch.int32, device=device)
+        if not torch.cuda.is_current_stream_capturing():
+            _COUNTERS[key] = hit
+    return hit
+
+
 def matmul(
     x: torch.Tensor,
     qweight: torch.Tensor,
@@ -218,9 +304,17 @@ def matmul(
     n: int,
     split: int | None = None,
     config: dict[str, int] | None = None,
+    variant: str | None = None,
 ) -> torch.Tensor:
     """Launch for x (M, K) contiguous fp16/bf16 -> (M, N) in x's dtype. ``split`` and
-    ``config`` override the heuristic / autotuning (tests)."""
+    ``config`` override the heuristic / autotuning (tests). ``variant``: ``"fused"``
+    (magic-number dequantisation, split K reduced in the kernel) or ``"legacy"`` (one I2F per
+    weight, split-K partials summed in torch: kept to compare on a GPU); None:
+    :func:`capabilities.triton_variant` (``MILLKERNELS_QUANT_TRITON_VARIANT``)."""
+    variant = triton_variant() if variant is None else variant
+    if variant not in TRITON_VARIANTS:
+        raise ValueError(f"variant: expected one of {TRITON_VARIANTS}, got {variant!r}")
+    legacy = variant == "legacy"
     m, k = x.shape
     per_channel = group_size == k
     if split is None:
@@ -230,7 +324,13 @@ def matmul(
     if max(m * k, split * m * n, qweight.numel()) >= 2**31:
         raise ValueError(f"x: ({m}, {k}) x ({n}, {k}) exceeds the kernel's 32-bit offsets")
     out = _empty((m, n), dtype=x.dtype, device=x.device)
-    dest = _empty((split, m, n), dtype=torch.float32, device=x.device) if split > 1 else out
+    ws = _empty((split, m, n), dtype=torch.float32, device=x.device) if split > 1 else out
+    tuned = config is None and not INTERPRET
+    cfg = {} if tuned else dict(config or default_config(m, group_size, per_channel))
+    # counters: one per output tile (of the smallest tiles any config uses when autotuned)
+    bm = cfg.get("BLOCK_M") or min(c.kwargs["BLOCK_M"] for c in CONFIGS)
+    bn = cfg.get("BLOCK_N") or min(c.kwargs["BLOCK_N"] for c in CONFIGS)
+    cnt = split_counters(triton.cdiv(m, bm) * triton.cdiv(n, bn), x.device) if split > 1 else out
     dummy = scales  # never read when the flag is off
     args = dict(
         x_ptr=x,
@@ -238,7 +338,9 @@ def matmul(
         s_ptr=scales,
         z_ptr=zeros if zeros is not None else dummy,
         bias_ptr=bias if bias is not None else dummy,
-        out_ptr=dest,
+        out_ptr=ws if legacy else out,
+        ws_ptr=ws,
+        cnt_ptr=cnt,
         M=m,
         N=n,
         K=k,
@@ -253,19 +355,19 @@ def matmul(
         PER_CHANNEL=per_channel,
         HAS_BIAS=bias is not None,
         SPLIT=split > 1,
+        LEGACY=legacy,
     )
-    if config is None and not INTERPRET:
+    if tuned:
 
         def grid(meta):
             return (triton.cdiv(m, meta["BLOCK_M"]), triton.cdiv(n, meta["BLOCK_N"]), split)
 
         _wo_tuned[grid](**args)
     else:
-        cfg = dict(config or default_config(m, group_size, per_channel))
         fixed_grid = (triton.cdiv(m, cfg["BLOCK_M"]), triton.cdiv(n, cfg["BLOCK_N"]), split)
         _wo_kernel[fixed_grid](**args, **cfg)
-    if split > 1:
-        acc = dest.sum(0)
+    if split > 1 and legacy:
+        acc = ws.sum(0)
         if bias is not None:
             acc += bias.float()
         out.copy_(acc)
@@ -287,6 +389,8 @@ def _signature(xdt: str, sdt: str, zdt: str) -> dict[str, str]:
         "z_ptr": f"*{zdt}",
         "bias_ptr": f"*{xdt}",
         "out_ptr": f"*{xdt}",
+        "ws_ptr": "*fp32",
+        "cnt_ptr": "*i32",
         "M": "i32",
         "N": "i32",
         "K": "i32",
@@ -299,20 +403,39 @@ def _signature(xdt: str, sdt: str, zdt: str) -> dict[str, str]:
     }
 
 
+#: Evidence of the fused kernel (``millkernels analyze --check``): the magic-number
+#: dequantisation leaves no I2F per weight in the hot loop (legacy: 128 a thread at
+#: BLOCK_N=128, BLOCK_K=128; fused: 0 on Triton 3.6, 1 on 3.9, not per weight), and no spills.
+FUSED_EXPECT = (
+    Expect("loop.i2f", "<=", 2, "magic-number dequantisation: no I2F per weight"),
+    Expect("spill_bytes", "==", 0, "no register spills"),
+)
+
+
 def _analysis() -> tuple[TritonAnalysis, ...]:
     small = [c for c in CONFIGS if c.kwargs["BLOCK_M"] == 16][:3]
     large = [c for c in CONFIGS if c.kwargs["BLOCK_M"] >= 64][:3]
-    base = {"HAS_ZEROS": True, "PER_CHANNEL": False, "HAS_BIAS": False}
-    sig = _signature("fp16", "fp16", "u8")
-    # what a launch on LLM shapes specialises on: pointers, sizes and strides 16-divisible
-    aligned = (*[k for k, v in sig.items() if v.startswith("*")], "N", "K", "stride_xm",
-               "stride_om", "group_size", "k_per_split")  # fmt: skip
+    base = {"HAS_ZEROS": True, "PER_CHANNEL": False, "HAS_BIAS": False, "LEGACY": False}
+
+    def entry(name, cfgs, xdt, consts, expect=FUSED_EXPECT):
+        sig = _signature(xdt, xdt, "u8")
+        # what a launch on LLM shapes specialises on: pointers, sizes and strides 16-divisible
+        aligned = (*[k for k, v in sig.items() if v.startswith("*")], "N", "K", "stride_xm",
+                   "stride_om", "group_size", "k_per_split")  # fmt: skip
+        variants = variants_from_configs(cfgs, sig, {**base, **consts}, divisible_by_16=aligned)
+        variants = [dataclasses.replace(v, expect=expect) for v in variants]
+        return TritonAnalysis(name, _wo_kernel, variants, hot=True)
+
     out = []
     for bits in (4, 8):
         for label, cfgs, split in (("small_m", small, True), ("large_m", large, False)):
-            consts = {**base, "BITS": bits, "SPLIT": split}
-            variants = variants_from_configs(cfgs, sig, consts, divisible_by_16=aligned)
-            out.append(TritonAnalysis(f"quant.w{bits}a16_{label}", _wo_kernel, variants, hot=True))
+            consts = {"BITS": bits, "SPLIT": split}
+            out.append(entry(f"quant.w{bits}a16_{label}", cfgs, "fp16", consts))
+        # bf16: 4 bits subtract in bf16 (0x4300), 8 bits go through float32 (2**23)
+        consts = {"BITS": bits, "SPLIT": True}
+        out.append(entry(f"quant.w{bits}a16_small_m_bf16", small[1:2], "bf16", consts))
+    legacy = {"BITS": 4, "SPLIT": True, "LEGACY": True}  # the I2F kernel, for comparison
+    out.append(entry("quant.w4a16_small_m_legacy", small[1:2], "fp16", legacy, expect=()))
     return tuple(out)
 
 
