@@ -1,17 +1,23 @@
-"""Triton attention backward (FlashAttention-2), deterministic by construction.
+"""Triton attention backward (FlashAttention-2 with FlashAttention-3's fused dQ).
 
-Three kernels, no atomics:
+Kernels:
 
 1. ``preprocess``: ``delta = rowsum(dO * O) - dlse`` and ``lse2 = lse * log2(e)`` (with
    ``-inf`` rows turned into ``+inf`` so their probabilities recompute as 0).
-2. ``dkdv``: one program per (key block, key/value head); it loops over the query heads that
-   share the kv head (GQA: the sum over the group happens in registers, in a fixed order)
-   and over the query blocks that see the key block.
-3. ``dq``: one program per (query block, query head), looping over key blocks.
+2. ``dkdv``: one program per (key block, key/value head, part of the GQA group); it loops
+   over the query heads of its part and over the query blocks that see the key block. By
+   default it also adds ``dS @ K`` for each query block into an fp32 dQ accumulator with
+   atomics (``DQ_ATOMIC``: five GEMMs per tile instead of seven, no second pass recomputing
+   S and dP). When ``batch * kv_heads * key_blocks`` is below one wave of the GPU, the group
+   is split across programs (:func:`_group_split`) that store fp32 partials, summed in a
+   fixed order by the launcher.
+3. ``dq``: one program per (query block, query head), looping over key blocks; runs instead
+   of the atomics with ``deterministic=True`` and in the legacy backward.
 
-Every sum has a fixed order, so the backward is bitwise reproducible whatever
-``deterministic`` says. A gradient flowing into ``lse`` is supported: ``d lse / d s = p``,
-which folds into ``delta``.
+``deterministic=True`` (and the legacy backward, ``MILLKERNELS_ATTENTION_BWD=legacy``, with
+the original tables and no split) give bitwise reproducible gradients: every sum has a fixed
+order. The atomic dQ's order varies from run to run (fp32 rounding only). A gradient
+flowing into ``lse`` is supported: ``d lse / d s = p``, which folds into ``delta``.
 
 With ``tma`` (the table's choice, :func:`~millkernels.ops.attention.capabilities.use_tma`:
 ``MILLKERNELS_ATTENTION_TMA=1``, sm_90+) the dK/dV and dQ kernels run with ``TMA=True``:
