@@ -133,6 +133,8 @@ def test_triton_without_gpu_or_interpreter_is_unusable_with_the_calls_reason(mon
         ("MILLKERNELS_ATTENTION_TMA", "0", "off: MILLKERNELS_ATTENTION_TMA is not 1"),
         ("MILLKERNELS_ATTENTION_WS", "1", "on (forward calls"),
         ("MILLKERNELS_ATTENTION_WS", "0", "off: MILLKERNELS_ATTENTION_WS is not 1"),
+        ("MILLKERNELS_ATTENTION_BWD", "legacy", "legacy"),
+        ("MILLKERNELS_ATTENTION_BWD", "", "fused"),
     ],
 )
 def test_info_shows_the_attention_launch_choices(monkeypatch, env, opt_in, expected):

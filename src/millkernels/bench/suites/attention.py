@@ -100,14 +100,13 @@ def _ours(backend: str, causal: bool) -> Callable:
     return lambda q, k, v: attention(q, k, v, causal=causal, backend=backend)
 
 
-def _with_env(fn: Callable, name: str) -> Callable:
-    """``fn`` with the opt-in switch ``name`` set to "1" for the whole call (forward and, in a
-    forward+backward call, the backward)."""
+def _with_env(fn: Callable, name: str, value: str) -> Callable:
+    """``fn`` with the environment variable ``name`` set to ``value`` for the whole call."""
     import os
 
     def run(*args):
         old = os.environ.get(name)
-        os.environ[name] = "1"
+        os.environ[name] = value
         try:
             return fn(*args)
         finally:
@@ -162,8 +161,8 @@ def _candidates(ctx: BenchContext, causal: bool, seqlen: int) -> dict[str, Calla
             out["triton_tma"] = "tensor descriptors (TMA) need sm_90"
             out["triton_ws"] = "the warp-specialised forward needs sm_90"
         else:
-            out["triton_tma"] = _with_env(_ours("triton", causal), _OPT_IN["triton_tma"])
-            out["triton_ws"] = _with_env(_ours("triton", causal), _OPT_IN["triton_ws"])
+            out["triton_tma"] = _with_env(_ours("triton", causal), _OPT_IN["triton_tma"], "1")
+            out["triton_ws"] = _with_env(_ours("triton", causal), _OPT_IN["triton_ws"], "1")
         if causal:  # it would time the masked kernel it falls back to
             out["triton_ws"] = "the warp-specialised forward serves unmasked calls only"
     return out
@@ -251,7 +250,7 @@ def attention_suite(ctx: BenchContext) -> Iterator[Row]:
                         continue
                     run = _timed_call(fn, q, k, v, direction)
                     if name in _OPT_IN:
-                        run = _with_env(run, _OPT_IN[name])
+                        run = _with_env(run, _OPT_IN[name], "1")
                     try:
                         timed[name] = ctx.measure(run)
                     except Exception as exc:  # e.g. out of memory for one baseline
@@ -296,3 +295,106 @@ def _timed_call(fn: Callable, q, k, v, direction: str) -> Callable[[], Any]:
         return torch.autograd.grad(out, (qg, kg, vg), dout)
 
     return fwd_bwd
+
+
+# ---------------------------------------------------------------------------- backward only
+
+#: (batch, seqlen, heads_q, heads_kv, head_dim, causal) timed by ``attention_bwd`` on a GPU:
+#: 16k tokens at d128, and a GQA call whose grid (1 x 4 kv heads x 32 key blocks) is below
+#: one wave of an H100, so the fused backward splits each group across programs.
+BWD_GPU_CASES = (
+    (8, 2048, 16, 16, 128, False),
+    (8, 2048, 16, 16, 128, True),
+    (2, 8192, 16, 16, 128, True),
+    (1, 4096, 32, 4, 128, True),
+)
+BWD_CPU_CASES = ((1, 32, 2, 1, 64, True),)
+
+
+def _bwd_candidates(ctx: BenchContext, causal: bool, gqa: bool) -> dict[str, Callable | str]:
+    """The backward's variants (fused, deterministic, legacy) and SDPA's backends."""
+    from functools import partial
+
+    from millkernels.ops.attention import attention
+
+    out: dict[str, Callable | str] = {}
+    for name, which in _sdpa_backends().items():
+        if name == "sdpa_math" and ctx.gpu:
+            out[name] = "the math backend is timed on small shapes only"
+        elif gqa:
+            out[name] = "SDPA rows are MHA-only here (GQA would time a repeat of k and v)"
+        else:
+            out[name] = _sdpa(which, causal)
+    fused = partial(attention, causal=causal, backend="triton")
+    out["triton"] = fused
+    out["triton_deterministic"] = partial(fused, deterministic=True)
+    out["triton_legacy"] = fused  # the caller sets BWD_ENV around its backward
+    return out
+
+
+@suite("attention_bwd", order=31, description="attention backward only: fused vs legacy vs SDPA")
+def attention_bwd_suite(ctx: BenchContext) -> Iterator[Row]:
+    """The backward alone (forward run once, outside the timing): the fused Triton backward
+    (atomic dQ), its deterministic mode, the legacy kernels and SDPA's backends."""
+    import torch
+
+    from millkernels.ops.attention import triton_bwd
+    from millkernels.ops.attention.capabilities import BWD_ENV
+
+    if ctx.gpu and torch.cuda.get_device_capability()[0] < 9:
+        ctx.skip("attention_bwd", "the fused backward's tables are sm_90's")
+        return
+    dtype = torch.bfloat16
+    for batch, seqlen, hq, hkv, d, causal in BWD_GPU_CASES if ctx.gpu else BWD_CPU_CASES:
+        shape = {"batch": batch, "seqlen": seqlen, "heads": hq, "heads_kv": hkv, "head_dim": d}
+        q = torch.randn(batch, seqlen, hq, d, device=ctx.device, dtype=dtype)
+        k, v = (torch.randn(batch, seqlen, hkv, d, device=ctx.device, dtype=dtype) for _ in "kv")
+        flops = attention_flops(batch, hq, seqlen, seqlen, d, causal=causal, direction="bwd")
+        timed: dict[str, Any] = {}
+        configs: dict[str, dict] = {}
+        for name, fn in _bwd_candidates(ctx, causal, hq != hkv).items():
+            what = f"{name} {shape} causal={causal} bwd"
+            if isinstance(fn, str):
+                ctx.skip(what, fn)
+                continue
+            run = _backward_call(fn, q, k, v)
+            if name == "triton_legacy":
+                run = _with_env(run, BWD_ENV, "legacy")
+            try:
+                timed[name] = ctx.measure(run)
+            except Exception as exc:
+                ctx.skip(what, f"raised {type(exc).__name__}: {str(exc)[:200]}")
+                continue
+            if name.startswith("triton"):
+                configs[name] = triton_bwd.chosen_configs(
+                    False, legacy=name == "triton_legacy", deterministic=name != "triton"
+                )
+        sdpa = {n: t for n, t in timed.items() if n.startswith("sdpa_")}
+        best = min(sdpa, key=lambda n: sdpa[n].median_us) if sdpa else None
+        legacy = timed.get("triton_legacy")
+        for name, t in timed.items():
+            base = best if best is not None and name != best else None
+            base_t = sdpa[best] if base is not None and best is not None else None
+            if base is None and name != "triton_legacy" and legacy is not None:
+                base, base_t = "triton_legacy", legacy  # GQA rows: against the old kernels
+            yield ctx.row(
+                op="attention_bwd",
+                shape={**shape, "causal": causal},
+                dtype="bf16",
+                backend=name,
+                timing=t,
+                flops=flops,
+                baseline=base,
+                baseline_timing=base_t,
+                config=configs.get(name),
+            )
+
+
+def _backward_call(fn: Callable, q, k, v) -> Callable[[], Any]:
+    """The backward of one forward of ``fn`` (run here, once), repeatable."""
+    import torch
+
+    qg, kg, vg = (t.detach().requires_grad_(True) for t in (q, k, v))
+    dout = torch.randn_like(q)
+    out = fn(qg, kg, vg)
+    return lambda: torch.autograd.grad(out, (qg, kg, vg), dout, retain_graph=True)

@@ -351,8 +351,9 @@ def attention(
     return_lse : bool
         Also return the log-sum-exp of the scores (natural log) per row.
     deterministic : bool
-        Ask for a bitwise-reproducible backward. Every backend's backward already is (the
-        Triton backward uses no atomics), so this only documents the requirement.
+        A bitwise-reproducible backward. The Triton backward otherwise adds dQ with fp32
+        atomics (one pass, faster, summation order varies); with True it computes dQ in a
+        separate pass in a fixed order. The reference is always reproducible.
     backend : str
         "auto", "triton" or "reference" ("cuda" has no training kernel).
 
@@ -378,7 +379,7 @@ def attention(
         q, k, v, 2, causal, softmax_scale, window, softcap, return_lse, deterministic
     )
     name = _select("attention", q, backend)
-    out, lse = custom_ops.attention_fwd(q, k, v, scale, wl, wr, cap, name)
+    out, lse = custom_ops.attention_fwd(q, k, v, scale, wl, wr, cap, name, deterministic)
     return (out, lse) if return_lse else out
 
 
@@ -512,8 +513,9 @@ def attention_varlen(
     )
     name = _select("attention_varlen", q, backend)
     out, lse = custom_ops.attention_varlen_fwd(
-        q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale, wl, wr, cap, name
-    )
+        q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale, wl, wr, cap, name,
+        deterministic,
+    )  # fmt: skip
     return (out, lse) if return_lse else out
 
 

@@ -34,6 +34,10 @@ ALIGN_BYTES = 16
 #: where the tensors allow. Off by default until GPU measurements show them ahead of the
 #: pointer kernels (`millkernels bench attention` reports both).
 TMA_ENV = "MILLKERNELS_ATTENTION_TMA"
+#: Which Triton backward runs: "legacy" selects the separate dK/dV and dQ kernels with their
+#: original tables (kept for GPU comparisons); anything else the fused backward (dQ by fp32
+#: atomics, or a separate dQ pass when ``deterministic``).
+BWD_ENV = "MILLKERNELS_ATTENTION_BWD"
 #: GQA groups of this many query heads per key/value head or more go to Triton, not to the
 #: CUDA decode kernel: its scalar FMA loop issues 210 warp-instructions per 512 bytes of K/V
 #: at G=8 (compute-bound where a decode should be memory-bound); Triton's tl.dot tiles use
@@ -275,6 +279,21 @@ def use_tma(call: AttentionCall) -> bool:
     return tma_reason(call) is None
 
 
+def legacy_backward() -> bool:
+    """Whether :data:`BWD_ENV` selects the legacy Triton backward."""
+    return os.environ.get(BWD_ENV, "").strip().lower() == "legacy"
+
+
+def backward_setting() -> str:
+    """The Triton backward on this machine, in words (``millkernels info``)."""
+    if legacy_backward():
+        return f"legacy ({BWD_ENV}=legacy): separate dK/dV and dQ kernels"
+    return (
+        "fused: one dK/dV pass adding dQ with fp32 atomics (deterministic=True: a separate "
+        f"dQ pass); {BWD_ENV}=legacy selects the old kernels"
+    )
+
+
 def ws_reason(call: AttentionCall) -> str | None:
     """Why the Triton forward does not try its warp-specialised kernel for ``call``; None: it
     does, and the launcher still takes the other kernel for calls that do not fit it
@@ -333,7 +352,8 @@ TABLE = CapabilityTable(
             "triton",
             archs="sm_80+ (autotuned per arch; sm_90 wgmma); CPU under TRITON_INTERPRET=1",
             dtypes=KERNEL_DTYPES,
-            notes="FlashAttention-2 forward and deterministic backward, varlen, GQA, windows, "
+            notes="FlashAttention-2 forward and backward (dQ by atomics; deterministic=True "
+            "reproducible), varlen, GQA, windows, "
             "softcap, head_dim multiple of 8 up to 256; paged-KV decode (split-KV); "
             f"tensor-descriptor (TMA) training kernels on sm_90+ with {TMA_ENV}=1; "
             f"warp-specialised forward on sm_90+ with {WS_ENV}=1",
@@ -363,6 +383,7 @@ TABLE = CapabilityTable(
     ),
     choices=lambda: {
         f"TMA kernels ({TMA_ENV})": tma_setting(),
+        f"backward ({BWD_ENV})": backward_setting(),
         f"decode legacy rules ({DECODE_LEGACY_ENV})": decode_legacy_setting(),
         f"warp-specialised forward ({WS_ENV})": ws_setting(),
     },

@@ -3,10 +3,10 @@ opaque op with a fake (meta) kernel and a registered backward.
 
 Ops (``torch.ops.millkernels.*``):
 
-- ``attention_fwd(q, k, v, softmax_scale, window_left, window_right, softcap, backend)
-  -> (out, lse)``
+- ``attention_fwd(q, k, v, softmax_scale, window_left, window_right, softcap, backend,
+  deterministic=False) -> (out, lse)`` (``deterministic`` is kept for the backward)
 - ``attention_bwd(dout, dlse, q, k, v, out, lse, softmax_scale, window_left, window_right,
-  softcap, backend) -> (dq, dk, dv)``
+  softcap, backend, deterministic=False) -> (dq, dk, dv)``
 - ``attention_varlen_fwd`` / ``attention_varlen_bwd``: the same with ``cu_seqlens_q``,
   ``cu_seqlens_k``, ``max_seqlen_q``, ``max_seqlen_k`` after ``v``.
 - ``attention_decode(q, k_cache, v_cache, block_table, cache_seqlens, softmax_scale, softcap,
@@ -144,6 +144,7 @@ def attention_fwd(
     window_right: int,
     softcap: float,
     backend: str,
+    deterministic: bool = False,
 ) -> tuple[Tensor, Tensor]:
     _check_backend(backend)
     window = (window_left, window_right)
@@ -162,7 +163,7 @@ def attention_fwd(
 
 
 @attention_fwd.register_fake
-def _(q, k, v, softmax_scale, window_left, window_right, softcap, backend):
+def _(q, k, v, softmax_scale, window_left, window_right, softcap, backend, deterministic=False):
     lse = q.new_empty((q.shape[0], q.shape[2], q.shape[1]), dtype=torch.float32)
     return torch.empty_like(q), lse
 
@@ -181,6 +182,7 @@ def attention_bwd(
     window_right: int,
     softcap: float,
     backend: str,
+    deterministic: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
     _check_backend(backend)
     window = (window_left, window_right)
@@ -191,6 +193,7 @@ def attention_bwd(
         dq, dk, dv = triton_bwd.backward(
             dout, dlse, q, k, v, out, lse, None, None, q.shape[1], k.shape[1],
             softmax_scale, window, softcap, tma=_tma("attention", q, k, v, dout),
+            deterministic=deterministic, legacy=capabilities.legacy_backward(),
         )  # fmt: skip
     else:
         dq, dk, dv = reference.attention_grad_ref(
@@ -200,15 +203,15 @@ def attention_bwd(
 
 
 @attention_bwd.register_fake
-def _(dout, dlse, q, k, v, out, lse, softmax_scale, window_left, window_right, softcap, backend):
+def _(dout, dlse, q, k, v, out, lse, scale, window_left, window_right, softcap, backend, det=False):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
 def _fwd_setup(ctx, inputs, output):
-    q, k, v, softmax_scale, window_left, window_right, softcap, backend = inputs
+    q, k, v, softmax_scale, window_left, window_right, softcap, backend, *det = inputs
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse)
-    ctx.params = (softmax_scale, window_left, window_right, softcap, backend)
+    ctx.params = (softmax_scale, window_left, window_right, softcap, backend, *det)
 
 
 def _fwd_backward(ctx, dout, dlse):
@@ -216,7 +219,7 @@ def _fwd_backward(ctx, dout, dlse):
     # the registered op, not the eager bypass: AOT autograd traces backwards with fake
     # tensors outside torch.compile, where the bypass would run the kernels on them
     dq, dk, dv = attention_bwd.op(dout, dlse, q, k, v, out, lse, *ctx.params)
-    return dq, dk, dv, None, None, None, None, None
+    return dq, dk, dv, None, None, None, None, None, None
 
 
 attention_fwd.register_autograd(_fwd_backward, setup_context=_fwd_setup)
@@ -239,6 +242,7 @@ def attention_varlen_fwd(
     window_right: int,
     softcap: float,
     backend: str,
+    deterministic: bool = False,
 ) -> tuple[Tensor, Tensor]:
     _check_backend(backend)
     if cu_seqlens_q.device.type == "cpu":  # no sync: also under torch.compile, which skips
@@ -263,7 +267,7 @@ def attention_varlen_fwd(
 
 
 @attention_varlen_fwd.register_fake
-def _(q, k, v, cu_q, cu_k, max_q, max_k, softmax_scale, window_left, window_right, softcap, be):
+def _(q, k, v, cu_q, cu_k, max_q, max_k, scale, window_left, window_right, softcap, be, det=False):
     lse = q.new_empty((q.shape[1], q.shape[0]), dtype=torch.float32)
     return torch.empty_like(q), lse
 
@@ -286,6 +290,7 @@ def attention_varlen_bwd(
     window_right: int,
     softcap: float,
     backend: str,
+    deterministic: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor]:
     _check_backend(backend)
     window = (window_left, window_right)
@@ -297,6 +302,7 @@ def attention_varlen_bwd(
             dout, dlse, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
             max_seqlen_k, softmax_scale, window, softcap,
             tma=_tma("attention_varlen", q, k, v, dout),
+            deterministic=deterministic, legacy=capabilities.legacy_backward(),
         )  # fmt: skip
     else:
         dq, dk, dv = reference.attention_varlen_grad_ref(
@@ -307,15 +313,17 @@ def attention_varlen_bwd(
 
 
 @attention_varlen_bwd.register_fake
-def _(dout, dlse, q, k, v, out, lse, cu_q, cu_k, max_q, max_k, scale, wl, wr, softcap, be):
+def _(
+    dout, dlse, q, k, v, out, lse, cu_q, cu_k, max_q, max_k, scale, wl, wr, softcap, be, det=False
+):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
 def _varlen_setup(ctx, inputs, output):
-    q, k, v, cu_q, cu_k, max_q, max_k, softmax_scale, wl, wr, softcap, backend = inputs
+    q, k, v, cu_q, cu_k, max_q, max_k, softmax_scale, wl, wr, softcap, backend, *det = inputs
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse, cu_q, cu_k)
-    ctx.params = (max_q, max_k, softmax_scale, wl, wr, softcap, backend)
+    ctx.params = (max_q, max_k, softmax_scale, wl, wr, softcap, backend, *det)
 
 
 def _varlen_backward(ctx, dout, dlse):
@@ -324,7 +332,7 @@ def _varlen_backward(ctx, dout, dlse):
     dq, dk, dv = attention_varlen_bwd.op(  # the registered op, as in _fwd_backward
         dout, dlse, q, k, v, out, lse, cu_q, cu_k, max_q, max_k, *rest
     )
-    return dq, dk, dv, None, None, None, None, None, None, None, None, None
+    return dq, dk, dv, None, None, None, None, None, None, None, None, None, None
 
 
 attention_varlen_fwd.register_autograd(_varlen_backward, setup_context=_varlen_setup)

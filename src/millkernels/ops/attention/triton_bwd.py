@@ -1,17 +1,23 @@
-"""Triton attention backward (FlashAttention-2), deterministic by construction.
+"""Triton attention backward (FlashAttention-2 with FlashAttention-3's fused dQ).
 
-Three kernels, no atomics:
+Kernels:
 
 1. ``preprocess``: ``delta = rowsum(dO * O) - dlse`` and ``lse2 = lse * log2(e)`` (with
    ``-inf`` rows turned into ``+inf`` so their probabilities recompute as 0).
-2. ``dkdv``: one program per (key block, key/value head); it loops over the query heads that
-   share the kv head (GQA: the sum over the group happens in registers, in a fixed order)
-   and over the query blocks that see the key block.
-3. ``dq``: one program per (query block, query head), looping over key blocks.
+2. ``dkdv``: one program per (key block, key/value head, part of the GQA group); it loops
+   over the query heads of its part and over the query blocks that see the key block. By
+   default it also adds ``dS @ K`` for each query block into an fp32 dQ accumulator with
+   atomics (``DQ_ATOMIC``: five GEMMs per tile instead of seven, no second pass recomputing
+   S and dP). When ``batch * kv_heads * key_blocks`` is below one wave of the GPU, the group
+   is split across programs (:func:`_group_split`) that store fp32 partials, summed in a
+   fixed order by the launcher.
+3. ``dq``: one program per (query block, query head), looping over key blocks; runs instead
+   of the atomics with ``deterministic=True`` and in the legacy backward.
 
-Every sum has a fixed order, so the backward is bitwise reproducible whatever
-``deterministic`` says. A gradient flowing into ``lse`` is supported: ``d lse / d s = p``,
-which folds into ``delta``.
+``deterministic=True`` (and the legacy backward, ``MILLKERNELS_ATTENTION_BWD=legacy``, with
+the original tables and no split) give bitwise reproducible gradients: every sum has a fixed
+order. The atomic dQ's order varies from run to run (fp32 rounding only). A gradient
+flowing into ``lse`` is supported: ``d lse / d s = p``, which folds into ``delta``.
 
 With ``tma`` (the table's choice, :func:`~millkernels.ops.attention.capabilities.use_tma`:
 ``MILLKERNELS_ATTENTION_TMA=1``, sm_90+) the dK/dV and dQ kernels run with ``TMA=True``:
@@ -23,6 +29,7 @@ arithmetic and summation order per tile, so still deterministic; own autotune ta
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -31,6 +38,7 @@ import triton.language as tl
 
 from millkernels import runtime
 from millkernels.ops.analysis_spec import (
+    Expect,
     TritonAnalysis,
     TritonVariant,
     variants_from_configs,
@@ -128,10 +136,12 @@ def _dkdv_inner(
     v,
     q_base,
     do_base,
+    dq_base,
     lse_base,
     delta_base,
     stride_qs,
     stride_dos,
+    sm_scale,
     start,
     end,
     start2,
@@ -151,10 +161,13 @@ def _dkdv_inner(
     MASKED: tl.constexpr,
     SOFTCAP: tl.constexpr,
     TMA: tl.constexpr,
+    DQ_ATOMIC: tl.constexpr,
 ):
     """One run of query blocks. With ``TMA``, ``q_base`` and ``do_base`` are tensor
     descriptors of this head's queries and output gradients (rows past ``len_q`` and columns
-    past ``HEAD_DIM`` arrive as zeros); otherwise pointers."""
+    past ``HEAD_DIM`` arrive as zeros); otherwise pointers. With ``DQ_ATOMIC`` each block's
+    ``sm_scale * dS @ K`` is added (fp32 atomics) at ``dq_base``, this head's rows of the dQ
+    accumulator (Q's strides)."""
     offs_m0 = tl.arange(0, BLOCK_M)
     d_ok = offs_d < HEAD_DIM
     n_first = tl.cdiv(end - start, BLOCK_M)
@@ -202,7 +215,18 @@ def _dkdv_inner(
         dsT = pT * (dpT - delta[None, :])
         if SOFTCAP:
             dsT = dsT * (1.0 - t * t)
-        dk = dot(cast(dsT, qt.dtype), tl.trans(qt), dk)
+        ds16 = cast(dsT, qt.dtype)
+        dk = dot(ds16, tl.trans(qt), dk)
+        if DQ_ATOMIC:
+            dq = dot(tl.trans(ds16), k, tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32))
+            dq_ptrs = dq_base + offs_m[:, None] * stride_qs + offs_d[None, :]
+            if MASKED:
+                dq_ok = (offs_m[:, None] < len_q) & d_ok[None, :]
+                tl.atomic_add(dq_ptrs, dq * sm_scale, mask=dq_ok, sem="relaxed")
+            elif BLOCK_D == HEAD_DIM:
+                tl.atomic_add(dq_ptrs, dq * sm_scale, sem="relaxed")
+            else:
+                tl.atomic_add(dq_ptrs, dq * sm_scale, mask=d_ok[None, :], sem="relaxed")
     return dk, dv
 
 
@@ -216,6 +240,7 @@ def _attn_bwd_dkdv_kernel(
     DELTA,
     DK,
     DV,
+    DQ,
     CU_Q,
     CU_K,
     stride_qb,
@@ -236,6 +261,8 @@ def _attn_bwd_dkdv_kernel(
     seqlen_k,
     heads_kv,
     group,
+    n_split,
+    stride_split,
     sm_scale,
     qk_scale,
     softcap,
@@ -249,12 +276,21 @@ def _attn_bwd_dkdv_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     TMA: tl.constexpr = False,
+    DQ_ATOMIC: tl.constexpr = False,
 ):
     """dK, dV for one key block of one kv head; DK/DV share K/V's strides. With ``TMA`` every
     q, k, v, dO tile arrives through a tensor descriptor of its sequence and head (zero fill
-    replaces the masks) and dK, dV leave through clipped descriptor stores."""
+    replaces the masks) and dK, dV leave through clipped descriptor stores.
+
+    GQA split: ``program_id(1)`` also counts ``n_split`` parts of the group; part ``s`` sums
+    the query heads ``[s, s + 1) * group / n_split`` and stores at ``DK + s * stride_split``
+    (fp32 partials the launcher sums in a fixed order; ``n_split == 1``: the gradients).
+    ``DQ_ATOMIC``: also add dQ into the fp32 accumulator ``DQ`` (Q's strides), see
+    :func:`_dkdv_inner`."""
     pid_n = tl.program_id(0)
-    pid_bh = tl.program_id(1)
+    pid_bhs = tl.program_id(1)
+    part = pid_bhs % n_split
+    pid_bh = pid_bhs // n_split
     b = pid_bh // heads_kv
     kvh = pid_bh % heads_kv
     len_q, len_k, q_off, k_off, v_off, do_off, l_off = sequence_offsets(
@@ -286,8 +322,10 @@ def _attn_bwd_dkdv_kernel(
     lo, full_lo, full_hi, hi = block_ranges(
         n_start, BLOCK_N, len_q, -diag, win_right, win_left, BLOCK_M
     )
-    for g in range(0, group):
+    per_part = group // n_split
+    for g in range(part * per_part, part * per_part + per_part):
         h = kvh * group + g
+        dq_base = DQ + q_off + h * stride_qh
         if TMA:
             q_base = _desc(Q + q_off + h * stride_qh, len_q, stride_qs, HEAD_DIM, BLOCK_M, BLOCK_D)
             do_base = _desc(
@@ -302,22 +340,27 @@ def _attn_bwd_dkdv_kernel(
             # one loop, masked throughout: with two loops (unmasked, masked) ptxas spills at
             # d128 (264 B per thread at 16x64 w8) where one loop fits in 255 registers.
             dk, dv = _dkdv_inner(
-                dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qs, stride_ds,
-                lo, hi, 0, 0, offs_n, offs_d, len_q, diag, win_left, win_right,
-                qk_scale, softcap, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, True, SOFTCAP, TMA,
+                dk, dv, k, v, q_base, do_base, dq_base, lse_base, delta_base, stride_qs,
+                stride_ds, sm_scale, lo, hi, 0, 0, offs_n, offs_d, len_q, diag, win_left,
+                win_right, qk_scale, softcap, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, True,
+                SOFTCAP, TMA, DQ_ATOMIC,
             )  # fmt: skip
         else:
             dk, dv = _dkdv_inner(
-                dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qs, stride_ds,
-                full_lo, full_hi, 0, 0, offs_n, offs_d, len_q, diag, win_left, win_right,
-                qk_scale, softcap, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, False, SOFTCAP, TMA,
+                dk, dv, k, v, q_base, do_base, dq_base, lse_base, delta_base, stride_qs,
+                stride_ds, sm_scale, full_lo, full_hi, 0, 0, offs_n, offs_d, len_q, diag,
+                win_left, win_right, qk_scale, softcap, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
+                False, SOFTCAP, TMA, DQ_ATOMIC,
             )  # fmt: skip
             dk, dv = _dkdv_inner(
-                dk, dv, k, v, q_base, do_base, lse_base, delta_base, stride_qs, stride_ds,
-                lo, full_lo, full_hi, hi, offs_n, offs_d, len_q, diag, win_left, win_right,
-                qk_scale, softcap, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, True, SOFTCAP, TMA,
+                dk, dv, k, v, q_base, do_base, dq_base, lse_base, delta_base, stride_qs,
+                stride_ds, sm_scale, lo, full_lo, full_hi, hi, offs_n, offs_d, len_q, diag,
+                win_left, win_right, qk_scale, softcap, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
+                True, SOFTCAP, TMA, DQ_ATOMIC,
             )  # fmt: skip
     dk = dk * sm_scale
+    DK = DK + part.to(tl.int64) * stride_split
+    DV = DV + part.to(tl.int64) * stride_split
     if TMA:  # clipped at len_k: a sequence never writes into the next one
         dk_desc = _desc(DK + k_off + kvh * stride_kh, len_k, stride_ks, HEAD_DIM, BLOCK_N, BLOCK_D)
         dk_desc.store([n_start, 0], cast(dk, DK.dtype.element_ty))
@@ -608,6 +651,89 @@ _dq_tma_tuned = triton.autotune(
 )(_attn_bwd_dq_kernel)
 
 
+# The fused backward's tables (sm_90; older GPUs and head_dim > 128 run the legacy kernels).
+# Every row gives each warp its own rows in every dot: the dK/dV kernel's S^T and dP^T tiles
+# have BLOCK_N rows, 16 per warp (8 warps: 128 keys, 4 warps: 64), and the atomic dQ tile
+# (BLOCK_M x head_dim) keeps its warps along head_dim. The legacy rows above (e.g. d128 dkdv
+# 32x64 w8: an S^T of 64 rows on 8 warps) had both warpgroups compute the same tile. Registers
+# Triton 3.9 / 3.6, sm_90, dense bf16, no spills with either (`millkernels analyze`):
+# atomic d64 32x128 w8 s2: 212/237, TMA 219/246, TMA 32x64 w4: 231/255; d128 16x128 w8 s2:
+# 244/234, TMA 32x128 w8 s1: 232/244, TMA 16x128 w8: 224/250. Deterministic dK/dV: d64
+# 32x128 w8: 212/252 (TMA 183/234), 32x64 w4: 229/254 (TMA 183/242); d128 32x128 w8 s1:
+# 255/251 (TMA 226/238), 16x128 w8: 242/250 (TMA 219/250), TMA 32x64 w4 s1: 232/234.
+# d32 64x128 w8: 238/255 (64x64 w4 spills 52 B on 3.6). Second rows that spill on 3.6 where
+# the analysis checks first rows only (the autotuner may still try them there): TMA atomic
+# 32x128 w8 s1 with varlen + softcap 16/20 B, deterministic 32x128 w8 s1 at d80 8/8 B. A
+# split group's fp32 partials (pointer stores, d128 16x128 w8) spill 28/28 B on 3.9 (s1:
+# 16 B, s3: 44 B; 3.6: 0 at s2): allowed below, the TMA stores do not spill (226/250).
+# 64 query rows per iteration spill at d128 with every layout tried (atomic 64x128 w8 s1:
+# 3.9/3.6 188/228 B per thread, TMA 136/140 B; deterministic 64x128 w8 s2: 216 B (3.9); 64x64
+# w4: 276-432 B): dK and dV alone hold 128 fp32 registers per thread at d128, and without
+# warp specialisation Triton keeps S^T, dP^T and the operands live beside them. At d64 the
+# 64-row tile fits on 3.9 (254 registers) and spills on 3.6 (200/176 B, TMA 96/92 B): left out.
+_FUSED_TABLE: dict[int, list[tuple[int, int, int, int, int]]] = {
+    32: [(64, 128, 8, 2, 90)],
+    64: [(32, 128, 8, 2, 90)],
+    128: [(16, 128, 8, 2, 90)],
+}
+_FUSED_TMA_TABLE: dict[int, list[tuple[int, int, int, int, int]]] = {
+    32: [(64, 128, 8, 2, 90)],
+    64: [(32, 128, 8, 2, 90), (32, 64, 4, 2, 90)],
+    128: [(16, 128, 8, 2, 90), (32, 128, 8, 1, 90)],
+}
+_DKDV_DET_TABLE: dict[int, list[tuple[int, int, int, int, int]]] = {
+    32: [(64, 128, 8, 2, 90)],
+    64: [(32, 128, 8, 2, 90), (32, 64, 4, 2, 90)],
+    128: [(16, 128, 8, 2, 90), (32, 128, 8, 1, 90)],
+}
+_DKDV_DET_TMA_TABLE: dict[int, list[tuple[int, int, int, int, int]]] = {
+    32: [(64, 128, 8, 2, 90)],
+    64: [(32, 128, 8, 2, 90), (32, 64, 4, 2, 90)],
+    128: [(32, 128, 8, 1, 90), (32, 64, 4, 1, 90), (16, 128, 8, 2, 90)],
+}
+# dQ of the deterministic mode: the legacy rows whose S tile (BLOCK_M rows) covers the warps
+_DQ_DET_TABLE: dict[int, list[tuple[int, int, int, int, int]]] = {
+    32: [(128, 64, 8, 3, 90), (64, 32, 4, 3, 90)],
+    64: [(64, 32, 4, 3, 90), (128, 64, 8, 3, 90), (128, 128, 8, 3, 90), (64, 64, 4, 3, 90)],
+    128: [(128, 64, 8, 2, 90), (64, 32, 4, 2, 90)],
+}
+_DQ_DET_TMA_TABLE: dict[int, list[tuple[int, int, int, int, int]]] = {
+    32: [(128, 64, 8, 3, 90), (64, 32, 4, 3, 90)],
+    64: [(64, 32, 4, 3, 90), (128, 64, 8, 3, 90), (128, 128, 8, 3, 90), (64, 64, 4, 3, 90)],
+    128: [(128, 64, 8, 2, 90), (128, 64, 8, 3, 90), (64, 32, 4, 2, 90)],
+}
+#: Fused tables cover head_dim buckets up to this; larger ones run the legacy kernels (at
+#: d256 dK and dV alone need 256 registers per thread once the warps stop sharing rows).
+FUSED_MAX_D = 128
+_KEY_FUSED = [*_KEY, "n_split"]
+
+
+def _autotuned(table, kernel, tma: bool, reset: list[str] | None = None) -> Any:
+    key = _KEY_FUSED if kernel is _attn_bwd_dkdv_kernel else _KEY
+    return triton.autotune(
+        _configs(table, tma),
+        key=key,
+        prune_configs_by={"early_config_prune": _prune},
+        reset_to_zero=reset,
+    )(kernel)
+
+
+# indexed by ``tma``; the atomic dK/dV kernel's autotuning zeroes the dQ accumulator between
+# its trial runs (each adds into it)
+_FUSED = {
+    t: _autotuned(tab, _attn_bwd_dkdv_kernel, t, ["DQ"])
+    for t, tab in ((False, _FUSED_TABLE), (True, _FUSED_TMA_TABLE))
+}
+_DKDV_DET = {
+    t: _autotuned(tab, _attn_bwd_dkdv_kernel, t)
+    for t, tab in ((False, _DKDV_DET_TABLE), (True, _DKDV_DET_TMA_TABLE))
+}
+_DQ_DET = {
+    t: _autotuned(tab, _attn_bwd_dq_kernel, t)
+    for t, tab in ((False, _DQ_DET_TABLE), (True, _DQ_DET_TMA_TABLE))
+}
+
+
 def backward(
     dout: torch.Tensor,
     dlse: torch.Tensor | None,
@@ -624,10 +750,21 @@ def backward(
     window: tuple[int, int],
     softcap: float,
     tma: bool = False,
+    *,
+    deterministic: bool = False,
+    legacy: bool = False,
+    group_split: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Launch the backward; returns (dq, dk, dv) shaped, strided and typed like q, k, v.
+
     ``tma``: load through tensor descriptors (the table's choice,
-    :func:`~millkernels.ops.attention.capabilities.use_tma`); q, k, v and dO must allow it."""
+    :func:`~millkernels.ops.attention.capabilities.use_tma`); q, k, v and dO must allow it.
+    ``legacy``: the separate dK/dV and dQ kernels with their original tables
+    (:func:`~millkernels.ops.attention.capabilities.legacy_backward`). Otherwise one dK/dV
+    pass that also adds dQ with fp32 atomics (five GEMMs per tile), or with
+    ``deterministic`` the dK/dV pass and a separate dQ pass (bitwise reproducible).
+    ``group_split``: how many programs share one GQA group (default :func:`group_split`;
+    their fp32 dK/dV partials are summed in a fixed order)."""
     varlen = cu_q is not None
     lse = lse.contiguous()
     dq = torch.zeros_like(q) if varlen else torch.empty_like(q)
@@ -673,44 +810,107 @@ def backward(
     qk_scale, cap = scale_args(softmax_scale, softcap)
     wl, wr = window_args(*window)
     common = (*qs, *ks, *vs, *ds, *ls, max_q, max_k)
-    tail = (group, softmax_scale, qk_scale, cap, wl, wr, seq_bucket(max(max_q, max_k)))
+    bucket = seq_bucket(max(max_q, max_k))
+    tail = (softmax_scale, qk_scale, cap, wl, wr, bucket)
     consts = dict(HEAD_DIM=head_dim, BLOCK_D=bd, VARLEN=varlen, SOFTCAP=softcap > 0)
-    dkdv_args = (q, k, v, dout, lse2, delta, dk, dv, cu_q_arg, cu_k_arg, *common, heads_kv, *tail)
-    dq_args = (q, k, v, dout, lse2, delta, dq, cu_q_arg, cu_k_arg, *common, heads_q, *tail)
+    dq_args = (q, k, v, dout, lse2, delta, dq, cu_q_arg, cu_k_arg, *common, heads_q, group, *tail)
     check_tma(tma, q, k, v, dout, dq, dk, dv)
     if tma:
         ensure_descriptor_allocator()
+    if not interp and (bd > FUSED_MAX_D or torch.cuda.get_device_capability(q.device) < (9, 0)):
+        legacy = True  # the fused tables are sm_90's, up to FUSED_MAX_D
+    atomic = not (legacy or deterministic)
+    if legacy:
+        n_split = 1
+    elif group_split is not None:
+        if group_split < 1 or group % group_split:
+            raise ValueError(f"group_split: expected a divisor of {group}, got {group_split}")
+        n_split = group_split
+    else:
+        block_n = INTERPRET_DKDV["BLOCK_N"] if interp else 128
+        n_split = _group_split(batch * heads_kv * triton.cdiv(max_k, block_n), group, q.device)
+    # dK/dV of a split group: fp32 partials (K's and V's strides, one slab per part)
+    part_k, part_v = dk, dv
+    if n_split > 1:
+        alloc = torch.zeros if varlen else torch.empty
+        part_k = alloc((n_split, k.numel()), dtype=torch.float32, device=k.device)
+        part_v = alloc((n_split, v.numel()), dtype=torch.float32, device=v.device)
+    dq_acc = torch.zeros_like(q, dtype=torch.float32) if atomic else lse2[:1]
+    dkdv_args = (
+        q, k, v, dout, lse2, delta, part_k, part_v, dq_acc, cu_q_arg, cu_k_arg, *common,
+        heads_kv, group, n_split, k.numel(), *tail,
+    )  # fmt: skip
+    kv_grid = batch * heads_kv * n_split
     if interp:
         c1, c2 = INTERPRET_DKDV, INTERPRET_DQ
-        g1 = (triton.cdiv(max_k, c1["BLOCK_N"]), batch * heads_kv)
-        g2 = (triton.cdiv(max_q, c2["BLOCK_M"]), batch * heads_q)
         opts = dict(TMA=tma, num_warps=4, num_stages=1)
-        _attn_bwd_dkdv_kernel[g1](*dkdv_args, **consts, **c1, **opts)
-        _attn_bwd_dq_kernel[g2](*dq_args, **consts, **c2, **opts)
+        g1 = (triton.cdiv(max_k, c1["BLOCK_N"]), kv_grid)
+        _attn_bwd_dkdv_kernel[g1](*dkdv_args, **consts, **c1, **opts, DQ_ATOMIC=atomic)
+        if not atomic:
+            g2 = (triton.cdiv(max_q, c2["BLOCK_M"]), batch * heads_q)
+            _attn_bwd_dq_kernel[g2](*dq_args, **consts, **c2, **opts)
     else:
-        dkdv_fn, dq_fn = _tuned(tma)
-        dkdv_fn[lambda m: (triton.cdiv(max_k, m["BLOCK_N"]), batch * heads_kv)](
-            *dkdv_args, **consts
+        dkdv_fn, dq_fn = _tuned(tma, legacy, atomic)
+        extra = {} if legacy else {"DQ_ATOMIC": atomic}
+        dkdv_fn[lambda m: (triton.cdiv(max_k, m["BLOCK_N"]), kv_grid)](
+            *dkdv_args, **consts, **extra
         )
-        dq_fn[lambda m: (triton.cdiv(max_q, m["BLOCK_M"]), batch * heads_q)](*dq_args, **consts)
+        if not atomic:
+            dq_fn[lambda m: (triton.cdiv(max_q, m["BLOCK_M"]), batch * heads_q)](*dq_args, **consts)
+    if atomic:
+        dq.copy_(dq_acc)
+    if n_split > 1:  # a fixed summation order: deterministic
+        dk.copy_(part_k.sum(0).as_strided(k.shape, k.stride()))
+        dv.copy_(part_v.sum(0).as_strided(v.shape, v.stride()))
     return dq, dk, dv
 
 
-def _tuned(tma: bool) -> tuple[Any, Any]:
-    """The autotuned (dK/dV, dQ) kernels: tensor-descriptor loads (``tma``) or pointers."""
-    return (_dkdv_tma_tuned, _dq_tma_tuned) if tma else (_dkdv_tuned, _dq_tuned)
+#: Streaming multiprocessors assumed where no GPU is visible (the interpreter): an H100/H200.
+DEFAULT_SMS = 132
 
 
-def chosen_configs(tma: bool) -> dict:
+def _sm_count(device: torch.device) -> int:
+    if device.type != "cuda":
+        return DEFAULT_SMS
+    return int(torch.cuda.get_device_properties(device).multi_processor_count)
+
+
+def _group_split(programs: int, group: int, device: torch.device) -> int:
+    """How many programs share one GQA group: the smallest divisor of ``group`` that brings
+    ``programs`` (batch * kv heads * key blocks) to one wave of the GPU, or ``group``; 1 when
+    the grid already fills it (then one program sums the whole group in registers)."""
+    sms = _sm_count(device)
+    for parts in range(1, group + 1):
+        if group % parts == 0 and programs * parts >= sms:
+            return parts
+    return group
+
+
+def _tuned(tma: bool, legacy: bool, atomic: bool) -> tuple[Any, Any]:
+    """The autotuned (dK/dV, dQ) kernels: tensor-descriptor loads (``tma``) or pointers;
+    ``legacy``: the original tables, else the fused backward's (``atomic`` dQ or not)."""
+    if legacy:
+        return (_dkdv_tma_tuned, _dq_tma_tuned) if tma else (_dkdv_tuned, _dq_tuned)
+    return (_FUSED if atomic else _DKDV_DET)[tma], _DQ_DET[tma]
+
+
+def chosen_configs(tma: bool, legacy: bool = False, deterministic: bool = False) -> dict:
     """The configs the autotuner picked last for the pointer (``tma`` False) or the
-    tensor-descriptor backward (for benchmark rows)."""
+    tensor-descriptor backward, legacy or fused (for benchmark rows). ``dq`` is None where
+    the dK/dV kernel adds dQ itself (fused, not ``deterministic``)."""
     from millkernels.ops.autotune import autotune_config
 
+    atomic = not (legacy or deterministic)
+    info = {"TMA": tma, "legacy": legacy, "dq_atomic": atomic}
     if runtime.triton_interpret():
         dkdv, dq = ({**c, "TMA": tma} for c in (INTERPRET_DKDV, INTERPRET_DQ))
-        return {"dkdv": dkdv, "dq": dq, "TMA": tma, "interpreter": True}
-    dkdv_fn, dq_fn = _tuned(tma)
-    return {"dkdv": autotune_config(dkdv_fn), "dq": autotune_config(dq_fn), "TMA": tma}
+        return {"dkdv": dkdv, "dq": None if atomic else dq, **info, "interpreter": True}
+    dkdv_fn, dq_fn = _tuned(tma, legacy, atomic)
+    return {
+        "dkdv": autotune_config(dkdv_fn),
+        "dq": None if atomic else autotune_config(dq_fn),
+        **info,
+    }
 
 
 # ---------------------------------------------------------------------------- analysis
@@ -729,9 +929,14 @@ _STRIDES = (
     "n:stride_vs n:stride_vh n:stride_db n:stride_ds n:stride_dh n:stride_lb n:stride_lh "
     "n:seqlen_q n:seqlen_k"
 )
+_TAIL_SPLIT = (
+    "n:group n:n_split n:stride_split s:sm_scale s:qk_scale s:softcap n:win_left "
+    "n:win_right n:seq_bucket"
+)
 _TAIL = "n:group s:sm_scale s:qk_scale s:softcap n:win_left n:win_right n:seq_bucket"
 DKDV_SIG = _bwd_signature(
-    f"p:Q p:K p:V p:DO f:LSE2 f:DELTA p:DK p:DV i:CU_Q i:CU_K {_STRIDES} n:heads_kv {_TAIL}"
+    f"p:Q p:K p:V p:DO f:LSE2 f:DELTA p:DK p:DV f:DQ i:CU_Q i:CU_K {_STRIDES} n:heads_kv "
+    f"{_TAIL_SPLIT}"
 )
 DQ_SIG = _bwd_signature(
     f"p:Q p:K p:V p:DO f:LSE2 f:DELTA p:DQ i:CU_Q i:CU_K {_STRIDES} n:heads_q {_TAIL}"
@@ -781,6 +986,75 @@ def _variants(table, sig, tma_table) -> list[TritonVariant]:
     return out
 
 
+#: What every fused-backward variant must show on both Triton versions.
+FUSED_EXPECT = (
+    Expect("dup_warp_dots", "==", 0, "every warp computes its own rows of each dot"),
+    Expect("spill_bytes", "==", 0, "the fused tables are free of spills"),
+)
+
+
+def _fused_variants(rows, sig, extra: dict[str, Any]) -> list[TritonVariant]:
+    """The fused backward's variants: ``rows`` maps (table, tma) to how many rows per case
+    (None: all); cases are d64 and d128 dense (all rows), varlen + softcap at d128 and the
+    padded head_dim 80 (first row). ``extra``: constexprs (``DQ_ATOMIC``) and argument
+    types that differ from ``sig`` (fp32 partials of a split group)."""
+    types = {k: v for k, v in extra.items() if isinstance(v, str)}
+    consts = {k: v for k, v in extra.items() if not isinstance(v, str)}
+    out: list[TritonVariant] = []
+    for table, tma in rows:
+        for head_dim, varlen, cap, first in (
+            (64, False, False, None),
+            (128, False, False, None),
+            (128, True, True, 1),
+            (80, False, False, 1),
+        ):
+            bd = _bucket_d(head_dim)
+            out += variants_from_configs(
+                _configs({bd: table[bd][:first]}, tma=tma),
+                {**sig, **types},
+                {"HEAD_DIM": head_dim, "BLOCK_D": bd, "VARLEN": varlen, "SOFTCAP": cap, **consts},
+                min_arch=90,
+                divisible_by_16=aligned_for_analysis(sig),
+            )
+    return [dataclasses.replace(v, expect=FUSED_EXPECT) for v in out]
+
+
+def _split_variants() -> list[TritonVariant]:
+    """A split GQA group stores fp32 partials: d64 and d128, pointer and TMA stores."""
+    f32 = {"DQ_ATOMIC": True, "DK": "*fp32", "DV": "*fp32"}
+    out = _fused_variants([(_FUSED_TABLE, False)], DKDV_SIG, f32)[:2]
+    out += _fused_variants([(_FUSED_TMA_TABLE, True)], DKDV_SIG, f32)[:1]
+    out += _fused_variants([(_FUSED_TMA_TABLE, True)], DKDV_SIG, f32)[2:3]
+    d128 = out[1]  # pointer stores at d128: 28 B stores + 28 B loads on 3.9
+    out[1] = dataclasses.replace(
+        d128,
+        spill_allowance={90: 56},
+        allowance_reason="fp32 dK/dV partials of a split GQA group, pointer stores (3.9)",
+        expect=(
+            FUSED_EXPECT[0],
+            Expect("spill_bytes", "==", 0, "no spill with Triton 3.6", triton="3.6"),
+            Expect("spill_bytes", "<=", 56, "the known epilogue spill, no more", triton="3.9"),
+        ),
+    )
+    return out
+
+
+def _legacy(variants: list[TritonVariant]) -> list[TritonVariant]:
+    """Labelled legacy (``MILLKERNELS_ATTENTION_BWD=legacy``; their dup_warp_dots is not 0)."""
+    return [dataclasses.replace(v, label="legacy " + v.describe()) for v in variants]
+
+
+_FUSED_VARIANTS = (
+    _fused_variants(
+        [(_FUSED_TABLE, False), (_FUSED_TMA_TABLE, True)], DKDV_SIG, {"DQ_ATOMIC": True}
+    )
+    + _fused_variants(
+        [(_DKDV_DET_TABLE, False), (_DKDV_DET_TMA_TABLE, True)], DKDV_SIG, {"DQ_ATOMIC": False}
+    )
+    + _split_variants()
+)
+
+
 # Known spills, head_dim -> {capability: bytes per thread (stores + loads)}, the larger of
 # Triton 3.6 and 3.9 (`millkernels analyze`, strides 16-divisible as at a real launch). Head
 # dims 64, 80 and 128 do not spill. At head_dim 256 dK/dV keeps two 16x256 fp32 accumulators
@@ -794,20 +1068,31 @@ ANALYSIS = (
     TritonAnalysis(
         "attention.bwd_dkdv",
         _attn_bwd_dkdv_kernel,
-        with_spill_allowance(
-            _variants(_DKDV_TABLE, DKDV_SIG, _DKDV_TMA_TABLE),
-            DKDV_SPILL_ALLOWANCE,
-            "dK/dV head_dim 256: accumulators",
+        _legacy(
+            with_spill_allowance(
+                _variants(_DKDV_TABLE, DKDV_SIG, _DKDV_TMA_TABLE),
+                DKDV_SPILL_ALLOWANCE,
+                "dK/dV head_dim 256: accumulators",
+            )
         ),
+        hot=True,
+    ),
+    TritonAnalysis("attention.bwd_fused_dkdv", _attn_bwd_dkdv_kernel, _FUSED_VARIANTS, hot=True),
+    TritonAnalysis(
+        "attention.bwd_fused_dq",
+        _attn_bwd_dq_kernel,
+        _fused_variants([(_DQ_DET_TABLE, False), (_DQ_DET_TMA_TABLE, True)], DQ_SIG, {}),
         hot=True,
     ),
     TritonAnalysis(
         "attention.bwd_dq",
         _attn_bwd_dq_kernel,
-        with_spill_allowance(
-            _variants(_DQ_TABLE, DQ_SIG, _DQ_TMA_TABLE),
-            DQ_SPILL_ALLOWANCE,
-            "dQ head_dim 256: dQ tile",
+        _legacy(
+            with_spill_allowance(
+                _variants(_DQ_TABLE, DQ_SIG, _DQ_TMA_TABLE),
+                DQ_SPILL_ALLOWANCE,
+                "dQ head_dim 256: dQ tile",
+            )
         ),
         hot=True,
     ),
