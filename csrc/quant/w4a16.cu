@@ -214,8 +214,8 @@ __device__ __forceinline__ void load_x(uint4 (&xv)[kMaxUnit][kRowsOf<MT, kMma>],
       const int row = kMma ? gid + 8 * r : r;
       xv[i][r] = make_uint4(0, 0, 0, 0);
       if (i < unit && row < m) {
-        xv[i][r] = __ldg(
-            reinterpret_cast<const uint4*>(xp + static_cast<int64_t>(row) * k + i * kChunk));
+        xv[i][r] =
+            __ldg(reinterpret_cast<const uint4*>(xp + static_cast<int64_t>(row) * k + i * kChunk));
       }
     }
   }
@@ -310,9 +310,9 @@ __device__ __forceinline__ void unit_product(const uint4 (&q)[kMaxUnit],
 // The block's end: warp sums through shared memory `red` (kWarps, MT, 32), the K split
 // reduction when gridDim.y > 1, the bias and the store of `out`.
 template <typename T, int MT, bool kMma>
-__device__ __forceinline__ void finish(float (&acc)[4][kAccOf<MT, kMma>],
-                                       float (*red)[MT][kStrip], const T* bias, T* out,
-                                       float* workspace, unsigned* counters, int m, int n) {
+__device__ __forceinline__ void finish(float (&acc)[4][kAccOf<MT, kMma>], float (*red)[MT][kStrip],
+                                       const T* bias, T* out, float* workspace, unsigned* counters,
+                                       int m, int n) {
   constexpr int kAcc = kAccOf<MT, kMma>;
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
@@ -448,8 +448,8 @@ __global__ void __launch_bounds__(kWarps * 32, 2)
   finish<T, MT, kMma>(acc, red, bias, out, workspace, counters, m, n);
 }
 
-constexpr int kStages = 3;  // pipe kernel: units in flight per warp
-constexpr int kStageVecs = kWarps * kMaxUnit * 32;  // 16-byte vectors per stage (all warps)
+constexpr int kStages = 3;                            // pipe kernel: units in flight per warp
+constexpr int kStageVecs = kWarps * kMaxUnit * 32;    // 16-byte vectors per stage (all warps)
 constexpr int kPipeSmem = kStages * kStageVecs * 16;  // 48 KiB (+ the 4 B flag of finish)
 static_assert(kWarps * 16 * kStrip * 4 <= kPipeSmem, "the reduction buffer reuses the pipeline's");
 
@@ -558,7 +558,7 @@ __global__ void __launch_bounds__(kWarps * 32, 2)
   }
   cp_async_wait<0>();
   __syncthreads();  // every warp is done with the pipeline: its memory becomes `red`
-  finish<T, MT, true>(acc, reinterpret_cast<float(*)[MT][kStrip]>(pipe), bias, out, workspace,
+  finish<T, MT, true>(acc, reinterpret_cast<float (*)[MT][kStrip]>(pipe), bias, out, workspace,
                       counters, m, n);
 }
 
@@ -596,8 +596,7 @@ void launch_typed(const void* x, const int32_t* repacked, const void* scales, co
     kernel<<<grid, kWarps * 32, smem, stream>>>(
         static_cast<const T*>(x), reinterpret_cast<const uint4*>(repacked),
         static_cast<const T*>(scales), zeros, static_cast<const T*>(bias), static_cast<T*>(out),
-        split > 1 ? workspace : nullptr, split > 1 ? counters : nullptr, m, n, k, group,
-        per_split);
+        split > 1 ? workspace : nullptr, split > 1 ? counters : nullptr, m, n, k, group, per_split);
     MK_CHECK_LAUNCH(name);
   };
   if constexpr (kPipe) {
@@ -624,9 +623,9 @@ template <typename T>
 void launch_m(const void* x, const int32_t* repacked, const void* scales, const uint8_t* zeros,
               const void* bias, void* out, float* workspace, unsigned* counters, int m, int n,
               int k, int group, int split, int path, cudaStream_t stream) {
-#define MK_W4_LAUNCH(MT, MMA, PIPE)                                                              \
-  launch_typed<T, MT, MMA, PIPE>(x, repacked, scales, zeros, bias, out, workspace, counters, m, \
-                                 n, k, group, split, stream)
+#define MK_W4_LAUNCH(MT, MMA, PIPE)                                                                \
+  launch_typed<T, MT, MMA, PIPE>(x, repacked, scales, zeros, bias, out, workspace, counters, m, n, \
+                                 k, group, split, stream)
   if (path == kW4PathFma) {
     if (m <= 1) {
       MK_W4_LAUNCH(1, false, false);
