@@ -1044,6 +1044,32 @@ def _legacy(variants: list[TritonVariant]) -> list[TritonVariant]:
     return [dataclasses.replace(v, label="legacy " + v.describe()) for v in variants]
 
 
+def _with_legacy_d128_spill(variants: list[TritonVariant]) -> list[TritonVariant]:
+    """The legacy d128 dK/dV 32x128 w8 pointer row spills 20+20 B with Triton 3.6 on sm_90 (none
+    with 3.9); on sm_90 it runs only as the ``legacy`` comparison, so its spill is allowed and
+    bounded per version instead of failing ``--check``."""
+    out = []
+    for v in variants:
+        c = v.constexprs
+        if (c.get("HEAD_DIM"), c.get("BLOCK_M"), c.get("BLOCK_N"), c.get("TMA")) == (
+            128,
+            32,
+            128,
+            False,
+        ) and v.num_warps == 8:
+            v = dataclasses.replace(
+                v,
+                spill_allowance={90: 40},
+                allowance_reason="legacy d128 32x128 w8 (comparison row): Triton 3.6 spills 40 B",
+                expect=(
+                    Expect("spill_bytes", "==", 0, "no spill with Triton 3.9", triton="3.9"),
+                    Expect("spill_bytes", "<=", 40, "the known 3.6 spill, no more", triton="3.6"),
+                ),
+            )
+        out.append(v)
+    return out
+
+
 _FUSED_VARIANTS = (
     _fused_variants(
         [(_FUSED_TABLE, False), (_FUSED_TMA_TABLE, True)], DKDV_SIG, {"DQ_ATOMIC": True}
@@ -1069,10 +1095,12 @@ ANALYSIS = (
         "attention.bwd_dkdv",
         _attn_bwd_dkdv_kernel,
         _legacy(
-            with_spill_allowance(
-                _variants(_DKDV_TABLE, DKDV_SIG, _DKDV_TMA_TABLE),
-                DKDV_SPILL_ALLOWANCE,
-                "dK/dV head_dim 256: accumulators",
+            _with_legacy_d128_spill(
+                with_spill_allowance(
+                    _variants(_DKDV_TABLE, DKDV_SIG, _DKDV_TMA_TABLE),
+                    DKDV_SPILL_ALLOWANCE,
+                    "dK/dV head_dim 256: accumulators",
+                )
             )
         ),
         hot=True,
