@@ -38,12 +38,14 @@ def _lengths(device: str, blocks: int) -> int:
     return blocks * (F.WS_BLOCK if device == "cuda" else F.ws_block())
 
 
-def _forward(q, k, v, *, ws, tma=False, causal=False, softcap=0.0):
+def _call(q, k, v, causal=False, softcap=0.0) -> tuple:
+    """The forward's positional arguments for a dense call."""
     win = (-1, 0) if causal else (-1, -1)
-    scale = q.shape[-1] ** -0.5
-    return F.forward(
-        q, k, v, None, None, q.shape[1], k.shape[1], scale, win, softcap, tma=tma, ws=ws
-    )
+    return (q, k, v, None, None, q.shape[1], k.shape[1], q.shape[-1] ** -0.5, win, softcap)
+
+
+def _forward(q, k, v, *, ws, tma=False, causal=False, softcap=0.0):
+    return F.forward(*_call(q, k, v, causal, softcap), tma=tma, ws=ws)
 
 
 @pytest.mark.parametrize(
@@ -61,7 +63,7 @@ def test_ws_forward_matches_reference_and_other_kernel(
     sq, sk = _lengths(triton_device, nq), _lengths(triton_device, nk)
     q, k, v = dense_inputs(b, sq, sk, hq, hkv, d, dtype, triton_device)
     out, lse = _forward(q, k, v, ws=True, softcap=softcap)
-    assert F.WS_LAST["fallback"] is None  # it ran the WS kernel
+    assert F.ws_fallback(*_call(q, k, v, softcap=softcap)) is None  # it runs the WS kernel
     kw = dict(causal=False, window=(-1, -1), softcap=softcap)
     check_forward(out.cpu(), lse.cpu(), q.cpu(), k.cpu(), v.cpu(), kw)
     ref_out, ref_lse = _forward(q, k, v, ws=False, softcap=softcap)
@@ -95,7 +97,7 @@ def test_ws_falls_back_with_the_reason(triton_device):
     s = _lengths(triton_device, 1)
     q, k, v = dense_inputs(1, s, s, 2, 2, 64, F16, triton_device)
     out, _ = _forward(q, k, v, ws=True, tma=True, causal=True)
-    assert "causal" in F.WS_LAST["fallback"]
+    assert "causal" in F.ws_fallback(*_call(q, k, v, causal=True))
     ref, _ = _forward(q, k, v, ws=False, tma=True, causal=True)
     assert torch.equal(out, ref)
 

@@ -256,8 +256,12 @@ def attention_suite(ctx: BenchContext) -> Iterator[Row]:
                     except Exception as exc:  # e.g. out of memory for one baseline
                         ctx.skip(what, f"raised {type(exc).__name__}: {str(exc)[:200]}")
                         continue
-                    if name == "triton_ws":  # what it ran (or why not), before the next
-                        why = triton_fwd.WS_LAST["fallback"]
+                    if name == "triton_ws":  # what it ran, or why not
+                        win = (-1, 0) if causal else (-1, -1)
+                        why = triton_fwd.ws_fallback(
+                            q, k, v, None, None, q.shape[1], k.shape[1],
+                            q.shape[-1] ** -0.5, win, 0.0,
+                        )  # fmt: skip
                         configs[name] = {"fwd": triton_fwd.chosen_config(True, ws=why is None)}
                         configs[name]["ws_fallback"] = why
                     elif name in ("triton", "triton_tma"):

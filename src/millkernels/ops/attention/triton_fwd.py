@@ -19,7 +19,7 @@ causal is folded in as ``right = min(right, 0)`` by the caller.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import triton
@@ -509,9 +509,6 @@ def ws_unfit(
 #: Per compile key (head_dim, softcap, group, dtype, device): why the WS kernel is not used
 #: (None: it compiled to WS_WARPS warps for every config).
 _WS_COMPILED: dict[tuple, str | None] = {}
-#: What the last forward asked to run warp-specialised did: None (it did) or the reason it
-#: took the other kernel. Read by benchmark rows and tests.
-WS_LAST: dict[str, str | None] = {"fallback": None}
 
 
 def ws_compile_reason(args: tuple, consts: dict[str, Any], group: int) -> str | None:
@@ -558,6 +555,102 @@ def scale_args(softmax_scale: float, softcap: float) -> tuple[float, float]:
     return softmax_scale * LOG2E, 0.0
 
 
+class _Launch(NamedTuple):
+    """A forward's outputs, allocated, and the kernel arguments that fill them."""
+
+    out: torch.Tensor
+    lse: torch.Tensor
+    args: tuple
+    consts: dict[str, Any]
+    batch: int
+    heads_q: int
+    group: int
+    max_q: int
+    max_k: int
+    head_dim: int
+    varlen: bool
+
+
+def _launch(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_q: torch.Tensor | None,
+    cu_k: torch.Tensor | None,
+    max_q: int,
+    max_k: int,
+    softmax_scale: float,
+    window: tuple[int, int],
+    softcap: float,
+) -> _Launch:
+    """Allocate the outputs and build the kernel arguments of a forward (see :func:`forward`)."""
+    varlen = cu_q is not None
+    if cu_q is not None:
+        batch = cu_q.numel() - 1
+        heads_q, head_dim = q.shape[1], q.shape[2]
+        heads_kv = k.shape[1]
+        lse = torch.full((heads_q, q.shape[0]), float("-inf"), device=q.device)
+        # seqlen dim, head dim strides; batch stride unused (0)
+        qs, ks, vs = (0, *q.stride()[:2]), (0, *k.stride()[:2]), (0, *v.stride()[:2])
+        out = torch.zeros_like(q)  # tokens past cu_q[-1] stay zero
+        os_ = (0, *out.stride()[:2])
+        ls = (0, lse.stride(0))
+    else:
+        batch, max_q, heads_q, head_dim = q.shape
+        max_k, heads_kv = k.shape[1], k.shape[2]
+        lse = torch.empty(batch, heads_q, max_q, dtype=torch.float32, device=q.device)
+        out = torch.empty_like(q)
+        qs, ks, vs, os_ = q.stride()[:3], k.stride()[:3], v.stride()[:3], out.stride()[:3]
+        ls = (lse.stride(0), lse.stride(1))
+    qk_scale, cap = scale_args(softmax_scale, softcap)
+    wl, wr = window_args(*window)
+    dummy = cu_q if varlen else lse
+    args = (
+        q, k, v, out, lse, dummy, cu_k if varlen else lse,
+        *qs, *ks, *vs, *os_, *ls,
+        int(max_q), int(max_k), heads_q, heads_q // heads_kv,
+        qk_scale, cap, wl, wr, seq_bucket(max_q),
+    )  # fmt: skip
+    consts = dict(
+        HEAD_DIM=head_dim, BLOCK_D=_bucket_d(head_dim), VARLEN=varlen, SOFTCAP=softcap > 0
+    )
+    return _Launch(
+        out, lse, args, consts, batch, heads_q, heads_q // heads_kv, int(max_q), int(max_k),
+        head_dim, varlen,
+    )  # fmt: skip
+
+
+def _ws_fallback(launch: _Launch, window: tuple[int, int], *tensors: torch.Tensor) -> str | None:
+    """Why this launch cannot run warp-specialised (None: it can): :func:`ws_unfit`, then
+    :func:`ws_compile_reason`."""
+    why = ws_unfit(
+        launch.varlen, launch.max_q, launch.max_k, launch.head_dim, window, *tensors, launch.out
+    )
+    if why is None:
+        ensure_descriptor_allocator()
+        why = ws_compile_reason(launch.args, launch.consts, launch.group)
+    return why
+
+
+def ws_fallback(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_q: torch.Tensor | None,
+    cu_k: torch.Tensor | None,
+    max_q: int,
+    max_k: int,
+    softmax_scale: float,
+    window: tuple[int, int],
+    softcap: float,
+) -> str | None:
+    """Why :func:`forward` with these arguments and ``ws=True`` runs the other kernel (None:
+    it runs the warp-specialised one). For benchmark rows and tests: a pure function of the
+    call (the compile check is cached), not a record of the last call."""
+    launch = _launch(q, k, v, cu_q, cu_k, max_q, max_k, softmax_scale, window, softcap)
+    return _ws_fallback(launch, window, q, k, v)
+
+
 def forward(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -577,59 +670,27 @@ def forward(
     (the table's choice, :func:`.capabilities.use_tma`). ``ws``: the warp-specialised kernel
     (the table's choice, :func:`.capabilities.use_ws`) where the call fits it
     (:func:`ws_unfit`) and it compiles as such (:func:`ws_compile_reason`); otherwise the
-    other kernel, with the reason in :data:`WS_LAST`. Returns (out, lse)."""
-    varlen = cu_q is not None
-    if cu_q is not None:
-        batch = cu_q.numel() - 1
-        heads_q, head_dim = q.shape[1], q.shape[2]
-        heads_kv = k.shape[1]
-        lse = torch.full((heads_q, q.shape[0]), float("-inf"), device=q.device)
-        # seqlen dim, head dim strides; batch stride unused (0)
-        qs, ks, vs = (0, *q.stride()[:2]), (0, *k.stride()[:2]), (0, *v.stride()[:2])
-        out = torch.zeros_like(q)  # tokens past cu_q[-1] stay zero
-        os_ = (0, *out.stride()[:2])
-        ls = (0, lse.stride(0))
-    else:
-        batch, max_q, heads_q, head_dim = q.shape
-        max_k, heads_kv = k.shape[1], k.shape[2]
-        lse = torch.empty(batch, heads_q, max_q, dtype=torch.float32, device=q.device)
-        out = torch.empty_like(q)
-        qs, ks, vs, os_ = q.stride()[:3], k.stride()[:3], v.stride()[:3], out.stride()[:3]
-        ls = (lse.stride(0), lse.stride(1))
+    other kernel (:func:`ws_fallback` says why). Returns (out, lse)."""
+    launch = _launch(q, k, v, cu_q, cu_k, max_q, max_k, softmax_scale, window, softcap)
+    out, lse, args, consts = launch.out, launch.lse, launch.args, launch.consts
+    rows = launch.batch * launch.heads_q
     if out.numel() == 0:
         return out, lse.fill_(float("-inf"))
-    qk_scale, cap = scale_args(softmax_scale, softcap)
-    wl, wr = window_args(*window)
-    dummy = cu_q if varlen else lse
-    args = (
-        q, k, v, out, lse, dummy, cu_k if varlen else lse,
-        *qs, *ks, *vs, *os_, *ls,
-        int(max_q), int(max_k), heads_q, heads_q // heads_kv,
-        qk_scale, cap, wl, wr, seq_bucket(max_q),
-    )  # fmt: skip
-    consts = dict(
-        HEAD_DIM=head_dim, BLOCK_D=_bucket_d(head_dim), VARLEN=varlen, SOFTCAP=softcap > 0
-    )
     check_tma(tma, q, k, v, out)
     if ws:
-        why = ws_unfit(varlen, int(max_q), int(max_k), head_dim, window, q, k, v, out)
-        if why is None:
-            ensure_descriptor_allocator()
-            why = ws_compile_reason(args, consts, heads_q // heads_kv)
-        WS_LAST["fallback"] = why
-        ws = why is None
+        ws = _ws_fallback(launch, window, q, k, v) is None
     if tma or ws:
         ensure_descriptor_allocator()
     if runtime.triton_interpret():
         cfg = INTERPRET_FWD
-        grid = (triton.cdiv(int(max_q), cfg["BLOCK_M"]), batch * heads_q)
+        grid = (triton.cdiv(launch.max_q, cfg["BLOCK_M"]), rows)
         _attn_fwd_kernel[grid](
             *args, **consts, **cfg, TMA=tma or ws, WS=ws, num_warps=4, num_stages=1
         )
     else:
 
         def tuned_grid(meta: dict[str, Any]) -> tuple[int, int]:
-            return (triton.cdiv(int(max_q), meta["BLOCK_M"]), batch * heads_q)
+            return (triton.cdiv(launch.max_q, meta["BLOCK_M"]), rows)
 
         kernel = _attn_fwd_ws_tuned if ws else _attn_fwd_tma_tuned if tma else _attn_fwd_tuned
         kernel[tuned_grid](*args, **consts)
