@@ -73,6 +73,15 @@ def test_runtime_without_gpu_is_consistent():
         assert g.arch == f"sm_{g.capability[0]}{g.capability[1]}"
 
 
+def test_device_sms_plans_for_an_h100_off_a_gpu_and_reads_the_gpu_on_one():
+    """Grid heuristics get the GPU's SM count, or 132 (an H100/H200) off a GPU."""
+    import torch
+
+    assert runtime.device_sms(torch.device("cpu")) == runtime.DEFAULT_SMS == 132
+    for i, g in enumerate(runtime.gpus()):
+        assert runtime.device_sms(torch.device("cuda", i)) == g.multiprocessors
+
+
 def test_triton_interpret_reads_the_environment(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     assert runtime.triton_interpret()

@@ -60,6 +60,23 @@ def sm_count(device_index: int = 0) -> int:
     return gpus()[device_index].multiprocessors
 
 
+#: Streaming multiprocessors grids are planned for where no GPU is visible (the interpreter):
+#: an H100/H200's 132.
+DEFAULT_SMS = 132
+
+
+def device_sms(device: Any) -> int:
+    """SMs of a torch ``device``'s GPU (cached, :func:`sm_count`), or :data:`DEFAULT_SMS` off a
+    GPU, so heuristics that size grids plan the same under the interpreter as on an H100."""
+    if getattr(device, "type", None) != "cuda":
+        return DEFAULT_SMS
+    if device.index is None:
+        import torch
+
+        return sm_count(torch.cuda.current_device())
+    return sm_count(device.index)
+
+
 def has_gpu() -> bool:
     """True when at least one CUDA GPU is usable."""
     return bool(gpus())

@@ -15,7 +15,7 @@ import pytest
 import torch
 from quant_checkpoints import make_gptq
 
-from millkernels import quant
+from millkernels import quant, runtime
 from millkernels.analyze.core import triton_toolchain_missing
 from millkernels.analyze.triton_compile import inexact_f32_ops, ptx_of
 from millkernels.dispatch import BackendUnavailable
@@ -532,7 +532,7 @@ def test_fp8_split_k_hopper(scheme):
     m, n, k = 2, 1024, 4096
     case = _fp8_case(scheme, m, n, k, bias=True)
     out = _gemm(case, scheme, "current", None)  # choose_split: 132 SMs // 8 tiles -> 8
-    assert triton_fp8.choose_split(m, n, k, triton_fp8.device_sm_count(out.device)) > 1
+    assert triton_fp8.choose_split(m, n, k, runtime.device_sms(out.device)) > 1
     assert_matmul_close(out, case[0], case[1], case[4])
     assert torch.equal(out, _gemm(case, scheme, "current", None))
     one = _gemm(case, scheme, "current", None, split=1)

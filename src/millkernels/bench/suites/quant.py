@@ -29,6 +29,7 @@ import functools
 from collections.abc import Iterator
 from typing import Any
 
+from millkernels import runtime
 from millkernels.bench.context import BenchContext
 from millkernels.bench.registry import suite
 from millkernels.bench.rows import Row
@@ -175,7 +176,7 @@ def quant_suite(ctx: BenchContext) -> Iterator[Row]:
                         else {
                             "act_quant": reference.ACT_MODE[scheme],
                             "split_k": triton_fp8.choose_split(
-                                m, n, k, triton_fp8.device_sm_count(x.device)
+                                m, n, k, runtime.device_sms(x.device)
                             ),
                         },
                     )  # fmt: skip
@@ -291,7 +292,7 @@ def _fp8_variant_rows(ctx, x, qw, shape, flops, nbytes) -> Iterator[Row]:
         return
     xq, xs = triton_fp8.act_quant(x, "group")
     m, n, k = shape["m"], shape["n"], shape["k"]
-    split = triton_fp8.choose_split(m, n, k, triton_fp8.device_sm_count(x.device))
+    split = triton_fp8.choose_split(m, n, k, runtime.device_sms(x.device))
     cases: list[tuple[str, str, int | None]] = [
         ("triton_legacy", "legacy", None),
         ("triton", "current", None),

@@ -865,21 +865,11 @@ def backward(
     return dq, dk, dv
 
 
-#: Streaming multiprocessors assumed where no GPU is visible (the interpreter): an H100/H200.
-DEFAULT_SMS = 132
-
-
-def _sm_count(device: torch.device) -> int:
-    if device.type != "cuda":
-        return DEFAULT_SMS
-    return int(torch.cuda.get_device_properties(device).multi_processor_count)
-
-
 def _group_split(programs: int, group: int, device: torch.device) -> int:
     """How many programs share one GQA group: the smallest divisor of ``group`` that brings
     ``programs`` (batch * kv heads * key blocks) to one wave of the GPU, or ``group``; 1 when
     the grid already fills it (then one program sums the whole group in registers)."""
-    sms = _sm_count(device)
+    sms = runtime.device_sms(device)
     for parts in range(1, group + 1):
         if group % parts == 0 and programs * parts >= sms:
             return parts

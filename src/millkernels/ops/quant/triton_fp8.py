@@ -36,6 +36,7 @@ import torch
 import triton
 import triton.language as tl
 
+from millkernels import runtime
 from millkernels.ops.analysis_spec import (
     Expect,
     TritonAnalysis,
@@ -610,13 +611,6 @@ def choose_split(m: int, n: int, k: int, sm_count: int) -> int:
     return split
 
 
-def device_sm_count(device: torch.device) -> int:
-    """SMs of a CUDA device (132, an H100 SXM, elsewhere: what choose_split plans for)."""
-    from millkernels import runtime
-
-    return runtime.sm_count(device.index or 0) if device.type == "cuda" else 132
-
-
 def gemm(
     xq: torch.Tensor,
     x_scale: torch.Tensor,
@@ -689,7 +683,7 @@ def gemm(
 
 def _launch_current(args, m, n, k, out, device, tuned, config, split) -> None:
     """The current kernel, split K when :func:`choose_split` (or ``split``) says so."""
-    split = choose_split(m, n, k, device_sm_count(device)) if split is None else int(split)
+    split = choose_split(m, n, k, runtime.device_sms(device)) if split is None else int(split)
     if not 1 <= split <= MAX_SPLIT:
         raise ValueError(f"split: expected 1..{MAX_SPLIT}, got {split}")
     if split * m * n >= 2**31:
@@ -742,7 +736,7 @@ def _launch_tma(args, m, n, k, xq, wq, tuned, config) -> None:
                 "use MILLKERNELS_FP8_KERNELS=current"
             )
     ensure_descriptor_allocator()
-    progs = device_sm_count(xq.device)
+    progs = runtime.device_sms(xq.device)
 
     def grid(meta):
         tiles = triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"])

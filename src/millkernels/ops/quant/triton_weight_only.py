@@ -274,7 +274,7 @@ def choose_split(m: int, n: int, k: int, device: torch.device) -> int:
     at least 256 input features per split."""
     if m > 64:
         return 1
-    sms = runtime.sm_count(device.index or 0) if device.type == "cuda" else 132
+    sms = runtime.device_sms(device)
     tiles = math.ceil(m / 16) * math.ceil(n / 128)
     want = max(1, (2 * sms) // max(tiles, 1))
     most = max(1, k // 256)
