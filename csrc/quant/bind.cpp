@@ -72,7 +72,7 @@ void w4a16_small_m(const ArrayView& x, const ArrayView& repacked, const ArrayVie
                         std::to_string(group));
   }
   require_range(split, 1, k / 32, op, "split");
-  require_range(path, kW4PathAuto, kW4PathPipe, op, "path");
+  require_range(path, kW4PathAuto, kW4PathWide, op, "path");
   if (path == kW4PathFma && m > w4a16_fma_max_rows()) {
     value_error(op, "path: the fma path serves M <= " + std::to_string(w4a16_fma_max_rows()) +
                         ", got M=" + std::to_string(m));
@@ -131,7 +131,7 @@ void bind(py::module_& m) {
         "float32 (ceil(N/32), split, 512) and `counters` int32 (ceil(N/32),), which must be 0 "
         "and are left 0 (launches sharing them must be stream-ordered); path 0 auto (mma), "
         "1 fp32-FMA (M <= 2), 2 mma.sync tensor cores, 3 mma with a 3-stage cp.async weight "
-        "pipeline.");
+        "pipeline, 4 that pipeline with two strips per block sharing x (wide).");
 }
 
 }  // namespace mk::quant

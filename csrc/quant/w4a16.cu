@@ -50,6 +50,10 @@
 //   per unit: I2F + MUFU.RCP), sm_80 358 both; 125 registers (mma: 124 / 122), no spills; 48
 //   KiB dynamic shared memory per block (the pipeline; reused for the warp reduction), 2
 //   blocks per SM. Not run on a GPU.
+// - wide (path = kW4PathWide, w4a16_pipe_kernel with kW4WideStrips = 2 strips per block): the
+//   pipe kernel where a block owns two neighbouring strips and multiplies each unit's x
+//   fragments (loaded once) with both strips' weights: half the x loads and x L2 traffic per
+//   weight, 96 KiB of shared memory per block (two per SM on sm_90, one on sm_80).
 //
 // Crossover (auto uses mma for every M), from the sm_90a SASS of the loop over one unit of 4
 // chunks (128 weights per lane; sm_80 within 1%): mma M <= 8: 313 instructions (2.4 per
@@ -185,9 +189,9 @@ struct Share {
         units_per_group(group / kChunk / unit),
         u_begin(blockIdx.y * units_per_split + warp),
         u_end(min(blockIdx.y * units_per_split + units_per_split, kchunks / unit)) {}
-  // the lane's 16-byte weight vector of unit u_begin's first chunk (strip blockIdx.x)
-  __device__ __forceinline__ int64_t w_offset() const {
-    return (static_cast<int64_t>(blockIdx.x) * kchunks + int64_t{u_begin} * unit) * 32 + lane;
+  // the lane's 16-byte weight vector of unit u_begin's first chunk of `strip`
+  __device__ __forceinline__ int64_t w_offset(int strip) const {
+    return (static_cast<int64_t>(strip) * kchunks + int64_t{u_begin} * unit) * 32 + lane;
   }
   // the lane's x element (row 0) of unit u_begin's first chunk
   __device__ __forceinline__ int64_t x_offset() const {
@@ -307,18 +311,18 @@ __device__ __forceinline__ void unit_product(const uint4 (&q)[kMaxUnit],
   }
 }
 
-// The block's end: warp sums through shared memory `red` (kWarps, MT, 32), the K split
-// reduction when gridDim.y > 1, the bias and the store of `out`.
+// The block's end for one strip: warp sums through shared memory `red` (kWarps, MT, 32), the
+// K split reduction when gridDim.y > 1, the bias and the store of `out`'s columns of `strip`.
+// Every thread of the block calls it (barriers inside); `red` is free again after a barrier.
 template <typename T, int MT, bool kMma>
 __device__ __forceinline__ void finish(float (&acc)[4][kAccOf<MT, kMma>], float (*red)[MT][kStrip],
                                        const T* bias, T* out, float* workspace, unsigned* counters,
-                                       int m, int n) {
+                                       int m, int n, int strip) {
   constexpr int kAcc = kAccOf<MT, kMma>;
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
   const int gid = lane >> 2;
   const int t4 = lane & 3;
-  const int strip = blockIdx.x;
   // this warp's (MT, 32) sums -> shared memory
 #pragma unroll
   for (int tile = 0; tile < 4; ++tile) {
@@ -425,7 +429,7 @@ __global__ void __launch_bounds__(kWarps * 32, 2)
   float acc[4][kAccOf<MT, kMma>] = {};
   // Per-unit pointers, advanced by kWarps units each step.
   const int64_t step_chunks = static_cast<int64_t>(kWarps) * unit;
-  const uint4* wp = w + sh.w_offset();
+  const uint4* wp = w + sh.w_offset(blockIdx.x);
   const T* xp = x + sh.x_offset();  // row 0
   for (int u = sh.u_begin; u < sh.u_end; u += kWarps) {
     const int g = u / sh.units_per_group;
@@ -445,13 +449,16 @@ __global__ void __launch_bounds__(kWarps * 32, 2)
     wp += step_chunks * 32;
     xp += step_chunks * kChunk;
   }
-  finish<T, MT, kMma>(acc, red, bias, out, workspace, counters, m, n);
+  finish<T, MT, kMma>(acc, red, bias, out, workspace, counters, m, n, blockIdx.x);
 }
 
-constexpr int kStages = 3;                            // pipe kernel: units in flight per warp
-constexpr int kStageVecs = kWarps * kMaxUnit * 32;    // 16-byte vectors per stage (all warps)
-constexpr int kPipeSmem = kStages * kStageVecs * 16;  // 48 KiB (+ the 4 B flag of finish)
-static_assert(kWarps * 16 * kStrip * 4 <= kPipeSmem, "the reduction buffer reuses the pipeline's");
+constexpr int kStages = 3;                          // pipe kernel: units in flight per warp
+constexpr int kStageVecs = kWarps * kMaxUnit * 32;  // 16-byte vectors per stage and strip
+// pipe kernel shared memory for kStrips strips per block: 48 KiB per strip (+ finish's flag)
+template <int kStrips>
+constexpr int kPipeSmem = kStages * kStrips * kStageVecs * 16;
+static_assert(kWarps * 16 * kStrip * 4 <= kPipeSmem<1>,
+              "the reduction buffer reuses the pipeline's");
 
 // An L2 policy that evicts the weight stream first (each weight is read once per call).
 __device__ __forceinline__ uint64_t evict_first_policy() {
@@ -480,24 +487,37 @@ __device__ __forceinline__ void cp_async_wait() {
 }
 
 // The mma path with the weight stream in a kStages-deep cp.async pipeline: same work split,
-// layout, decode and epilogue as w4a16_small_m_kernel. Each lane copies its own 16-byte
-// vectors of a unit into its own slots of stage (warp, chunk, lane) and later reads exactly
+// layout, decode and epilogue as w4a16_small_m_kernel, for kStrips consecutive strips per
+// block (kStrips = 1: path "pipe"; 2: path "wide"). Each lane copies its own 16-byte vectors
+// of a unit into its own slots of stage (strip, warp, chunk, lane) and later reads exactly
 // those back (cp.async.wait_group makes a thread's completed copies visible to itself), so
 // the loop needs no barrier. A stage is refilled with unit j + kStages right after unit j has
 // been read from it and multiplied, so kStages units are in flight while one is consumed.
+// Wide blocks load each unit's x fragments once and multiply them with every strip's
+// weights: x is read from L2 once per kStrips strips (at M = 16 and K = 4096 the x reads of
+// one-strip blocks add 2x the weight bytes of L2 traffic). A block past the last strip's
+// partner (odd strip count) skips the missing strip, block-uniformly.
 // The loop has no integer division: the group index advances by precomputed steps.
-template <typename T, int MT>
-__global__ void __launch_bounds__(kWarps * 32, 2)
+// Blocks per SM the registers are sized for: 2 (at most 128 registers), except wide blocks at
+// M = 16 (two strips' accumulators beside the x fragments spill 64-76 B at 128 registers).
+template <int MT, int kStrips>
+constexpr int kPipeMinBlocks = kStrips > 1 && MT > 8 ? 1 : 2;
+
+template <typename T, int MT, int kStrips>
+__global__ void __launch_bounds__(kWarps * 32, kPipeMinBlocks<MT, kStrips>)
     w4a16_pipe_kernel(const T* __restrict__ x, const uint4* __restrict__ w,
                       const T* __restrict__ scales, const uint8_t* __restrict__ zeros,
                       const T* __restrict__ bias, T* __restrict__ out,
                       float* __restrict__ workspace, unsigned* __restrict__ counters, int m, int n,
                       int k, int group, int units_per_split) {
-  extern __shared__ uint4 pipe[];  // [stage][warp][chunk][lane]; then the reduction buffer
+  extern __shared__ uint4 pipe[];  // [stage][strip][warp][chunk][lane]; then the reduction
   const Share sh(k, group, units_per_split);
   const int unit = sh.unit, units_per_group = sh.units_per_group;
   const int u_begin = sh.u_begin, u_end = sh.u_end;
-  const int npad = gridDim.x * kStrip;
+  const int strips = (n + kStrip - 1) / kStrip;
+  const int npad = strips * kStrip;
+  const int strip0 = blockIdx.x * kStrips;
+  const int live = min(kStrips, strips - strip0);  // strips this block owns (block-uniform)
   const int count = u_end > u_begin ? (u_end - u_begin + kWarps - 1) / kWarps : 0;
   // group of the current unit: g, and the unit's place in it, ug; per step of kWarps units
   // they advance by g_step and ug_step (one carry at most: ug_step < units_per_group)
@@ -505,22 +525,34 @@ __global__ void __launch_bounds__(kWarps * 32, 2)
   int ug = u_begin - g * units_per_group;
   const int g_step = kWarps / units_per_group;
   const int ug_step = kWarps - g_step * units_per_group;
-  const int64_t gq0 = static_cast<int64_t>(blockIdx.x) * kStrip + sh.gid;  // + g * npad
-  float acc[4][kAccOf<MT, true>] = {};
+  // + s * kStrip + g * npad: this lane's first column of strip s in group g's row
+  const int64_t gq0 = static_cast<int64_t>(strip0) * kStrip + sh.gid;
+  float acc[kStrips][4][kAccOf<MT, true>] = {};
   const int64_t step_vecs = static_cast<int64_t>(kWarps) * unit * 32;
-  const uint4* wp = w + sh.w_offset();
+  const int64_t strip_vecs = static_cast<int64_t>(sh.kchunks) * 32;  // one strip's weights
+  const uint4* wp = w + sh.w_offset(strip0);
   const T* xp = x + sh.x_offset();
-  uint4* const slots = pipe + sh.warp * kMaxUnit * 32 + sh.lane;  // + stage * kStageVecs + i * 32
+  // + stage * kStrips * kStageVecs + s * kStageVecs + i * 32
+  uint4* const slots = pipe + sh.warp * kMaxUnit * 32 + sh.lane;
   const uint64_t policy = evict_first_policy();
+  // copy the next unit of every live strip into `dst` (a stage) and advance wp
+  const auto fetch = [&](uint4* dst) {
+#pragma unroll
+    for (int s = 0; s < kStrips; ++s) {
+      if (s < live) {
+#pragma unroll
+        for (int i = 0; i < kMaxUnit; ++i) {
+          if (i < unit) {
+            cp_async16(dst + s * kStageVecs + i * 32, wp + s * strip_vecs + i * 32, policy);
+          }
+        }
+      }
+    }
+    wp += step_vecs;
+  };
 #pragma unroll
   for (int s = 0; s < kStages; ++s) {  // prologue: units 0 .. kStages - 1
-    if (s < count) {
-#pragma unroll
-      for (int i = 0; i < kMaxUnit; ++i) {
-        if (i < unit) cp_async16(slots + s * kStageVecs + i * 32, wp + i * 32, policy);
-      }
-      wp += step_vecs;
-    }
+    if (s < count) fetch(slots + s * kStrips * kStageVecs);
     cp_async_commit();  // empty groups too: the wait below counts groups
   }
   int stage = 0;
@@ -528,24 +560,29 @@ __global__ void __launch_bounds__(kWarps * 32, 2)
     // x, zero points and scales of the unit first: their loads overlap the wait
     uint4 xv[kMaxUnit][kRowsOf<MT, true>];
     load_x<T, MT, true>(xv, xp, unit, m, k, sh.gid);
-    uint32_t nz[4];
-    T sc[4];
-    load_group<T>(scales, zeros, gq0 + static_cast<int64_t>(g) * npad, nz, sc);
-    cp_async_wait<kStages - 1>();  // unit j's group has landed
-    uint4* const here = slots + stage * kStageVecs;
-    uint4 q[kMaxUnit];
+    uint32_t nz[kStrips][4];
+    T sc[kStrips][4];
 #pragma unroll
-    for (int i = 0; i < kMaxUnit; ++i) {
-      if (i < unit) q[i] = here[i * 32];
-    }
-    unit_product<T, MT, true>(q, xv, unit, nz, sc, acc);
-    if (j + kStages < count) {  // refill this stage with unit j + kStages
-#pragma unroll
-      for (int i = 0; i < kMaxUnit; ++i) {
-        if (i < unit) cp_async16(here + i * 32, wp + i * 32, policy);
+    for (int s = 0; s < kStrips; ++s) {
+      if (s < live) {
+        load_group<T>(scales, zeros, gq0 + s * kStrip + static_cast<int64_t>(g) * npad, nz[s],
+                      sc[s]);
       }
-      wp += step_vecs;
     }
+    cp_async_wait<kStages - 1>();  // unit j's group has landed
+    uint4* const here = slots + stage * kStrips * kStageVecs;
+#pragma unroll
+    for (int s = 0; s < kStrips; ++s) {
+      if (s < live) {
+        uint4 q[kMaxUnit];
+#pragma unroll
+        for (int i = 0; i < kMaxUnit; ++i) {
+          if (i < unit) q[i] = here[s * kStageVecs + i * 32];
+        }
+        unit_product<T, MT, true>(q, xv, unit, nz[s], sc[s], acc[s]);
+      }
+    }
+    if (j + kStages < count) fetch(here);  // refill this stage with unit j + kStages
     cp_async_commit();
     stage = stage == kStages - 1 ? 0 : stage + 1;
     xp += step_vecs;  // kWarps * unit chunks of 32 K values = step_vecs elements of x
@@ -558,8 +595,14 @@ __global__ void __launch_bounds__(kWarps * 32, 2)
   }
   cp_async_wait<0>();
   __syncthreads();  // every warp is done with the pipeline: its memory becomes `red`
-  finish<T, MT, true>(acc, reinterpret_cast<float (*)[MT][kStrip]>(pipe), bias, out, workspace,
-                      counters, m, n);
+  const auto red = reinterpret_cast<float (*)[MT][kStrip]>(pipe);
+#pragma unroll
+  for (int s = 0; s < kStrips; ++s) {
+    if (s < live) {
+      finish<T, MT, true>(acc[s], red, bias, out, workspace, counters, m, n, strip0 + s);
+      if (s + 1 < live) __syncthreads();  // every thread has read `red` before it is reused
+    }
+  }
 }
 
 // One thread per output word: word (strip, chunk, lane, tile) of the tiled layout is the
@@ -585,13 +628,17 @@ __global__ void w4_repack_kernel(const int32_t* __restrict__ canonical,
   repacked[idx] = static_cast<int32_t>(dst);
 }
 
-template <typename T, int MT, bool kMma, bool kPipe>
+// kPipeStrips: 0 for w4a16_small_m_kernel, else w4a16_pipe_kernel with that many strips per
+// block.
+template <typename T, int MT, bool kMma, int kPipeStrips>
 void launch_typed(const void* x, const int32_t* repacked, const void* scales, const uint8_t* zeros,
                   const void* bias, void* out, float* workspace, unsigned* counters, int m, int n,
                   int k, int group, int split, cudaStream_t stream) {
   const int units = k / kChunk / unit_chunks(group / kChunk);
   const int per_split = (units + split - 1) / split;
-  const dim3 grid((n + kStrip - 1) / kStrip, split);
+  const int strips = (n + kStrip - 1) / kStrip;
+  const int per_block = kPipeStrips > 0 ? kPipeStrips : 1;
+  const dim3 grid((strips + per_block - 1) / per_block, split);
   const auto args = [&](auto kernel, int smem, const char* name) {
     kernel<<<grid, kWarps * 32, smem, stream>>>(
         static_cast<const T*>(x), reinterpret_cast<const uint4*>(repacked),
@@ -599,21 +646,22 @@ void launch_typed(const void* x, const int32_t* repacked, const void* scales, co
         split > 1 ? workspace : nullptr, split > 1 ? counters : nullptr, m, n, k, group, per_split);
     MK_CHECK_LAUNCH(name);
   };
-  if constexpr (kPipe) {
-    // 48 KiB of dynamic shared memory plus finish's static flag: over the default limit
-    // (48 KiB in all), so the kernel opts in, once per device (bit d of `opted`: done on
+  if constexpr (kPipeStrips > 0) {
+    // 48 KiB of dynamic shared memory per strip plus finish's static flag: over the default
+    // limit (48 KiB in all), so the kernel opts in, once per device (bit d of `opted`: done on
     // device d; devices past 63 opt in at every launch; setting it twice is harmless)
+    constexpr int kSmem = kPipeSmem<kPipeStrips>;
     static std::atomic<uint64_t> opted{0};
     int device = 0;
     MK_CUDA_CHECK(cudaGetDevice(&device), "w4a16_pipe_kernel: current device");
     const uint64_t bit = device < 64 ? uint64_t{1} << device : 0;
     if ((opted.load(std::memory_order_relaxed) & bit) == 0) {
-      MK_CUDA_CHECK(cudaFuncSetAttribute(w4a16_pipe_kernel<T, MT>,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize, kPipeSmem),
+      MK_CUDA_CHECK(cudaFuncSetAttribute(w4a16_pipe_kernel<T, MT, kPipeStrips>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem),
                     "w4a16_pipe_kernel: shared memory opt-in");
       opted.fetch_or(bit, std::memory_order_relaxed);
     }
-    args(w4a16_pipe_kernel<T, MT>, kPipeSmem, "w4a16_pipe_kernel");
+    args(w4a16_pipe_kernel<T, MT, kPipeStrips>, kSmem, "w4a16_pipe_kernel");
   } else {
     args(w4a16_small_m_kernel<T, MT, kMma>, 0, "w4a16_small_m_kernel");
   }
@@ -628,20 +676,26 @@ void launch_m(const void* x, const int32_t* repacked, const void* scales, const 
                                  k, group, split, stream)
   if (path == kW4PathFma) {
     if (m <= 1) {
-      MK_W4_LAUNCH(1, false, false);
+      MK_W4_LAUNCH(1, false, 0);
     } else {
-      MK_W4_LAUNCH(kFmaRowsMax, false, false);
+      MK_W4_LAUNCH(kFmaRowsMax, false, 0);
     }
   } else if (path == kW4PathPipe) {
     if (m <= 8) {
-      MK_W4_LAUNCH(8, true, true);
+      MK_W4_LAUNCH(8, true, 1);
     } else {
-      MK_W4_LAUNCH(16, true, true);
+      MK_W4_LAUNCH(16, true, 1);
+    }
+  } else if (path == kW4PathWide) {
+    if (m <= 8) {
+      MK_W4_LAUNCH(8, true, kW4WideStrips);
+    } else {
+      MK_W4_LAUNCH(16, true, kW4WideStrips);
     }
   } else if (m <= 8) {  // auto: mma for every M (see the crossover note)
-    MK_W4_LAUNCH(8, true, false);
+    MK_W4_LAUNCH(8, true, 0);
   } else {
-    MK_W4_LAUNCH(16, true, false);
+    MK_W4_LAUNCH(16, true, 0);
   }
 #undef MK_W4_LAUNCH
 }

@@ -23,12 +23,16 @@ void launch_w4_repack(const int32_t* canonical, int32_t* repacked, int64_t k, in
                       cudaStream_t stream);
 
 // Paths of launch_w4a16_small_m: auto (mma for every M), the fp32-FMA path
-// (M <= w4a16_fma_max_rows()), the mma.sync tensor-core path, and the mma path with the weight
-// stream in a 3-stage cp.async pipeline through shared memory (w4a16_pipe_kernel).
+// (M <= w4a16_fma_max_rows()), the mma.sync tensor-core path, the mma path with the weight
+// stream in a 3-stage cp.async pipeline through shared memory (w4a16_pipe_kernel), and that
+// pipeline with kW4WideStrips strips per block sharing each unit's x fragments ("wide": 96
+// KiB of shared memory per block).
 constexpr int kW4PathAuto = 0;
 constexpr int kW4PathFma = 1;
 constexpr int kW4PathMma = 2;
 constexpr int kW4PathPipe = 3;
+constexpr int kW4PathWide = 4;
+constexpr int kW4WideStrips = 2;
 int w4a16_fma_max_rows();
 
 // Floats per (strip, split) tile of the K-split workspace: 16 rows (M <= 16) x 32 columns.

@@ -68,12 +68,13 @@ def _small_m_args(m=2, k=128, n=16, group=32, split=1, x_dtype=torch.float16, **
         ({"split": 2, "counters": torch.zeros(2, dtype=torch.int32)}, "counters"),
         ({"split": 2}, "CUDA device memory"),  # a complete split call, on the CPU
         ({"split": 5}, "split"),
-        ({"path": 4}, "path"),
+        ({"path": 5}, "path"),
         ({"path": -1}, "path"),
         ({"m": 3, "path": 1}, "fma path"),
         ({}, "CUDA device memory"),  # everything right but on the CPU: the device check
         ({"m": 16, "n": 40, "path": 2}, "CUDA device memory"),
         ({"m": 16, "n": 40, "path": 3}, "CUDA device memory"),  # pipe: valid up to the device
+        ({"m": 9, "n": 72, "path": 4}, "CUDA device memory"),  # wide: an odd strip count
     ],
 )
 def test_small_m_argument_checks(override, match):
@@ -154,7 +155,7 @@ def test_cuda_backend_refuses_cpu_tensors():
 
 
 def _paths(m):
-    return ["auto", "mma", "pipe", "fma"] if m <= 2 else ["auto", "mma", "pipe"]
+    return ["auto", "mma", "pipe", "wide", "fma"] if m <= 2 else ["auto", "mma", "pipe", "wide"]
 
 
 @pytest.mark.native
@@ -192,8 +193,10 @@ def test_cuda_w4a16_gpu(m, dtype, group_size, symmetric):
 @pytest.mark.gpu
 @pytest.mark.parametrize("split", [1, 2, 3, 4])
 @pytest.mark.parametrize(
-    "m,path", [(5, "mma"), (16, "mma"), (1, "fma"), (2, "fma"), (1, "pipe"), (16, "pipe")]
-)
+    "m,path",
+    [(5, "mma"), (16, "mma"), (1, "fma"), (2, "fma"), (1, "pipe"), (16, "pipe"), (3, "wide"),
+     (16, "wide")],
+)  # fmt: skip
 def test_cuda_w4a16_split_and_bias_gpu(split, m, path):
     """One launch reduces the K split in the kernel and adds the bias; the cached counters are
     back to 0 afterwards; a second call on the same inputs is bitwise identical (fixed-order
@@ -220,7 +223,7 @@ def test_cuda_w4a16_split_and_bias_gpu(split, m, path):
 
 @pytest.mark.native
 @pytest.mark.gpu
-@pytest.mark.parametrize("m,path", [(3, 2), (16, 2), (2, 1), (3, 3), (16, 3)])
+@pytest.mark.parametrize("m,path", [(3, 2), (16, 2), (2, 1), (3, 3), (16, 3), (5, 4), (16, 4)])
 def test_cuda_w4a16_split_workspace_poisoned_gpu(m, path):
     """Raw binding, poisoned out and workspace: every block stores rows < M of its partial tile
     (rows >= M stay NaN), the partials sum to the product, `out` is complete (bias added) and
@@ -252,7 +255,7 @@ def test_cuda_w4a16_split_workspace_poisoned_gpu(m, path):
 
 @pytest.mark.native
 @pytest.mark.gpu
-@pytest.mark.parametrize("path", ["mma", "fma", "pipe"])
+@pytest.mark.parametrize("path", ["mma", "fma", "pipe", "wide"])
 def test_cuda_w4a16_split_loop_and_empty_splits_gpu(path):
     """Many launches on the same cached workspace (a counter not reset breaks the next one),
     fresh inputs each time; split = K/32 leaves some blocks without K units (they still arrive)."""
@@ -348,6 +351,18 @@ def test_choose_split(monkeypatch, n, k, want):
     split = cuda.choose_split(4, n, k, torch.device("cpu"))
     assert split == want
     assert split * 8 * cuda.CHUNK <= k or split == 1
+
+
+def test_choose_split_wide_blocks(monkeypatch):
+    """The wide path's blocks hold two strips: half as many blocks, so twice the split where
+    the SMs are not yet full (4096 x 4096: 64 blocks -> split 4, not 2)."""
+    from millkernels import runtime
+    from millkernels.ops.quant import cuda
+
+    monkeypatch.setattr(runtime, "sm_count", lambda index: 132)
+    assert cuda.choose_split(4, 4096, 4096, torch.device("cpu"), cuda.WIDE_STRIPS) == 4
+    assert cuda.choose_split(4, 4096 + 32, 4096, torch.device("cpu"), 2) == 4  # 65 blocks
+    assert cuda.choose_split(4, 14336, 4096, torch.device("cpu"), 2) == 2  # 224 blocks (448: 1)
 
 
 def test_cuda_matmul_rejects_unknown_path_and_cpu_x():

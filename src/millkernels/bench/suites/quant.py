@@ -15,8 +15,8 @@ where the current kernel splits K (small M), against the ``triton_legacy`` row a
 
 At M in ``VARIANT_MS`` (1 and 16) the integer schemes also get rows of kernel variants kept
 for comparison (``backend`` ``triton_legacy``: one I2F per weight, split-K partials summed in
-torch; ``cuda_pipe``: the CUDA kernel with a cp.async weight pipeline, w4a16), with the same
-baseline.
+torch; ``cuda_pipe``: the CUDA kernel with a cp.async weight pipeline, ``cuda_wide``: that
+kernel with two strips per block sharing x, w4a16), with the same baseline.
 
 Options: ``quant.shapes`` (list of (model, proj, N, K)), ``quant.ms``, ``quant.schemes``,
 ``quant.backends`` (default: triton and cuda on a GPU; reference only on a CPU, where
@@ -63,7 +63,8 @@ FP8_VARIANTS = (
     ("square", "8192", 4096),
 )
 # M of the kernel-variant rows (triton_legacy: the I2F kernel with split-K summed in torch;
-# cuda_pipe: the cp.async-pipelined CUDA kernel), beside triton / cuda and the torch baseline
+# cuda_pipe / cuda_wide: the cp.async-pipelined CUDA kernel, one / two strips per block),
+# beside triton / cuda and the torch baseline
 VARIANT_MS = (1, 16)
 
 
@@ -211,6 +212,10 @@ def _variants(x: Any, qw: Any, wanted: Any) -> dict[str, Any]:
         out["cuda_pipe"] = functools.partial(
             cuda.matmul, x, qw.qweight, qw.scales, qw.zeros, None, group_size=qw.group_size,
             n=n, path="pipe",
+        )  # fmt: skip
+        out["cuda_wide"] = functools.partial(
+            cuda.matmul, x, qw.qweight, qw.scales, qw.zeros, None, group_size=qw.group_size,
+            n=n, path="wide",
         )  # fmt: skip
     return out
 

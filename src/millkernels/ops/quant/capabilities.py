@@ -34,11 +34,13 @@ TRITON_VARIANTS = ("fused", "legacy")
 TRITON_VARIANT_ENV = "MILLKERNELS_QUANT_TRITON_VARIANT"
 
 #: ``backend="auto"`` picks cuda for M <= CUDA_AUTO_MAX_M rows. 0 (never) until the GPU
-#: campaign (benchmarks/gpu_campaign.sh, quant suite rows cuda / cuda_pipe vs triton) shows
-#: the CUDA kernel faster; that campaign decides the value (at most cuda.MAX_M = 16).
+#: campaign (benchmarks/gpu_campaign.sh, quant suite rows cuda / cuda_pipe / cuda_wide vs
+#: triton) shows the CUDA kernel faster; that campaign decides the value (at most cuda.MAX_M
+#: = 16).
 CUDA_AUTO_MAX_M = 0
 #: The CUDA kernel path ``backend="cuda"`` uses ("auto": the mma.sync kernel; "pipe": the
-#: cp.async-pipelined one). Left at "auto" until a GPU run compares them.
+#: cp.async-pipelined one; "wide": that with two strips per block). Left at "auto" until a
+#: GPU run compares them.
 CUDA_DEFAULT_PATH = "auto"
 
 
@@ -222,7 +224,8 @@ TABLE = CapabilityTable(
     ),
     auto_rule=(
         "cuda for 1 <= M <= CUDA_AUTO_MAX_M (now 0: never, until the GPU campaign's quant rows "
-        "show cuda / cuda_pipe faster than triton at small M), else triton when it can serve "
+        "show cuda / cuda_pipe / cuda_wide faster than triton at small M), else triton when it "
+        "can serve "
         "the call (GPU, or CPU under the interpreter), else the reference. Not yet backed by a "
         "GPU measurement in benchmarks/results/."
     ),

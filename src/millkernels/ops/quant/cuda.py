@@ -10,9 +10,10 @@ definition, used by the tests).
 
 ``matmul`` launches once, on torch's current stream. Paths: ``"mma"`` (mma.sync.m16n8k16
 tensor cores; what ``"auto"`` picks for every M, see the crossover note in
-``csrc/quant/w4a16.cu``), ``"fma"`` (fp32 FMAs, M <= 2) and ``"pipe"`` (``w4a16_pipe_kernel``:
+``csrc/quant/w4a16.cu``), ``"fma"`` (fp32 FMAs, M <= 2), ``"pipe"`` (``w4a16_pipe_kernel``:
 the mma path with the weight stream in a 3-stage cp.async pipeline through shared memory, L2
-evict-first); all end in the same epilogue.
+evict-first) and ``"wide"`` (that pipeline with two 32-column strips per block, each unit's x
+fragments loaded once for both); all end in the same epilogue.
 
 K split (``split > 1``): K is split across ``split`` blocks per 32-column strip and reduced
 inside the same launch. Each block stores its float32 partial tile to a workspace, float32
@@ -49,8 +50,9 @@ from millkernels._native import require_native, view
 CHUNK = 32  # K values per 16-byte load: K and the group size must be multiples of it
 STRIP = 32  # output columns per block: N is padded to a multiple of it in the kernel layout
 MAX_M = 16
+WIDE_STRIPS = 2  # strips per block of the "wide" path (kW4WideStrips)
 FMA_MAX_M = 2  # rows the "fma" path is compiled for
-PATHS = {"auto": 0, "fma": 1, "mma": 2, "pipe": 3}
+PATHS = {"auto": 0, "fma": 1, "mma": 2, "pipe": 3, "wide": 4}
 WS_TILE = MAX_M * STRIP  # floats per (strip, split) workspace tile (kW4WorkspaceTile)
 _NIBBLE_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)  # input feature held by nibble position p of a word
 
@@ -110,10 +112,11 @@ def prepare(
     return prepared
 
 
-def choose_split(m: int, n: int, k: int, device: torch.device) -> int:
-    """Split K until the blocks (one 32-column strip of 8 warps each) reach 2 per SM, keeping
-    at least 8 chunks of 32 (one per warp) per split. Not tuned on a GPU yet."""
-    blocks = padded_n(n) // STRIP
+def choose_split(m: int, n: int, k: int, device: torch.device, strips_per_block: int = 1) -> int:
+    """Split K until the blocks (``strips_per_block`` 32-column strips of 8 warps each; the
+    "wide" path: 2) reach 2 per SM, keeping at least 8 chunks of 32 (one per warp) per split.
+    Not tuned on a GPU yet."""
+    blocks = -(-padded_n(n) // (STRIP * strips_per_block))
     want = max(1, -(-2 * runtime.sm_count(device.index or 0) // blocks))
     most = max(1, k // (8 * CHUNK))
     split = 1
@@ -163,8 +166,8 @@ def matmul(
 ) -> torch.Tensor:
     """x (M <= 16, K) contiguous fp16/bf16 -> (M, N) in x's dtype (+ bias), one kernel launch.
 
-    ``path``: ``"auto"`` (the tensor-core path for every M), ``"mma"``, ``"fma"`` (M <= 2) or
-    ``"pipe"`` (mma with a cp.async weight pipeline).
+    ``path``: ``"auto"`` (the tensor-core path for every M), ``"mma"``, ``"fma"`` (M <= 2),
+    ``"pipe"`` (mma with a cp.async weight pipeline) or ``"wide"`` (pipe, two strips a block).
     ``split``: blocks K is split across (default :func:`choose_split`), reduced in the kernel.
     ``workspace``: the (workspace, counters) pair for ``split > 1`` (:func:`new_workspace`;
     counters 0 on entry, left 0); default: the cached pair of the current stream
@@ -182,7 +185,7 @@ def matmul(
     if bias is not None:
         bias = bias.to(x.dtype).contiguous()
     if split is None:
-        split = choose_split(m, n, k, x.device)
+        split = choose_split(m, n, k, x.device, WIDE_STRIPS if path == "wide" else 1)
     if not 1 <= split <= max(1, k // CHUNK):
         raise ValueError(f"split: expected 1 <= split <= K/{CHUNK} = {k // CHUNK}, got {split}")
     out = torch.empty((m, n), dtype=x.dtype, device=x.device)
