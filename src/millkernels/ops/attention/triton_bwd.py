@@ -666,10 +666,15 @@ _dq_tma_tuned = triton.autotune(
 # 32x128 w8 s1 with varlen + softcap 16/20 B, deterministic 32x128 w8 s1 at d80 8/8 B. A
 # split group's fp32 partials (pointer stores, d128 16x128 w8) spill 28/28 B on 3.9 (s1:
 # 16 B, s3: 44 B; 3.6: 0 at s2): allowed below, the TMA stores do not spill (226/250).
-# 64 query rows per iteration spill at d128 with every layout tried (atomic 64x128 w8 s1:
-# 3.9/3.6 188/228 B per thread, TMA 136/140 B; deterministic 64x128 w8 s2: 216 B (3.9); 64x64
-# w4: 276-432 B): dK and dV alone hold 128 fp32 registers per thread at d128, and without
-# warp specialisation Triton keeps S^T, dP^T and the operands live beside them. At d64 the
+# 64 query rows per iteration spill at d128 with every layout tried on Triton 3.6 (atomic
+# 64x128 w8 s1: 3.9/3.6 188/228 B per thread, TMA 224/788 B; deterministic 64x128 w8 s2: 216 B
+# (3.9), TMA s2 120/332 B; 64x64 w4: 276-432 B). The one that fits is deterministic TMA
+# 64x128 w8 s1 on 3.9 (252 registers, no spill), but 3.6 spills 108 B there: left out while
+# the GPU machines run 3.6. dK and dV alone hold 128 fp32 registers per thread at d128, and
+# without warp specialisation Triton keeps S^T, dP^T (fp32), P^T, lse and delta (16 columns
+# each per thread in the transposed layout) live beside them; the layout that would not need
+# them, S = Q K^T split over two warpgroups along the keys (FA3), is what Triton's chained-dot
+# rule (all warps along M) rules out. At d64 the
 # 64-row tile fits on 3.9 (254 registers) and spills on 3.6 (200/176 B, TMA 96/92 B): left out.
 _FUSED_TABLE: dict[int, list[tuple[int, int, int, int, int]]] = {
     32: [(64, 128, 8, 2, 90)],

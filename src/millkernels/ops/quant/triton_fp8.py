@@ -19,7 +19,11 @@
   warp specialisation: ``tl.range(warp_specialize=True)`` on its K loop gives a TMA producer
   warp only at 64x128 / 4 warps (Triton 3.6 and 3.9) and leaves 128x128 / 8 warps as it is;
   on the persistent tile loop it specialises nothing; neither overlaps one warpgroup's
-  promotion with the other's QGMMA. ``_fp8_gemm_legacy_kernel``: the previous GEMM, for comparison.
+  promotion with the other's QGMMA (delaying the promotion by one K block only moves the
+  FFMAs before the QGMMAs: Triton waits for a dot whose result is not its own next
+  accumulator at once). The overlap comes from occupancy instead: 64x128 / 4-warp tiles fit
+  two CTAs per SM (an Expect), whose promotions and QGMMAs interleave.
+  ``_fp8_gemm_legacy_kernel``: the previous GEMM, for comparison.
   ``MILLKERNELS_FP8_KERNELS=current|legacy|tma`` chooses (``capabilities.fp8_kernels``).
 
 Under ``TRITON_INTERPRET=1`` (Triton 3.9): loading e4m3 and widening it to float32 is exact,
@@ -774,6 +778,8 @@ NO_SPILL = Expect("spill_bytes", "==", 0, "hot GEMM variants keep every value in
 #: products need ~128 registers; 84 + 84 B before the A scales went through the pipeline),
 #: 3.9 none. Kept in the tuned list so the GPU run measures it against 128x128.
 HALVES16_ALLOWANCE = {90: 240}  # spill stores + loads, bytes per thread
+#: Shared memory per CTA for two CTAs per SM on sm_90 (228 KiB per SM, 1 KiB reserved per CTA).
+TWO_CTA_SMEM = (228 // 2 - 1) * 1024
 
 
 def _block_expect(v: TritonVariant, tma: bool = False) -> TritonVariant:
@@ -822,6 +828,17 @@ def _block_expect(v: TritonVariant, tma: bool = False) -> TritonVariant:
                 "the 128x128 block-scale K loop: 182 (3.6) / 177 (3.9) instructions, TMA 188 / "
                 "185 (the A-scale async copies add ~12, mostly uniform-datapath address work in "
                 "TMA); the legacy loop has 274 / 271",
+            )
+        )
+    if (c["BLOCK_M"], c["BLOCK_N"], halves, v.num_warps) == (64, 128, 1, 4):
+        expect.append(
+            Expect(
+                "shared_bytes",
+                "<=",
+                TWO_CTA_SMEM,
+                "64x128 / 4 warps: two CTAs fit on an SM (registers 182-210 x 128 threads, "
+                "shared memory), so one CTA's promotion FFMAs run beside the other's QGMMA, the "
+                "overlap Triton gives no ping-pong warp specialisation for",
             )
         )
     if tma:
