@@ -59,6 +59,7 @@ def test_nested_loops_hot_loop_is_the_inner_one_with_mma():
     assert m["loop.global_loads"] == 0 and m["loop.mufu"] == 0
     assert m["loop.op.HMMA"] == 2 and m["loop.op.BRA"] == 1
     assert m["kernel.op.HMMA"] == 3 and m["kernel.op.MUFU"] == 1
+    assert m["loop.wgmma_min_n"] == 0  # mma.sync only
 
 
 def test_without_mma_the_innermost_loop_with_most_instructions():
@@ -106,7 +107,7 @@ def test_warp_specialized_retry_stubs_do_not_make_loops():
         f"@!P1 BRA {_at(0)}",
         "SYNCS.PHASECHK.TRANS64.TRYWAIT P2, [UR11+0x28040], R2",  # 3: the loop
         f"@!P2 BRA {_at(12)}",  # 4: to stub 1
-        "HGMMA.64x128x16.F32.BF16 R24, gdesc[UR12].tnspB, R24",  # 5
+        "HGMMA.64x64x16.F32.BF16 R24, gdesc[UR12].tnspB, R24",  # 5
         "HGMMA.64x128x16.F32.BF16 R24, gdesc[UR12].tnspB, R24, gsb0",
         "WARPGROUP.DEPBAR.LE gsb0, 0x0",
         "BAR.SYNC.DEFER_BLOCKING 0x2, 0x80",
@@ -128,6 +129,7 @@ def test_warp_specialized_retry_stubs_do_not_make_loops():
     assert m["loops"] == 1
     assert m["loop.instructions"] == 7 and m["loop.mma"] == 2 and m["loop.barriers"] == 0
     assert m["kernel.op.HGMMA"] == 2
+    assert m["loop.wgmma_min_n"] == 64  # the thinner of 64x64 and 64x128
 
 
 def test_kernel_without_loops_has_no_loop_metrics():

@@ -27,6 +27,7 @@ LOOP_FIELDS = (
     "async_copies",
     "i2f",
     "mufu",
+    "wgmma_min_n",
 )
 #: Every metric name an Expect may use, besides ``kernel.op.<OPCODE>`` / ``loop.op.<OPCODE>``.
 METRICS = frozenset(

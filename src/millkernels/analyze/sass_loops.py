@@ -43,6 +43,8 @@ GLOBAL_LOADS = frozenset({"LDG"})
 SHARED_LOADS = frozenset({"LDS", "LDSM"})
 ASYNC_COPIES = frozenset({"LDGSTS", "UTMALDG", "UBLKCP"})
 I2F = frozenset({"I2F", "I2FP"})
+#: A warpgroup MMA's shape in its opcode: ``HGMMA.64x128x16.F32.BF16`` (M x N x K).
+_WGMMA_SHAPE = re.compile(r"^[A-Z]*GMMA\.(\d+)x(\d+)x(\d+)")
 
 
 @dataclass(frozen=True)
@@ -176,6 +178,11 @@ def _op_counts(instrs: list[Instr], prefix: str) -> dict[str, float]:
     return {f"{prefix}{op}": float(n) for op, n in sorted(counts.items())}
 
 
+def _wgmma_ns(body: list[Instr]) -> list[int]:
+    """The N of every warpgroup MMA (HGMMA, QGMMA, ...) in ``body``."""
+    return [int(m.group(2)) for i in body if (m := _WGMMA_SHAPE.match(i.opcode))]
+
+
 def loop_fields(body: list[Instr]) -> dict[str, float]:
     """Per-iteration fields of a loop body (without ``loop.``; see Expect's docstring)."""
     mma = sum(1 for i in body if is_tensor_core_opcode(i.base))
@@ -190,6 +197,7 @@ def loop_fields(body: list[Instr]) -> dict[str, float]:
         "async_copies": float(sum(1 for i in body if i.base in ASYNC_COPIES)),
         "i2f": float(sum(1 for i in body if i.base in I2F)),
         "mufu": float(sum(1 for i in body if i.base == "MUFU")),
+        "wgmma_min_n": float(min(_wgmma_ns(body), default=0)),
     }
     fields.update(_op_counts(body, "op."))
     return fields

@@ -61,8 +61,10 @@ class Expect:
       (CTA-wide barriers: ``BAR.SYNC`` of barrier 0 without a thread count; a named barrier
       of some warps such as ``BAR.SYNC 0x1, 0x100``, and ``BAR.ARV``, are not counted),
       ``global_loads`` (LDG), ``shared_loads`` (LDS, LDSM), ``async_copies`` (LDGSTS and TMA
-      loads: UTMALDG, UBLKCP), ``i2f`` (I2F, I2FP), ``mufu`` (MUFU), and ``op.<OPCODE>`` as
-      for the kernel. A kernel without a loop has no ``loop.*`` value (such an Expect fails);
+      loads: UTMALDG, UBLKCP), ``i2f`` (I2F, I2FP), ``mufu`` (MUFU), ``wgmma_min_n`` (the
+      smallest N of the warpgroup MMAs, ``HGMMA.64x<N>x16``: how wide the thinnest tile is;
+      0 without any), and ``op.<OPCODE>`` as for the kernel. A kernel without a loop has no
+      ``loop.*`` value (such an Expect fails);
     - ``dup_warp_dots`` (Triton only): dots in the TTGIR whose MMA layout puts more warps
       along M than the tile has 16-row slices (``warpsPerCTA[0] * 16 > M``; a Hopper
       warpgroup is 4 of them), or along N than it has ``instrShape[1]``-column slices, so

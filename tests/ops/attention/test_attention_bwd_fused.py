@@ -72,6 +72,7 @@ CASES = [
         pytest.param({}, id="atomic"),
         pytest.param({"deterministic": True}, id="deterministic"),
         pytest.param({"group_split": 1}, id="atomic-unsplit"),
+        pytest.param({"mode": "split"}, id="split"),
     ],
 )
 def test_fused_backward_matches_float64_reference(
@@ -89,7 +90,7 @@ def test_group_split_deterministic_and_equal_to_the_legacy_kernels(triton_device
     rounding of fp32 partial sums), and the deterministic mode is bitwise reproducible."""
     q, k, v = dense_inputs(1, 33, 27, 4, 1, 64, BF16, triton_device)
     dout = torch.randn_like(q)
-    legacy = _run(q, k, v, dout, True, legacy=True)
+    legacy = _run(q, k, v, dout, True, mode="legacy")
     first = _run(q, k, v, dout, True, deterministic=True, group_split=split)
     again = _run(q, k, v, dout, True, deterministic=True, group_split=split)
     for name, a, r, x in zip(("dq", "dk", "dv"), first, again, legacy, strict=True):
@@ -134,18 +135,25 @@ def test_poisoned_buffers_are_overwritten(triton_device, monkeypatch):
     _check64(grads, q, k, v, dout, False)
 
 
-def test_varlen_split_keeps_sequences_apart(triton_device):
+@pytest.mark.parametrize(
+    "d, modes",
+    [
+        (64, ({"group_split": 2}, {"deterministic": True, "group_split": 2})),
+        (128, ({"mode": "split", "group_split": 2},)),
+    ],
+)
+def test_varlen_split_keeps_sequences_apart(triton_device, d, modes):
     """Varlen with a split group: a length-1 sequence, tokens past cu_seqlens get zero."""
     lens_q, lens_k = [1, 19, 6], [7, 13, 1]
     cu_q = torch.tensor([0, *torch.tensor(lens_q).cumsum(0).tolist()], dtype=torch.int32)
     cu_k = torch.tensor([0, *torch.tensor(lens_k).cumsum(0).tolist()], dtype=torch.int32)
     tq, tk = int(cu_q[-1]) + 3, int(cu_k[-1]) + 2  # padding tokens past the last sequence
-    q = torch.randn(tq, 4, 64).to(BF16).to(triton_device)
-    k = torch.randn(tk, 2, 64).to(BF16).to(triton_device)
-    v = torch.randn(tk, 2, 64).to(BF16).to(triton_device)
+    q = torch.randn(tq, 4, d).to(BF16).to(triton_device)
+    k = torch.randn(tk, 2, d).to(BF16).to(triton_device)
+    v = torch.randn(tk, 2, d).to(BF16).to(triton_device)
     dout = torch.randn_like(q)
     varlen = (cu_q.to(triton_device), cu_k.to(triton_device), max(lens_q), max(lens_k))
-    for mode in ({"group_split": 2}, {"deterministic": True, "group_split": 2}):
+    for mode in modes:
         dq, dk, dv = _run(q, k, v, dout, True, varlen=varlen, **mode)
         assert not dq[int(cu_q[-1]) :].any() and not dk[int(cu_k[-1]) :].any()
         assert not dv[int(cu_k[-1]) :].any()
@@ -161,7 +169,7 @@ def test_api_passes_deterministic_and_the_legacy_switch(triton_device, monkeypat
     real = B.backward
 
     def spy(*args, **kwargs):
-        seen.append({k: kwargs[k] for k in ("deterministic", "legacy")})
+        seen.append({k: kwargs[k] for k in ("deterministic", "mode")})
         return real(*args, **kwargs)
 
     monkeypatch.setattr(B, "backward", spy)
@@ -169,12 +177,59 @@ def test_api_passes_deterministic_and_the_legacy_switch(triton_device, monkeypat
     for det in (False, True):
         qg = q.clone().requires_grad_(True)
         attention(qg, k, v, deterministic=det, backend="triton").float().sum().backward()
-    monkeypatch.setenv(capabilities.BWD_ENV, "legacy")
-    qg = q.clone().requires_grad_(True)
-    attention(qg, k, v, backend="triton").float().sum().backward()
+    for mode in ("legacy", "split"):
+        monkeypatch.setenv(capabilities.BWD_ENV, mode)
+        qg = q.clone().requires_grad_(True)
+        attention(qg, k, v, backend="triton").float().sum().backward()
+        assert mode in capabilities.backward_setting()
     assert seen == [
-        {"deterministic": False, "legacy": False},
-        {"deterministic": True, "legacy": False},
-        {"deterministic": False, "legacy": True},
+        {"deterministic": False, "mode": "fused"},
+        {"deterministic": True, "mode": "fused"},
+        {"deterministic": False, "mode": "legacy"},
+        {"deterministic": False, "mode": "split"},
     ]
-    assert "legacy" in capabilities.backward_setting()
+    monkeypatch.setenv(capabilities.BWD_ENV, "fast")
+    with pytest.raises(ValueError, match=capabilities.BWD_ENV):
+        capabilities.backward_mode()
+    assert capabilities.backward_setting().startswith("invalid")
+
+
+def test_split_backward_runs_three_passes_deterministically(triton_device, monkeypatch):
+    """``mode="split"`` at head_dim bucket 128 (d80 pads to it): the dV pass and the dK pass
+    (``PART``) and the dQ pass, no atomics (bitwise reproducible), equal to the fused
+    backward up to rounding; GQA with a split group, causal, odd lengths. At head_dim 64 it
+    is the fused backward."""
+    launches: list[int] = []
+    real = B._attn_bwd_dkdv_kernel
+
+    class Spy:
+        def __getitem__(self, grid):
+            def launch(*args, **kw):
+                launches.append(kw["PART"])
+                return real[grid](*args, **kw)
+
+            return launch
+
+    q, k, v = dense_inputs(1, 23, 30, 4, 2, 80, BF16, triton_device)
+    dout = torch.randn_like(q)
+    monkeypatch.setattr(B, "_attn_bwd_dkdv_kernel", Spy())
+    first = _run(q, k, v, dout, True, mode="split", group_split=2)
+    assert launches == [B.PART_DV.value, B.PART_DK.value]
+    again = _run(q, k, v, dout, True, mode="split", group_split=2)
+    monkeypatch.undo()
+    _check64(first, q, k, v, dout, True)
+    fused = _run(q, k, v, dout, True)
+    for name, a, r, x in zip(("dq", "dk", "dv"), first, again, fused, strict=True):
+        assert torch.equal(a, r), f"{name}: the split backward differs between two runs"
+        _close(a, x, BF16, name)
+    launches.clear()
+    monkeypatch.setattr(B, "_attn_bwd_dkdv_kernel", Spy())
+    q64, k64, v64 = dense_inputs(1, 5, 5, 2, 2, 64, BF16, triton_device)
+    _run(q64, k64, v64, torch.randn_like(q64), False, mode="split")
+    assert launches == [B.PART_BOTH.value]
+
+
+def test_backward_rejects_an_unknown_mode(triton_device):
+    q, k, v = dense_inputs(1, 3, 3, 1, 1, 64, F16, triton_device)
+    with pytest.raises(ValueError, match="mode"):
+        _run(q, k, v, torch.randn_like(q), False, mode="fast")

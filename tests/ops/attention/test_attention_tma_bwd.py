@@ -34,13 +34,15 @@ def _fold(causal, window):
     return (left, 0 if right < 0 else min(right, 0)) if causal else window  # as the API does
 
 
-def _grads(q, k, v, dout, tma, *, causal=False, window=(-1, -1), softcap=0.0, varlen=None):
-    """(dq, dk, dv) from the pointer forward and the backward with ``tma``."""
+def _grads(
+    q, k, v, dout, tma, *, causal=False, window=(-1, -1), softcap=0.0, varlen=None, mode="fused"
+):
+    """(dq, dk, dv) from the pointer forward and the backward with ``tma`` in ``mode``."""
     scale = q.shape[-1] ** -0.5
     win = _fold(causal, window)
     lens = (None, None, q.shape[1], k.shape[1]) if varlen is None else varlen
     out, lse = F.forward(q, k, v, *lens, scale, win, softcap, False)
-    return B.backward(dout, None, q, k, v, out, lse, *lens, scale, win, softcap, tma)
+    return B.backward(dout, None, q, k, v, out, lse, *lens, scale, win, softcap, tma, mode=mode)
 
 
 def _close(a, b, dtype, name):
@@ -71,6 +73,21 @@ def test_tma_backward_matches_reference_and_pointer_kernels(
     assert B.chosen_configs(True)["TMA"] is True
     check_backward([g.cpu() for g in grads], q.cpu(), k.cpu(), v.cpu(), dout.cpu(), kw)
     ref = _grads(q, k, v, dout, False, **kw)
+    for name, g, r in zip(("dq", "dk", "dv"), grads, ref, strict=True):
+        _close(g, r, dtype, name)
+
+
+@pytest.mark.parametrize("b, sq, sk, hq, hkv, d, dtype, causal, window, softcap", CASES[2:])
+def test_tma_split_backward_matches_reference_and_pointer_kernels(
+    triton_device, b, sq, sk, hq, hkv, d, dtype, causal, window, softcap
+):
+    """The split backward's dV and dK passes through descriptors (head_dim bucket 128)."""
+    q, k, v = dense_inputs(b, sq, sk, hq, hkv, d, dtype, triton_device)
+    dout = torch.randn_like(q)
+    kw = dict(causal=causal, window=window, softcap=softcap)
+    grads = _grads(q, k, v, dout, True, mode="split", **kw)
+    check_backward([g.cpu() for g in grads], q.cpu(), k.cpu(), v.cpu(), dout.cpu(), kw)
+    ref = _grads(q, k, v, dout, False, mode="split", **kw)
     for name, g, r in zip(("dq", "dk", "dv"), grads, ref, strict=True):
         _close(g, r, dtype, name)
 

@@ -316,7 +316,7 @@ BWD_CPU_CASES = ((1, 32, 2, 1, 64, True),)
 
 
 def _bwd_candidates(ctx: BenchContext, causal: bool, gqa: bool) -> dict[str, Callable | str]:
-    """The backward's variants (fused, deterministic, legacy) and SDPA's backends."""
+    """The backward's variants (fused, deterministic, legacy, split) and SDPA's backends."""
     from functools import partial
 
     from millkernels.ops.attention import attention
@@ -333,13 +333,19 @@ def _bwd_candidates(ctx: BenchContext, causal: bool, gqa: bool) -> dict[str, Cal
     out["triton"] = fused
     out["triton_deterministic"] = partial(fused, deterministic=True)
     out["triton_legacy"] = fused  # the caller sets BWD_ENV around its backward
+    out["triton_split"] = fused  # the same, BWD_ENV=split
     return out
 
 
-@suite("attention_bwd", order=31, description="attention backward only: fused vs legacy vs SDPA")
+@suite(
+    "attention_bwd",
+    order=31,
+    description="attention backward only: fused vs split vs legacy vs SDPA",
+)
 def attention_bwd_suite(ctx: BenchContext) -> Iterator[Row]:
     """The backward alone (forward run once, outside the timing): the fused Triton backward
-    (atomic dQ), its deterministic mode, the legacy kernels and SDPA's backends."""
+    (atomic dQ), its deterministic mode, the split backward (64-row dV / dK / dQ passes at
+    head_dim 128), the legacy kernels and SDPA's backends."""
     import torch
 
     from millkernels.ops.attention import triton_bwd
@@ -362,8 +368,9 @@ def attention_bwd_suite(ctx: BenchContext) -> Iterator[Row]:
                 ctx.skip(what, fn)
                 continue
             run = _backward_call(fn, q, k, v)
-            if name == "triton_legacy":
-                run = _with_env(run, BWD_ENV, "legacy")
+            mode = {"triton_legacy": "legacy", "triton_split": "split"}.get(name, "fused")
+            if mode != "fused":
+                run = _with_env(run, BWD_ENV, mode)
             try:
                 timed[name] = ctx.measure(run)
             except Exception as exc:
@@ -371,7 +378,7 @@ def attention_bwd_suite(ctx: BenchContext) -> Iterator[Row]:
                 continue
             if name.startswith("triton"):
                 configs[name] = triton_bwd.chosen_configs(
-                    False, legacy=name == "triton_legacy", deterministic=name != "triton"
+                    False, mode=mode, deterministic=name != "triton"
                 )
         sdpa = {n: t for n, t in timed.items() if n.startswith("sdpa_")}
         best = min(sdpa, key=lambda n: sdpa[n].median_us) if sdpa else None

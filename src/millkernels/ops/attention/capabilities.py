@@ -34,10 +34,12 @@ ALIGN_BYTES = 16
 #: where the tensors allow. Off by default until GPU measurements show them ahead of the
 #: pointer kernels (`millkernels bench attention` reports both).
 TMA_ENV = "MILLKERNELS_ATTENTION_TMA"
-#: Which Triton backward runs: "legacy" selects the separate dK/dV and dQ kernels with their
-#: original tables (kept for GPU comparisons); anything else the fused backward (dQ by fp32
-#: atomics, or a separate dQ pass when ``deterministic``).
+#: Which Triton backward runs (:func:`backward_mode`): "fused" (the default: dQ by fp32
+#: atomics, or a separate dQ pass when ``deterministic``), "split" (head_dim bucket 128 on
+#: sm_90: separate dV, dK and dQ passes with 64-row tiles, deterministic) or "legacy" (the
+#: separate dK/dV and dQ kernels with their original tables). Until a GPU run compares them.
 BWD_ENV = "MILLKERNELS_ATTENTION_BWD"
+BWD_MODES = ("fused", "split", "legacy")
 #: GQA groups of this many query heads per key/value head or more go to Triton, not to the
 #: CUDA decode kernel: its scalar FMA loop issues 210 warp-instructions per 512 bytes of K/V
 #: at G=8 (compute-bound where a decode should be memory-bound); Triton's tl.dot tiles use
@@ -279,18 +281,32 @@ def use_tma(call: AttentionCall) -> bool:
     return tma_reason(call) is None
 
 
-def legacy_backward() -> bool:
-    """Whether :data:`BWD_ENV` selects the legacy Triton backward."""
-    return os.environ.get(BWD_ENV, "").strip().lower() == "legacy"
+def backward_mode() -> str:
+    """The Triton backward :data:`BWD_ENV` selects (one of :data:`BWD_MODES`; unset or empty:
+    "fused"). Raises ValueError for another value."""
+    mode = os.environ.get(BWD_ENV, "").strip().lower() or BWD_MODES[0]
+    if mode not in BWD_MODES:
+        raise ValueError(f"{BWD_ENV}: expected one of {BWD_MODES}, got {mode!r}")
+    return mode
 
 
 def backward_setting() -> str:
-    """The Triton backward on this machine, in words (``millkernels info``)."""
-    if legacy_backward():
+    """The Triton backward on this machine, in words (``millkernels info``; a bad
+    :data:`BWD_ENV` is reported, not raised)."""
+    try:
+        mode = backward_mode()
+    except ValueError as exc:
+        return f"invalid: {exc}"
+    if mode == "legacy":
         return f"legacy ({BWD_ENV}=legacy): separate dK/dV and dQ kernels"
+    if mode == "split":
+        return (
+            f"split ({BWD_ENV}=split): dV, dK and dQ passes with 64-row tiles at head_dim "
+            "bucket 128 on sm_90, the fused backward elsewhere"
+        )
     return (
         "fused: one dK/dV pass adding dQ with fp32 atomics (deterministic=True: a separate "
-        f"dQ pass); {BWD_ENV}=legacy selects the old kernels"
+        f"dQ pass); {BWD_ENV}=split or legacy selects the others"
     )
 
 

@@ -193,7 +193,7 @@ def attention_bwd(
         dq, dk, dv = triton_bwd.backward(
             dout, dlse, q, k, v, out, lse, None, None, q.shape[1], k.shape[1],
             softmax_scale, window, softcap, tma=_tma("attention", q, k, v, dout),
-            deterministic=deterministic, legacy=capabilities.legacy_backward(),
+            deterministic=deterministic, mode=capabilities.backward_mode(),
         )  # fmt: skip
     else:
         dq, dk, dv = reference.attention_grad_ref(
@@ -302,7 +302,7 @@ def attention_varlen_bwd(
             dout, dlse, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
             max_seqlen_k, softmax_scale, window, softcap,
             tma=_tma("attention_varlen", q, k, v, dout),
-            deterministic=deterministic, legacy=capabilities.legacy_backward(),
+            deterministic=deterministic, mode=capabilities.backward_mode(),
         )  # fmt: skip
     else:
         dq, dk, dv = reference.attention_varlen_grad_ref(

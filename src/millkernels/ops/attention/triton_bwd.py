@@ -12,7 +12,14 @@ Kernels:
    is split across programs (:func:`_group_split`) that store fp32 partials, summed in a
    fixed order by the launcher.
 3. ``dq``: one program per (query block, query head), looping over key blocks; runs instead
-   of the atomics with ``deterministic=True`` and in the legacy backward.
+   of the atomics with ``deterministic=True``, in the split and in the legacy backward.
+
+The split backward (``MILLKERNELS_ATTENTION_BWD=split``, head_dim bucket 128 on sm_90) runs
+the dK/dV kernel twice, once for dV only and once for dK only (``PART``), then the dQ pass:
+each pass holds one 128 x 128 fp32 accumulator, which leaves room for 64 query rows per
+iteration (the fused pass fits 16-32 at head_dim 128), at the price of recomputing S^T (eight
+GEMMs per tile instead of five). With TMA the atomic dQ tile is added by a TMA reduce
+(``cp.reduce.async.bulk.tensor``) instead of per-element atomics from a pointer tile.
 
 ``deterministic=True`` (and the legacy backward, ``MILLKERNELS_ATTENTION_BWD=legacy``, with
 the original tables and no split) give bitwise reproducible gradients: every sum has a fixed
@@ -44,6 +51,7 @@ from millkernels.ops.analysis_spec import (
     variants_from_configs,
     with_spill_allowance,
 )
+from millkernels.ops.attention.capabilities import BWD_MODES
 from millkernels.ops.attention.triton_fwd import (
     _bucket_d,
     aligned_for_analysis,
@@ -56,7 +64,12 @@ from millkernels.ops.attention.triton_fwd import (
     tanh,
     window_args,
 )
-from millkernels.ops.triton_common import cast, dot
+from millkernels.ops.triton_common import INTERPRET, cast, dot
+
+#: What a dK/dV program computes (``PART``): both gradients, only dV, or only dK (+ dQ).
+PART_BOTH = tl.constexpr(0)
+PART_DV = tl.constexpr(1)
+PART_DK = tl.constexpr(2)
 
 
 @triton.jit
@@ -162,12 +175,14 @@ def _dkdv_inner(
     SOFTCAP: tl.constexpr,
     TMA: tl.constexpr,
     DQ_ATOMIC: tl.constexpr,
+    PART: tl.constexpr,
 ):
     """One run of query blocks. With ``TMA``, ``q_base`` and ``do_base`` are tensor
     descriptors of this head's queries and output gradients (rows past ``len_q`` and columns
     past ``HEAD_DIM`` arrive as zeros); otherwise pointers. With ``DQ_ATOMIC`` each block's
     ``sm_scale * dS @ K`` is added (fp32 atomics) at ``dq_base``, this head's rows of the dQ
-    accumulator (Q's strides)."""
+    accumulator (Q's strides; with ``TMA`` its descriptor, added by a TMA reduce). ``PART``:
+    see :func:`_attn_bwd_dkdv_kernel`."""
     offs_m0 = tl.arange(0, BLOCK_M)
     d_ok = offs_d < HEAD_DIM
     n_first = tl.cdiv(end - start, BLOCK_M)
@@ -194,10 +209,12 @@ def _dkdv_inner(
         if MASKED:
             m_ok = offs_m < len_q
             lse2 = tl.load(lse_base + offs_m, mask=m_ok, other=float("inf"))
-            delta = tl.load(delta_base + offs_m, mask=m_ok, other=0.0)
+            if PART != PART_DV:
+                delta = tl.load(delta_base + offs_m, mask=m_ok, other=0.0)
         else:
             lse2 = tl.load(lse_base + offs_m)
-            delta = tl.load(delta_base + offs_m)
+            if PART != PART_DV:
+                delta = tl.load(delta_base + offs_m)
         sT = dot(k, qt, tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32))
         if SOFTCAP:
             t = tanh(sT * qk_scale)
@@ -210,23 +227,28 @@ def _dkdv_inner(
             j = offs_n[:, None]
             vis = (j - i >= -win_left) & (j - i <= win_right) & (offs_m[None, :] < len_q)
             pT = tl.where(vis, pT, 0.0)
-        dv = dot(cast(pT, do.dtype), do, dv)
-        dpT = dot(v, tl.trans(do), tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32))
-        dsT = pT * (dpT - delta[None, :])
-        if SOFTCAP:
-            dsT = dsT * (1.0 - t * t)
-        ds16 = cast(dsT, qt.dtype)
-        dk = dot(ds16, tl.trans(qt), dk)
-        if DQ_ATOMIC:
-            dq = dot(tl.trans(ds16), k, tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32))
-            dq_ptrs = dq_base + offs_m[:, None] * stride_qs + offs_d[None, :]
-            if MASKED:
-                dq_ok = (offs_m[:, None] < len_q) & d_ok[None, :]
-                tl.atomic_add(dq_ptrs, dq * sm_scale, mask=dq_ok, sem="relaxed")
-            elif BLOCK_D == HEAD_DIM:
-                tl.atomic_add(dq_ptrs, dq * sm_scale, sem="relaxed")
-            else:
-                tl.atomic_add(dq_ptrs, dq * sm_scale, mask=d_ok[None, :], sem="relaxed")
+        if PART != PART_DK:
+            dv = dot(cast(pT, do.dtype), do, dv)
+        if PART != PART_DV:
+            dpT = dot(v, tl.trans(do), tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32))
+            dsT = pT * (dpT - delta[None, :])
+            if SOFTCAP:
+                dsT = dsT * (1.0 - t * t)
+            ds16 = cast(dsT, qt.dtype)
+            dk = dot(ds16, tl.trans(qt), dk)
+            if DQ_ATOMIC:
+                dq = dot(tl.trans(ds16), k, tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32))
+                if TMA and not INTERPRET:  # a TMA reduce-add, clipped at len_q: no pointer tile
+                    dq_base.atomic_add([m, 0], dq * sm_scale)
+                else:
+                    dq_ptrs = dq_base + offs_m[:, None] * stride_qs + offs_d[None, :]
+                    if MASKED:
+                        dq_ok = (offs_m[:, None] < len_q) & d_ok[None, :]
+                        tl.atomic_add(dq_ptrs, dq * sm_scale, mask=dq_ok, sem="relaxed")
+                    elif BLOCK_D == HEAD_DIM:
+                        tl.atomic_add(dq_ptrs, dq * sm_scale, sem="relaxed")
+                    else:
+                        tl.atomic_add(dq_ptrs, dq * sm_scale, mask=d_ok[None, :], sem="relaxed")
     return dk, dv
 
 
@@ -277,6 +299,7 @@ def _attn_bwd_dkdv_kernel(
     BLOCK_N: tl.constexpr,
     TMA: tl.constexpr = False,
     DQ_ATOMIC: tl.constexpr = False,
+    PART: tl.constexpr = 0,
 ):
     """dK, dV for one key block of one kv head; DK/DV share K/V's strides. With ``TMA`` every
     q, k, v, dO tile arrives through a tensor descriptor of its sequence and head (zero fill
@@ -286,7 +309,10 @@ def _attn_bwd_dkdv_kernel(
     the query heads ``[s, s + 1) * group / n_split`` and stores at ``DK + s * stride_split``
     (fp32 partials the launcher sums in a fixed order; ``n_split == 1``: the gradients).
     ``DQ_ATOMIC``: also add dQ into the fp32 accumulator ``DQ`` (Q's strides), see
-    :func:`_dkdv_inner`."""
+    :func:`_dkdv_inner`. ``PART``: ``PART_BOTH`` (0) dK and dV; ``PART_DV`` only dV (S^T, P^T
+    and P^T dO: two GEMMs) or ``PART_DK`` only dK (and dQ with ``DQ_ATOMIC``), so that each
+    pass holds one of the two head_dim-wide accumulators and 64 query rows fit per
+    iteration at head_dim 128 (the "split" backward: S^T computed twice)."""
     pid_n = tl.program_id(0)
     pid_bhs = tl.program_id(1)
     part = pid_bhs % n_split
@@ -307,14 +333,17 @@ def _attn_bwd_dkdv_kernel(
         k = _desc(K + k_off + kvh * stride_kh, len_k, stride_ks, HEAD_DIM, BLOCK_N, BLOCK_D).load(
             [n_start, 0]
         )
-        v = _desc(V + v_off + kvh * stride_vh, len_k, stride_vs, HEAD_DIM, BLOCK_N, BLOCK_D).load(
-            [n_start, 0]
-        )
+        if PART != PART_DV:
+            v = _desc(
+                V + v_off + kvh * stride_vh, len_k, stride_vs, HEAD_DIM, BLOCK_N, BLOCK_D
+            ).load([n_start, 0])
+        else:
+            v = k  # unused: the dV pass needs no V
     else:
         k_ptrs = K + k_off + kvh * stride_kh + offs_n[:, None] * stride_ks + offs_d[None, :]
         v_ptrs = V + v_off + kvh * stride_vh + offs_n[:, None] * stride_vs + offs_d[None, :]
         k = tl.load(k_ptrs, mask=kv_mask, other=0.0)
-        v = tl.load(v_ptrs, mask=kv_mask, other=0.0)
+        v = tl.load(v_ptrs, mask=kv_mask, other=0.0) if PART != PART_DV else k
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     diag = len_k - len_q
@@ -326,6 +355,8 @@ def _attn_bwd_dkdv_kernel(
     for g in range(part * per_part, part * per_part + per_part):
         h = kvh * group + g
         dq_base = DQ + q_off + h * stride_qh
+        if TMA and DQ_ATOMIC and not INTERPRET:  # (the interpreter has no TMA reduce)
+            dq_base = _desc(dq_base, len_q, stride_qs, HEAD_DIM, BLOCK_M, BLOCK_D)
         if TMA:
             q_base = _desc(Q + q_off + h * stride_qh, len_q, stride_qs, HEAD_DIM, BLOCK_M, BLOCK_D)
             do_base = _desc(
@@ -343,34 +374,42 @@ def _attn_bwd_dkdv_kernel(
                 dk, dv, k, v, q_base, do_base, dq_base, lse_base, delta_base, stride_qs,
                 stride_ds, sm_scale, lo, hi, 0, 0, offs_n, offs_d, len_q, diag, win_left,
                 win_right, qk_scale, softcap, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, True,
-                SOFTCAP, TMA, DQ_ATOMIC,
+                SOFTCAP, TMA, DQ_ATOMIC, PART,
             )  # fmt: skip
         else:
             dk, dv = _dkdv_inner(
                 dk, dv, k, v, q_base, do_base, dq_base, lse_base, delta_base, stride_qs,
                 stride_ds, sm_scale, full_lo, full_hi, 0, 0, offs_n, offs_d, len_q, diag,
                 win_left, win_right, qk_scale, softcap, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
-                False, SOFTCAP, TMA, DQ_ATOMIC,
+                False, SOFTCAP, TMA, DQ_ATOMIC, PART,
             )  # fmt: skip
             dk, dv = _dkdv_inner(
                 dk, dv, k, v, q_base, do_base, dq_base, lse_base, delta_base, stride_qs,
                 stride_ds, sm_scale, lo, full_lo, full_hi, hi, offs_n, offs_d, len_q, diag,
                 win_left, win_right, qk_scale, softcap, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N,
-                True, SOFTCAP, TMA, DQ_ATOMIC,
+                True, SOFTCAP, TMA, DQ_ATOMIC, PART,
             )  # fmt: skip
     dk = dk * sm_scale
     DK = DK + part.to(tl.int64) * stride_split
     DV = DV + part.to(tl.int64) * stride_split
     if TMA:  # clipped at len_k: a sequence never writes into the next one
-        dk_desc = _desc(DK + k_off + kvh * stride_kh, len_k, stride_ks, HEAD_DIM, BLOCK_N, BLOCK_D)
-        dk_desc.store([n_start, 0], cast(dk, DK.dtype.element_ty))
-        dv_desc = _desc(DV + v_off + kvh * stride_vh, len_k, stride_vs, HEAD_DIM, BLOCK_N, BLOCK_D)
-        dv_desc.store([n_start, 0], cast(dv, DV.dtype.element_ty))
+        if PART != PART_DV:
+            dk_desc = _desc(
+                DK + k_off + kvh * stride_kh, len_k, stride_ks, HEAD_DIM, BLOCK_N, BLOCK_D
+            )
+            dk_desc.store([n_start, 0], cast(dk, DK.dtype.element_ty))
+        if PART != PART_DK:
+            dv_desc = _desc(
+                DV + v_off + kvh * stride_vh, len_k, stride_vs, HEAD_DIM, BLOCK_N, BLOCK_D
+            )
+            dv_desc.store([n_start, 0], cast(dv, DV.dtype.element_ty))
     else:
         dk_ptrs = DK + k_off + kvh * stride_kh + offs_n[:, None] * stride_ks + offs_d[None, :]
         dv_ptrs = DV + v_off + kvh * stride_vh + offs_n[:, None] * stride_vs + offs_d[None, :]
-        tl.store(dk_ptrs, cast(dk, DK.dtype.element_ty), mask=kv_mask)
-        tl.store(dv_ptrs, cast(dv, DV.dtype.element_ty), mask=kv_mask)
+        if PART != PART_DV:
+            tl.store(dk_ptrs, cast(dk, DK.dtype.element_ty), mask=kv_mask)
+        if PART != PART_DK:
+            tl.store(dv_ptrs, cast(dv, DV.dtype.element_ty), mask=kv_mask)
 
 
 @triton.jit
@@ -707,6 +746,22 @@ _DQ_DET_TMA_TABLE: dict[int, list[tuple[int, int, int, int, int]]] = {
     64: [(64, 32, 4, 3, 90), (128, 64, 8, 3, 90), (128, 128, 8, 3, 90), (64, 64, 4, 3, 90)],
     128: [(128, 64, 8, 2, 90), (128, 64, 8, 3, 90), (64, 32, 4, 2, 90)],
 }
+# The split backward (MILLKERNELS_ATTENTION_BWD=split, head_dim bucket 128): a dV pass
+# (PART_DV: S^T, P^T dO) and a dK pass (PART_DK: S^T, dP^T, dS^T Q), each holding one
+# 128 x 128 fp32 accumulator, so 64 query rows fit per iteration (FA3's tile) where the fused
+# pass fits 16-32; dQ in the deterministic dQ pass (64-128 rows). Eight GEMMs per tile instead
+# of five, on tiles four times as tall. Registers Triton 3.9 / 3.6, sm_90, no spills with
+# either (`millkernels analyze`): dV 64x128 w8 s1 230/203, TMA 157/161, TMA s2 190/234; dK
+# 64x128 w8 s1 247/239, TMA 204/224; varlen + softcap dV 227/203 (TMA 156/165), dK 242/245
+# (TMA 223/254). The dK pass with the atomic dQ spills on 3.6 (TMA s1 276 B, s2 116 B; 3.9
+# none, 230 registers), so the split backward keeps the dQ pass; dK s2 spills on 3.6 (TMA 44
+# B, pointers 208 B).
+_SPLIT_DV_TABLE: dict[int, list[tuple[int, int, int, int, int]]] = {
+    128: [(64, 128, 8, 1, 90), (64, 128, 8, 2, 90)],
+}
+_SPLIT_DK_TABLE: dict[int, list[tuple[int, int, int, int, int]]] = {
+    128: [(64, 128, 8, 1, 90)],
+}
 #: Fused tables cover head_dim buckets up to this; larger ones run the legacy kernels (at
 #: d256 dK and dV alone need 256 registers per thread once the warps stop sharing rows).
 FUSED_MAX_D = 128
@@ -737,6 +792,10 @@ _DQ_DET = {
     t: _autotuned(tab, _attn_bwd_dq_kernel, t)
     for t, tab in ((False, _DQ_DET_TABLE), (True, _DQ_DET_TMA_TABLE))
 }
+# the split backward's passes (same tables with and without TMA); one autotuner each, as
+# their best configs differ
+_SPLIT_DV = {t: _autotuned(_SPLIT_DV_TABLE, _attn_bwd_dkdv_kernel, t) for t in (False, True)}
+_SPLIT_DK = {t: _autotuned(_SPLIT_DK_TABLE, _attn_bwd_dkdv_kernel, t) for t in (False, True)}
 
 
 def backward(
@@ -757,19 +816,25 @@ def backward(
     tma: bool = False,
     *,
     deterministic: bool = False,
-    legacy: bool = False,
+    mode: str = "fused",
     group_split: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Launch the backward; returns (dq, dk, dv) shaped, strided and typed like q, k, v.
 
     ``tma``: load through tensor descriptors (the table's choice,
     :func:`~millkernels.ops.attention.capabilities.use_tma`); q, k, v and dO must allow it.
-    ``legacy``: the separate dK/dV and dQ kernels with their original tables
-    (:func:`~millkernels.ops.attention.capabilities.legacy_backward`). Otherwise one dK/dV
-    pass that also adds dQ with fp32 atomics (five GEMMs per tile), or with
-    ``deterministic`` the dK/dV pass and a separate dQ pass (bitwise reproducible).
+    ``mode`` (:func:`~millkernels.ops.attention.capabilities.backward_mode`): ``"fused"``,
+    one dK/dV pass that also adds dQ with fp32 atomics (five GEMMs per tile), or with
+    ``deterministic`` the dK/dV pass and a separate dQ pass (bitwise reproducible);
+    ``"split"``, at head_dim bucket 128 on sm_90 (else as fused): a dV pass, a dK pass and
+    the dQ pass with 64-row tiles (see ``_SPLIT_DV_TABLE``; deterministic); ``"legacy"``:
+    the separate dK/dV and dQ kernels with their original tables. Raises ValueError for
+    another mode.
     ``group_split``: how many programs share one GQA group (default :func:`group_split`;
     their fp32 dK/dV partials are summed in a fixed order)."""
+    if mode not in BWD_MODES:
+        raise ValueError(f"mode: expected one of {BWD_MODES}, got {mode!r}")
+    legacy = mode == "legacy"
     varlen = cu_q is not None
     lse = lse.contiguous()
     dq = torch.zeros_like(q) if varlen else torch.empty_like(q)
@@ -824,7 +889,8 @@ def backward(
         ensure_descriptor_allocator()
     if not interp and (bd > FUSED_MAX_D or torch.cuda.get_device_capability(q.device) < (9, 0)):
         legacy = True  # the fused tables are sm_90's, up to FUSED_MAX_D
-    atomic = not (legacy or deterministic)
+    split = mode == "split" and not legacy and bd in _SPLIT_DV_TABLE
+    atomic = not (legacy or deterministic or split)
     if legacy:
         n_split = 1
     elif group_split is not None:
@@ -846,20 +912,25 @@ def backward(
         heads_kv, group, n_split, k.numel(), *tail,
     )  # fmt: skip
     kv_grid = batch * heads_kv * n_split
+    parts = (PART_DV.value, PART_DK.value) if split else (PART_BOTH.value,)
     if interp:
         c1, c2 = INTERPRET_DKDV, INTERPRET_DQ
         opts = dict(TMA=tma, num_warps=4, num_stages=1)
         g1 = (triton.cdiv(max_k, c1["BLOCK_N"]), kv_grid)
-        _attn_bwd_dkdv_kernel[g1](*dkdv_args, **consts, **c1, **opts, DQ_ATOMIC=atomic)
+        for part in parts:
+            _attn_bwd_dkdv_kernel[g1](
+                *dkdv_args, **consts, **c1, **opts, DQ_ATOMIC=atomic, PART=part
+            )
         if not atomic:
             g2 = (triton.cdiv(max_q, c2["BLOCK_M"]), batch * heads_q)
             _attn_bwd_dq_kernel[g2](*dq_args, **consts, **c2, **opts)
     else:
-        dkdv_fn, dq_fn = _tuned(tma, legacy, atomic)
-        extra = {} if legacy else {"DQ_ATOMIC": atomic}
-        dkdv_fn[lambda m: (triton.cdiv(max_k, m["BLOCK_N"]), kv_grid)](
-            *dkdv_args, **consts, **extra
-        )
+        dkdv_fns, dq_fn = _tuned(tma, legacy, atomic, split)
+        for dkdv_fn, part in zip(dkdv_fns, parts, strict=True):
+            extra = {} if legacy else {"DQ_ATOMIC": atomic, "PART": part}
+            dkdv_fn[lambda m: (triton.cdiv(max_k, m["BLOCK_N"]), kv_grid)](
+                *dkdv_args, **consts, **extra
+            )
         if not atomic:
             dq_fn[lambda m: (triton.cdiv(max_q, m["BLOCK_M"]), batch * heads_q)](*dq_args, **consts)
     if atomic:
@@ -881,28 +952,34 @@ def _group_split(programs: int, group: int, device: torch.device) -> int:
     return group
 
 
-def _tuned(tma: bool, legacy: bool, atomic: bool) -> tuple[Any, Any]:
-    """The autotuned (dK/dV, dQ) kernels: tensor-descriptor loads (``tma``) or pointers;
-    ``legacy``: the original tables, else the fused backward's (``atomic`` dQ or not)."""
+def _tuned(tma: bool, legacy: bool, atomic: bool, split: bool = False) -> tuple[tuple, Any]:
+    """The autotuned ((dK/dV passes), dQ) kernels: tensor-descriptor loads (``tma``) or
+    pointers; ``legacy``: the original tables; ``split``: the dV and dK passes; else the
+    fused backward's (``atomic`` dQ or not)."""
     if legacy:
-        return (_dkdv_tma_tuned, _dq_tma_tuned) if tma else (_dkdv_tuned, _dq_tuned)
-    return (_FUSED if atomic else _DKDV_DET)[tma], _DQ_DET[tma]
+        return ((_dkdv_tma_tuned,), _dq_tma_tuned) if tma else ((_dkdv_tuned,), _dq_tuned)
+    if split:
+        return (_SPLIT_DV[tma], _SPLIT_DK[tma]), _DQ_DET[tma]
+    return ((_FUSED if atomic else _DKDV_DET)[tma],), _DQ_DET[tma]
 
 
-def chosen_configs(tma: bool, legacy: bool = False, deterministic: bool = False) -> dict:
+def chosen_configs(tma: bool, mode: str = "fused", deterministic: bool = False) -> dict:
     """The configs the autotuner picked last for the pointer (``tma`` False) or the
-    tensor-descriptor backward, legacy or fused (for benchmark rows). ``dq`` is None where
-    the dK/dV kernel adds dQ itself (fused, not ``deterministic``)."""
+    tensor-descriptor backward of ``mode`` (for benchmark rows). ``dq`` is None where the
+    dK/dV kernel adds dQ itself (fused, not ``deterministic``); ``split``'s ``dkdv`` holds
+    its two passes' configs (``dv``, ``dk``)."""
     from millkernels.ops.autotune import autotune_config
 
-    atomic = not (legacy or deterministic)
-    info = {"TMA": tma, "legacy": legacy, "dq_atomic": atomic}
+    legacy, split = mode == "legacy", mode == "split"
+    atomic = not (legacy or deterministic or split)
+    info = {"TMA": tma, "mode": mode, "dq_atomic": atomic}
     if runtime.triton_interpret():
         dkdv, dq = ({**c, "TMA": tma} for c in (INTERPRET_DKDV, INTERPRET_DQ))
         return {"dkdv": dkdv, "dq": None if atomic else dq, **info, "interpreter": True}
-    dkdv_fn, dq_fn = _tuned(tma, legacy, atomic)
+    dkdv_fns, dq_fn = _tuned(tma, legacy, atomic, split)
+    configs = [autotune_config(f) for f in dkdv_fns]
     return {
-        "dkdv": autotune_config(dkdv_fn),
+        "dkdv": {"dv": configs[0], "dk": configs[1]} if split else configs[0],
         "dq": None if atomic else autotune_config(dq_fn),
         **info,
     }
@@ -1065,6 +1142,54 @@ def _with_legacy_d128_spill(variants: list[TritonVariant]) -> list[TritonVariant
     return out
 
 
+def _split_pass_variants() -> list[TritonVariant]:
+    """The split backward's dV and dK passes (pointers and TMA): every row dense at head_dim
+    128, the first with varlen + softcap, at the padded head_dim 80 and storing the fp32
+    partials of a split GQA group."""
+    out: list[TritonVariant] = []
+    for table, part, mma in ((_SPLIT_DV_TABLE, PART_DV, 12), (_SPLIT_DK_TABLE, PART_DK, 20)):
+        expect = (
+            *FUSED_EXPECT,
+            Expect(
+                "loop.wgmma_min_n",
+                ">=",
+                64,
+                "64 query rows per iteration: S^T (and dP^T) as HGMMA.64x64x16, not the fused "
+                "pass's 64x16 / 64x32",
+            ),
+            Expect(
+                "loop.mma",
+                "==",
+                mma,
+                "per iteration and warpgroup: S^T 8 x 64x64x16 and dV 4 x 64x128x16 (dV pass: "
+                "12); S^T, dP^T and dK (dK pass: 20)",
+            ),
+        )
+        for tma in (False, True):
+            for head_dim, varlen, cap, first, out_type in (
+                (128, False, False, None, "*bf16"),
+                (128, True, True, 1, "*bf16"),
+                (80, False, False, 1, "*bf16"),
+                (128, False, False, 1, "*fp32"),
+            ):
+                variants = variants_from_configs(
+                    _configs({128: table[128][:first]}, tma=tma),
+                    {**DKDV_SIG, "DK": out_type, "DV": out_type},
+                    {
+                        "HEAD_DIM": head_dim,
+                        "BLOCK_D": 128,
+                        "VARLEN": varlen,
+                        "SOFTCAP": cap,
+                        "DQ_ATOMIC": False,
+                        "PART": part.value,
+                    },
+                    min_arch=90,
+                    divisible_by_16=aligned_for_analysis(DKDV_SIG),
+                )
+                out += [dataclasses.replace(v, expect=expect) for v in variants]
+    return out
+
+
 _FUSED_VARIANTS = (
     _fused_variants(
         [(_FUSED_TABLE, False), (_FUSED_TMA_TABLE, True)], DKDV_SIG, {"DQ_ATOMIC": True}
@@ -1101,6 +1226,9 @@ ANALYSIS = (
         hot=True,
     ),
     TritonAnalysis("attention.bwd_fused_dkdv", _attn_bwd_dkdv_kernel, _FUSED_VARIANTS, hot=True),
+    TritonAnalysis(
+        "attention.bwd_split_dkdv", _attn_bwd_dkdv_kernel, _split_pass_variants(), hot=True
+    ),
     TritonAnalysis(
         "attention.bwd_fused_dq",
         _attn_bwd_dq_kernel,
