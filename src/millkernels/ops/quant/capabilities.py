@@ -21,7 +21,10 @@ DTYPES = ("float16", "bfloat16")
 FP8_KERNELS_ENV = "MILLKERNELS_FP8_KERNELS"
 #: The Triton fp8 GEMMs :data:`FP8_KERNELS_ENV` chooses between (``triton_fp8``).
 FP8_KERNELS = {
-    "current": "scalar B block scales, folded promotion, split K for M <= 64 (default)",
+    "current": (
+        "scalar B block scales, A scales through the pipeline, folded promotion, split K for "
+        "M <= 64 (default)"
+    ),
     "legacy": "the previous GEMM (per-column B-scale gathers, no split K), for comparison",
     "tma": "persistent grid with TMA descriptors (sm_90+; K a multiple of 16), no split K",
 }
